@@ -1,0 +1,46 @@
+"""The ``svformer-deploy`` command line (click). Commands are thin: parse, call one library function, render."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+# command name -> "module:attribute"; modules are imported only when their command runs,
+# so ``--help`` is instant and does not import torch.
+COMMANDS: dict[str, str] = {
+    "info": "deploy.commands.info:info",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[name].split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.version_option(package_name="svformer-deploy")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Deploy trained SVFormer spiking video transformers: export, simulate, count, report energy."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user errors become one ``error:`` line (exit 2, or 1 for failed checks)."""
+    from deploy.errors import run_cli
+
+    return run_cli(cli, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import sys
+import warnings
 
 import click
 
@@ -22,6 +23,8 @@ def run_cli(cli: click.Group, argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args  # accepted anywhere on the command line
     args = [a for a in args if a != "--debug"]
+    if not debug:  # library warnings would break the one-line contract on stderr
+        warnings.simplefilter("ignore")
     try:
         cli.main(args=args, prog_name="svformer-deploy", standalone_mode=False)
         return 0

@@ -21,7 +21,7 @@ authors' ``model_state`` / DDP ``module.`` prefixed ones) is accepted with an ex
 from __future__ import annotations
 
 import pickle
-import zipfile
+import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -144,14 +144,16 @@ def _safe_torch_load(path: Path) -> Any:
     if path.stat().st_size == 0:
         raise SVFormerError(f"{path}: empty file, not a checkpoint")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. torch's notes on the pickle protocol of the file
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         detail = str(e).split("\n")[0] if "Unsupported" not in str(e) else _unsupported(str(e))
         raise SVFormerError(
             f"{path}: refused to load: the file needs arbitrary code to unpickle ({detail}); "
             "only weights-only checkpoints are loaded"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, UnicodeDecodeError, AttributeError) as e:
+    except Exception as e:  # any other failure of the (safe) unpickler means the bytes are not a checkpoint
         first = str(e).splitlines()[0] if str(e) else ""
         raise SVFormerError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {first})") from None
 

@@ -124,3 +124,12 @@ def test_wrong_number_of_class_names_is_refused(tmp_path, tiny_model):
     with pytest.raises(SVFormerError, match="class names"):
         save_checkpoint(tmp_path / "m.pt", tiny_model, class_names=["a"])
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_atomic_writes_follow_the_umask(tmp_path, tiny_model):
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "m.pt", tiny_model)
+    finally:
+        os.umask(old)
+    assert (path.stat().st_mode & 0o777) == 0o644

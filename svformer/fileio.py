@@ -66,7 +66,8 @@ def atomic_directory(path: str | os.PathLike, force: bool = False) -> Iterator[P
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700    try:
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+    try:
         yield tmp
         if path.exists():
             if not force:

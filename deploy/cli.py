@@ -11,6 +11,8 @@ import click
 # so ``--help`` is instant and does not import torch.
 COMMANDS: dict[str, str] = {
     "info": "deploy.commands.info:info",
+    "probe": "deploy.commands.probe:probe",
+    "energy-report": "deploy.commands.energy_report:energy_report",
 }
 
 

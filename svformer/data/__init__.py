@@ -1,0 +1,1 @@
+"""Inputs: video clips, event-camera recordings, the synthetic action set, datasets."""

@@ -1,0 +1,189 @@
+"""Fidelity checks: compare two executions (IR graphs or the PyTorch model) on the same inputs.
+
+Figures reported (:class:`FidelityReport`): max |logit difference|, top-1 agreement, and per
+neuron layer the number of spike positions (neurons x steps x clips), the spikes of each side
+and the *flips* (positions where the two sides differ). Layers are matched by name, which works
+because the tracer names neuron nodes after their PyTorch modules and passes never rename them.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import networkx as nx
+import torch
+from spikingjelly.activation_based import neuron as sj_neuron
+from torch import Tensor
+
+from svformer.errors import SVFormerError
+from svformer.model import SVFormer
+
+from . import ir
+from .reference import ReferenceModel
+
+Subject = nx.DiGraph | SVFormer
+
+
+@dataclass
+class LayerAgreement:
+    """Spike agreement of one neuron layer (counts over neurons x steps x clips)."""
+
+    name: str
+    positions: int
+    spikes_ref: int
+    spikes_new: int
+    flips: int
+
+    @property
+    def agreement(self) -> float:
+        """Fraction of positions where both sides agree (1.0 = identical)."""
+        return 1.0 - self.flips / self.positions if self.positions else 1.0
+
+    @property
+    def flip_rate(self) -> float:
+        """Flips per reference spike."""
+        return self.flips / max(self.spikes_ref, 1)
+
+
+@dataclass
+class FidelityReport:
+    """Result of one comparison; ``passed`` is set by the check that owns a target."""
+
+    label: str
+    dtype: str
+    clips: int
+    max_abs_logit_diff: float
+    top1_agreement: float
+    layers: list[LayerAgreement] = field(default_factory=list)
+    target: str | None = None
+    passed: bool | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def positions(self) -> int:
+        return sum(layer.positions for layer in self.layers)
+
+    @property
+    def spikes_ref(self) -> int:
+        return sum(layer.spikes_ref for layer in self.layers)
+
+    @property
+    def flips(self) -> int:
+        return sum(layer.flips for layer in self.layers)
+
+    @property
+    def spike_agreement(self) -> float:
+        return 1.0 - self.flips / self.positions if self.positions else 1.0
+
+    @property
+    def flip_rate(self) -> float:
+        """Flips per reference spike, over all layers."""
+        return self.flips / max(self.spikes_ref, 1)
+
+    def identical_spikes(self) -> bool:
+        return self.flips == 0
+
+    def worst_layers(self, n: int = 3) -> list[LayerAgreement]:
+        return sorted(self.layers, key=lambda la: la.agreement)[:n]
+
+    def summary(self) -> str:
+        """One line: label, logits, top-1, spikes."""
+        s = (f"{self.label} [{self.dtype}, {self.clips} clips]: max |dlogit| {self.max_abs_logit_diff:.3g}, "
+             f"top-1 agreement {self.top1_agreement:.2%}, spike flips {self.flips}/{self.spikes_ref} "
+             f"({self.flip_rate:.2e} of spikes, agreement {self.spike_agreement:.6f})")
+        if self.passed is not None:
+            s += f" -> {'PASS' if self.passed else 'FAIL'} ({self.target})"
+        return s
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["layers"] = [{**asdict(la), "agreement": la.agreement} for la in self.layers]
+        d.update(positions=self.positions, spikes_ref=self.spikes_ref, flips=self.flips,
+                 spike_agreement=self.spike_agreement, flip_rate=self.flip_rate)
+        return d
+
+
+# ---------------------------------------------------------------------------------------------
+def batches(inputs: Tensor | Iterable[Tensor], batch_size: int) -> Iterator[Tensor]:
+    """Yield frame batches ``[T, b, C, H, W]`` from one tensor or an iterable of tensors."""
+    if isinstance(inputs, Tensor):
+        if inputs.dim() != 5:
+            raise SVFormerError(f"inputs must be frames [T, B, C, H, W], got shape {list(inputs.shape)}")
+        for i in range(0, inputs.shape[1], batch_size):
+            yield inputs[:, i:i + batch_size]
+    else:
+        for x in inputs:
+            yield from batches(x, batch_size)
+
+
+class _Runner:
+    """Runs a graph or a model on batches and returns logits and neuron spikes by layer name."""
+
+    def __init__(self, subject: Subject, dtype: torch.dtype, mode: str):
+        self.is_model = isinstance(subject, SVFormer)
+        if self.is_model:
+            self.model = copy.deepcopy(subject).to(dtype).eval()
+            self.dtype = dtype
+            self.neurons = {n: m for n, m in self.model.named_modules() if isinstance(m, sj_neuron.BaseNode)}
+        elif isinstance(subject, nx.DiGraph):
+            self.ref = ReferenceModel(subject, dtype=dtype, mode=mode)
+            self.neurons = {n: None for n in ir.neuron_names(subject)}
+        else:
+            raise SVFormerError(f"cannot run a {type(subject).__name__}; give an IR graph or an SVFormer")
+
+    def __call__(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        with torch.no_grad():
+            if not self.is_model:
+                steps: dict[str, list[Tensor]] = {n: [] for n in self.neurons}
+
+                def keep(name: str, value: Tensor) -> None:
+                    if name in steps:
+                        steps[name].append(value != 0)  # bool: 1 byte per neuron and step
+
+                logits, _ = self.ref.run(x, observe=keep)
+                return logits, {n: torch.stack(v) for n, v in steps.items()}
+            spikes: dict[str, Tensor] = {}
+            hooks = [m.register_forward_hook(lambda mod, i, o, n=n: spikes.__setitem__(n, o != 0))
+                     for n, m in self.neurons.items()]
+            try:
+                logits = self.model.forward_sequence(x.to(self.dtype))
+            finally:
+                for h in hooks:
+                    h.remove()
+            return logits, spikes
+
+
+def compare(ref: Subject, new: Subject, inputs: Tensor | Iterable[Tensor], dtype: torch.dtype = torch.float64,
+            ref_mode: str = "float", new_mode: str = "float", label: str = "", batch_size: int = 8) -> FidelityReport:
+    """Run ``ref`` and ``new`` on the same inputs and report logit and spike agreement.
+
+    ``*_mode`` selects the graph semantics (``"float"`` or ``"fixed"``, see :mod:`export.reference`);
+    a fixed-point side always runs in float64. Neuron layers present on both sides are compared.
+    """
+    ra, rb = _Runner(ref, dtype, ref_mode), _Runner(new, dtype, new_mode)
+    names = [n for n in ra.neurons if n in rb.neurons]
+    acc = {n: [0, 0, 0, 0] for n in names}
+    max_diff, agree, clips = 0.0, 0, 0
+    for x in batches(inputs, batch_size):
+        la, sa = ra(x)
+        lb, sb = rb(x)
+        max_diff = max(max_diff, float((la.double() - lb.double()).abs().max()))
+        agree += int((la.argmax(-1) == lb.argmax(-1)).sum())
+        clips += x.shape[1]
+        for n in names:
+            a, b = sa.pop(n), sb.pop(n)
+            if a.shape != b.shape:
+                raise SVFormerError(f"neuron layer {n}: spike shapes differ ({list(a.shape)} vs {list(b.shape)})")
+            c = acc[n]
+            c[0] += a.numel()
+            c[1] += int(a.sum())
+            c[2] += int(b.sum())
+            c[3] += int((a != b).sum())
+    if clips == 0:
+        raise SVFormerError("fidelity check needs at least one input clip")
+    layers = [LayerAgreement(n, *acc[n]) for n in names]
+    return FidelityReport(label=label, dtype=str(dtype).replace("torch.", ""), clips=clips,
+                          max_abs_logit_diff=max_diff, top1_agreement=agree / clips, layers=layers)

@@ -1,0 +1,342 @@
+"""Reference interpreter: executes an IR graph time step by time step with plain torch ops.
+
+:class:`ReferenceModel` is an ``nn.Module`` built from a graph. ``forward(x)`` takes frames
+``[T, B, C, H, W]`` and returns logits ``[B, classes]``; the loop over T and over the nodes is
+plain Python, so ``torch.onnx.export(..., dynamo=True)`` unrolls it (no SpikingJelly op involved).
+
+Modes:
+
+- ``"float"``: the graph's float semantics (node docstrings in :mod:`export.ir`), in float32 or
+  float64. Ops are written exactly as SpikingJelly/PyTorch compute them (same expression order),
+  so a traced model is reproduced bit for bit wherever the kernels agree.
+- ``"fixed"``: the integer semantics of a quantized graph (the spec in
+  :mod:`export.passes.quantize`), evaluated on float64 tensors that hold integers. Every value
+  stays an integer below 2^53, so float64 evaluation *is* the integer arithmetic: an integer
+  executor following the spec must give identical spikes, states and logits. Weighted ops may run
+  in ``weight_dtype=torch.float32`` (onnxruntime has no float64 Conv); that is still exact while
+  every accumulator stays below 2^24 (``acc_bits`` <= 24 in the quantize report).
+
+Neuron state is local to one call (every call is an independent clip, like ``SVFormer.forward``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+
+import networkx as nx
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from svformer.errors import SVFormerError
+
+from . import ir
+
+MODES = ("float", "fixed")
+V_CLIP = float(2**23 - 1)  # Lava's 24-bit membrane saturation
+X_CLIP = float(2**17 - 1)  # neuron input range so that x << 6 fits 24 bits
+
+
+def _view(arr: Tensor, rank: int, axis: int) -> Tensor:
+    """Reshape a per-channel vector so it broadcasts over a batched tensor of per-step rank ``rank``."""
+    ax = axis % rank
+    shape = [1] * (rank + 1)
+    shape[ax + 1] = arr.shape[-1]
+    return arr.reshape(shape)
+
+
+class ReferenceModel(nn.Module):
+    """An executable view of an IR graph (see the module docstring for modes and dtypes)."""
+
+    def __init__(self, graph: nx.DiGraph, dtype: torch.dtype = torch.float32, mode: str = "float",
+                 weight_dtype: torch.dtype | None = None):
+        super().__init__()
+        ir.validate(graph)
+        if mode not in MODES:
+            raise SVFormerError(f"unknown reference mode {mode!r}; use one of {MODES}")
+        if mode == "fixed":
+            missing = [n for n in graph.nodes if "quant" not in graph.nodes[n]]
+            if missing:
+                raise SVFormerError(f"graph is not quantized (no quant parameters on {missing[0]}); "
+                                    "run the quantize pass")
+            dtype = torch.float64
+        self.mode = mode
+        self.dtype = dtype
+        self.wdtype = weight_dtype or dtype
+        self.time_steps = int(graph.graph["time_steps"])
+        self.names = ir.topo_order(graph)
+        self.ops = {n: graph.nodes[n]["op"] for n in self.names}
+        self.inputs = {n: ir.inputs_of(graph, n) for n in self.names}
+        self.specs = {n: ir.spec(graph, n) for n in self.names}
+        self.rank = {n: len(self.specs[n].shape) for n in self.names}
+        self.in_name = ir.input_node(graph)
+        self.out_name = ir.output_node(graph)
+        self.step_nodes = [n for n in self.names if self.specs[n].rate == ir.STEP]
+        self.clip_nodes = [n for n in self.names if self.specs[n].rate == ir.CLIP]
+        self.heads = [n for n in self.names if self.ops[n].op == "conv3d"]
+        self._key = {n: f"n{i}" for i, n in enumerate(self.names)}
+        for n in self.names:
+            src = graph.nodes[n].get("quant", {}) if mode == "fixed" else self.ops[n].arrays()
+            for field, arr in src.items():
+                self._buffer(n, field, arr)
+            op = self.ops[n]
+            if mode == "float" and op.op == "neuron" and op.model == "plif":
+                self._buffer(n, "a", np.asarray(op.a, dtype=np.float64))
+            if mode == "fixed":
+                self._fixed_extras(n, graph.nodes[n]["quant"])
+        self.eval()  # no training behaviour; keeps torch.onnx.export from warning
+
+    # -- parameters -----------------------------------------------------------------------
+    def _buffer(self, node: str, field: str, arr: np.ndarray, dtype: torch.dtype | None = None) -> None:
+        arr = np.asarray(arr)
+        if dtype is None:
+            weighted = self.ops[node].op in ir.WEIGHTED and field in ("weight",)
+            dtype = self.wdtype if weighted else self.dtype
+        arr = np.asarray(arr.astype(np.float64) if arr.dtype.kind in "iub" else arr, order="C")
+        t = torch.from_numpy(arr.copy()).to(dtype)
+        self.register_buffer(f"{self._key[node]}_{field.replace('.', '_')}", t, persistent=True)
+
+    def p(self, node: str, field: str) -> Tensor | None:
+        return getattr(self, f"{self._key[node]}_{field}", None)
+
+    def _fixed_extras(self, n: str, q: dict) -> None:
+        """Precompute 2^(shift-1) and 2^-shift for the rounding right shifts (exact in float64)."""
+        if self.ops[n].op == "spike_matmul_q_kv":
+            self._buffer(n, "mult", np.ldexp(1.0, int(q["shift"])), torch.float64)
+        elif "shift" in q:
+            s = np.asarray(q["shift"], dtype=np.int64)
+            half = np.where(s > 0, np.ldexp(1.0, np.maximum(s - 1, 0)), 0.0)
+            self._buffer(n, "half", half, torch.float64)
+            self._buffer(n, "inv", np.ldexp(1.0, -s), torch.float64)
+
+    # -- execution ------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``[B, classes]`` for frames ``[T, B, C, H, W]``."""
+        return self.run(x)[0]
+
+    def check_input(self, x: Tensor) -> None:
+        want = self.specs[self.in_name].shape
+        if x.dim() != 5 or x.shape[0] != self.time_steps or tuple(x.shape[2:]) != tuple(want):
+            raise SVFormerError(f"input shape {list(x.shape)} does not fit the graph: expected "
+                                f"[T, B, C, H, W] = [{self.time_steps}, B, {', '.join(map(str, want))}]")
+
+    def run(self, x: Tensor, record: bool | Collection[str] = False,
+            observe: Callable[[str, Tensor], None] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Logits and, with ``record``, every node's output (step rate: ``[T, B, ...]``; clip rate: ``[B, ...]``);
+        ``record`` may also name the nodes to keep (e.g. only the neurons, to bound memory).
+
+        ``observe(name, value)`` is called on every node output as it is produced (per step for
+        step-rate nodes) without keeping them. In ``"fixed"`` mode recorded/observed real-valued
+        outputs are the integer codes (as float64); the logits are always real (codes x output scale).
+        """
+        self.check_input(x)
+        keep = set(self.names) if record is True else set(record or ())
+        rec: dict[str, list[Tensor]] = {n: [] for n in self.step_nodes if n in keep}
+        state: dict[str, Tensor] = {}
+        head_in: dict[str, list[Tensor]] = {n: [] for n in self.heads}
+        for t in range(x.shape[0]):
+            env: dict[str, Tensor] = {}
+            for n in self.step_nodes:
+                ins = [env[i] for i in self.inputs[n]]
+                env[n] = self._input(x[t]) if n == self.in_name else self._step(n, t, ins, state)
+                if n in rec:
+                    rec[n].append(env[n])
+                if observe is not None:
+                    observe(n, env[n])
+            for n in self.heads:
+                head_in[n].append(env[self.inputs[n][0]])
+        out: dict[str, Tensor] = {n: torch.stack(v) for n, v in rec.items()}
+        env = {}
+        for n in self.clip_nodes:
+            if self.ops[n].op == "conv3d":
+                env[n] = self._head(n, head_in[n])
+            else:
+                env[n] = self._step(n, 0, [env[i] for i in self.inputs[n]], state)
+            if n in keep:
+                out[n] = env[n]
+            if observe is not None:
+                observe(n, env[n])
+        return env[self.out_name], out
+
+    def _input(self, xt: Tensor) -> Tensor:
+        if self.mode == "float":
+            return xt.to(self.dtype)
+        s, bits = self.p(self.in_name, "scale"), self.p(self.in_name, "bits")
+        return _sat(torch.round(xt.to(torch.float64) / s), bits)
+
+    def _step(self, n: str, t: int, ins: list[Tensor], state: dict[str, Tensor]) -> Tensor:
+        op = self.ops[n]
+        fn = getattr(self, f"_{self.mode}_{op.op}", None) or getattr(self, f"_any_{op.op}")
+        return fn(n, op, t, ins, state)
+
+    # -- ops shared by both modes (layout, exact products) ----------------------------------
+    def _any_split_heads(self, n, op, t, ins, state):
+        x = ins[0]
+        b, nt, _ = x.shape
+        x = x.reshape(b, nt, op.parts, op.heads, op.head_dim)[:, :, op.part]
+        return x.permute(0, 2, 1, 3).contiguous()
+
+    def _any_merge_heads(self, n, op, t, ins, state):
+        x = ins[0]
+        b, h, nt, d = x.shape
+        return x.transpose(1, 2).reshape(b, nt, h * d)
+
+    def _any_to_tokens(self, n, op, t, ins, state):
+        return ins[0].flatten(2).transpose(1, 2)
+
+    def _any_to_image(self, n, op, t, ins, state):
+        x = ins[0]
+        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], op.height, op.width)
+
+    def _any_flatten(self, n, op, t, ins, state):
+        return ins[0].flatten(1)
+
+    def _any_spike_matmul_kv(self, n, op, t, ins, state):
+        k, v = ins
+        return k.transpose(-2, -1) @ v
+
+    def _any_concat(self, n, op, t, ins, state):
+        return torch.cat(ins, dim=(op.axis % self.rank[n]) + 1)
+
+    def _any_output(self, n, op, t, ins, state):
+        return ins[0]
+
+    # -- float semantics ------------------------------------------------------------------
+    def _float_conv2d(self, n, op, t, ins, state):
+        w, b = self.p(n, "weight"), self.p(n, "bias")
+        full_bias = b is not None and b.dim() == 3
+        y = F.conv2d(ins[0].to(w.dtype), w, None if full_bias else b, op.stride, op.padding, 1, op.groups)
+        y = y.to(self.dtype)
+        return y + b if full_bias else y
+
+    def _float_linear(self, n, op, t, ins, state):
+        w = self.p(n, "weight")
+        return F.linear(ins[0].to(w.dtype), w, self.p(n, "bias")).to(self.dtype)
+
+    def _float_batchnorm(self, n, op, t, ins, state):
+        x = ins[0]
+        sel = (lambda a: a[t]) if op.per_step else (lambda a: a)
+        args = [sel(self.p(n, f)) for f in ("mean", "var", "weight", "bias")]
+        if op.axis % self.rank[n] == self.rank[n] - 1 and self.rank[n] > 1:
+            y = F.batch_norm(x.transpose(1, -1), args[0], args[1], args[2], args[3], False, 0.0, op.eps)
+            return y.transpose(1, -1)
+        return F.batch_norm(x, args[0], args[1], args[2], args[3], False, 0.0, op.eps)
+
+    def _float_affine(self, n, op, t, ins, state):
+        y = ins[0]
+        s, b = self.p(n, "scale"), self.p(n, "bias")
+        if s is not None:
+            y = y * _view(s[t] if s.dim() == 2 else s, self.rank[n], op.axis)
+        if b is not None:
+            y = y + _view(b[t] if b.dim() == 2 else b, self.rank[n], op.axis)
+        return y
+
+    def _float_neuron(self, n, op, t, ins, state):
+        x = ins[0]
+        v = state.get(n)
+        if v is None:
+            v = torch.zeros_like(x)
+        vr = op.v_reset
+        if op.model == "plif":
+            k = self.p(n, "a").sigmoid()
+            h = v + (x - (v - vr)) * k if op.decay_input else v - (v - vr) * k + x
+        else:
+            h = v + (x - (v - vr)) / op.tau if op.decay_input else v - (v - vr) / op.tau + x
+        s = (h >= op.v_threshold).to(x.dtype)
+        state[n] = s * vr + (1.0 - s) * h
+        return s
+
+    def _float_spike_matmul_q_kv(self, n, op, t, ins, state):
+        q, kv = ins
+        return (q @ kv) * op.scale
+
+    def _float_add(self, n, op, t, ins, state):
+        return ins[0] + ins[1]
+
+    def _head(self, n: str, frames: list[Tensor]) -> Tensor:
+        op = self.ops[n]
+        x = torch.stack(frames, dim=2)  # [B, C, T, h, w]
+        if self.mode == "float":
+            w = self.p(n, "weight")
+            return F.conv3d(x.to(w.dtype), w, self.p(n, "bias"), groups=op.groups).to(self.dtype)
+        acc = F.conv3d(x.to(self.wdtype), self.p(n, "weight"), groups=op.groups).to(torch.float64)
+        return self._requant(n, acc, 4, 0)
+
+    # -- fixed-point semantics (export.passes.quantize) ------------------------------------
+    def _requant(self, n: str, acc: Tensor, rank: int, axis: int = 0) -> Tensor:
+        """acc (+ integer bias), then the optional per-channel requantization to ``bits``."""
+        b = self.p(n, "bias")
+        if b is not None:
+            acc = acc + (b if b.dim() == 3 else _view(b, rank, axis))
+        m = self.p(n, "m")
+        if m is None:
+            return acc
+        half, inv = self.p(n, "half"), self.p(n, "inv")
+        y = torch.floor((acc * _view(m, rank, axis) + _view(half, rank, axis)) * _view(inv, rank, axis))
+        return _sat(y, self.p(n, "bits"))
+
+    def _fixed_conv2d(self, n, op, t, ins, state):
+        acc = F.conv2d(ins[0].to(self.wdtype), self.p(n, "weight"), None, op.stride, op.padding, 1, op.groups)
+        return self._requant(n, acc.to(torch.float64), 3, 0)
+
+    def _fixed_linear(self, n, op, t, ins, state):
+        acc = F.linear(ins[0].to(self.wdtype), self.p(n, "weight")).to(torch.float64)
+        return self._requant(n, acc, self.rank[n], -1)
+
+    def _fixed_affine(self, n, op, t, ins, state):
+        m, half, inv, b = (self.p(n, f) for f in ("m", "half", "inv", "bias"))
+
+        def pick(a: Tensor) -> Tensor:
+            return _view(a[t] if a.dim() == 2 else a, self.rank[n], op.axis)
+
+        y = torch.floor((ins[0] * pick(m) + pick(half)) * pick(inv))
+        if b is not None:
+            y = y + pick(b)
+        return _sat(y, self.p(n, "bits"))
+
+    def _fixed_neuron(self, n, op, t, ins, state):
+        x = torch.clamp(ins[0], -X_CLIP, X_CLIP)
+        v = state.get(n)
+        if v is None:
+            v = torch.zeros_like(x)
+        decay = self.p(n, "decay")
+        v = torch.trunc(v * (4096.0 - decay) / 4096.0) + x * 64.0
+        v = torch.clamp(v, -V_CLIP, V_CLIP)
+        s = (v > self.p(n, "theta")).to(torch.float64)
+        state[n] = v * (1.0 - s)
+        return s
+
+    def _fixed_spike_matmul_q_kv(self, n, op, t, ins, state):
+        q, kv = ins
+        return _sat((q @ kv) * self.p(n, "mult"), self.p(n, "bits"))
+
+    def _fixed_add(self, n, op, t, ins, state):
+        return _sat(ins[0] + ins[1], self.p(n, "bits"))
+
+    def _fixed_output(self, n, op, t, ins, state):
+        return ins[0] * self.p(n, "scale")
+
+
+def _sat(x: Tensor, bits: Tensor) -> Tensor:
+    """Symmetric saturation to ``bits``: clamp to ±(2^(bits-1) - 1)."""
+    lim = torch.pow(2.0, bits - 1) - 1
+    return torch.maximum(torch.minimum(x, lim), -lim)
+
+
+def run_graph(graph: nx.DiGraph, x: Tensor, dtype: torch.dtype = torch.float64, mode: str = "float",
+              record: bool | Collection[str] = False,
+              batch_size: int | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """Run ``graph`` on frames ``[T, B, C, H, W]`` (in batches of ``batch_size`` clips) without gradients."""
+    ref = ReferenceModel(graph, dtype=dtype, mode=mode)
+    with torch.no_grad():
+        if batch_size is None or x.shape[1] <= batch_size:
+            return ref.run(x, record=record)
+        parts = [ref.run(x[:, i:i + batch_size], record=record) for i in range(0, x.shape[1], batch_size)]
+    logits = torch.cat([p[0] for p in parts])
+    rec = {}
+    if record:
+        for n in parts[0][1]:
+            dim = 1 if ref.specs[n].rate == ir.STEP else 0
+            rec[n] = torch.cat([p[1][n] for p in parts], dim=dim)
+    return logits, rec

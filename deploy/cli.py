@@ -12,6 +12,7 @@ import click
 COMMANDS: dict[str, str] = {
     "info": "deploy.commands.info:info",
     "probe": "deploy.commands.probe:probe",
+    "train": "deploy.commands.train:train",
     "energy-report": "deploy.commands.energy_report:energy_report",
 }
 

@@ -1,0 +1,207 @@
+"""``svformer-deploy train``: train an SVFormer on CPU from videos, event recordings or the synthetic set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from deploy.render import emit_json, table
+
+# CLI option -> SVFormerConfig field (model overrides)
+MODEL_OPTIONS = {
+    "time_steps": "time_steps", "size": "img_size", "dims": "dims", "depths": "depths",
+    "stage_types": "stage_types", "head_dim": "head_dim", "mlp_ratio": "mlp_ratio", "first_patch": "first_patch",
+    "neuron": "neuron", "norm": "norm", "drop_path": "drop_path", "v_threshold": "v_threshold",
+}
+# CLI option -> TrainConfig field
+TRAIN_OPTIONS = {
+    "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "min_lr": "min_lr", "warmup_epochs": "warmup_epochs",
+    "weight_decay": "weight_decay", "label_smoothing": "label_smoothing", "clip_grad": "clip_grad", "flip": "flip",
+    "erase": "erase", "shift": "shift", "frame_stride": "frame_stride",
+    "video_input": "video_input", "event_split": "event_split",
+    "event_fit": "event_fit", "sensor_size": "sensor_size", "seed": "seed", "workers": "workers",
+    "eval_every": "eval_every", "keep": "keep", "out": "out_dir", "holdout": "holdout", "test": "test_data",
+    "cache": "cache",
+}
+SYNTHETIC_OPTIONS = {"synthetic_classes": "num_classes", "synthetic_train": "train_per_class",
+                     "synthetic_test": "test_per_class", "synthetic_size": "size", "synthetic_frames": "frames"}
+SOURCE_OPTIONS = ("videos", "csv", "nmnist", "events")
+
+
+def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+
+
+def _str_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _sensor(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    parts = _int_list(ctx, param, value)
+    if not parts or len(parts) != 2 or min(parts) < 1:
+        raise click.BadParameter(f"expected WxH in pixels, e.g. 346x260, got {value!r}")
+    return parts
+
+
+def build_config(params: dict[str, Any], explicit: set[str]) -> Any:
+    """The :class:`svformer.train.TrainConfig` for these CLI parameters (``explicit``: options given by the user).
+
+    With ``--resume`` the checkpoint's stored config is the base and only explicit options change it.
+    """
+    from svformer.train import TrainConfig, resume_config
+
+    sources = [s for s in SOURCE_OPTIONS if params.get(s)] + (["synthetic"] if params.get("synthetic") else [])
+    if len(sources) > 1:
+        raise click.UsageError(f"give one data source, not {' and '.join('--' + s for s in sources)}")
+    train_kwargs = {field: params[opt] for opt, field in TRAIN_OPTIONS.items()
+                    if opt in explicit or (not params.get("resume") and params.get(opt) is not None)}
+    synthetic = {field: params[opt] for opt, field in SYNTHETIC_OPTIONS.items() if params.get(opt) is not None}
+    if sources:
+        train_kwargs["source"] = sources[0]
+        train_kwargs["data"] = str(params[sources[0]]) if sources[0] != "synthetic" else (
+            str(params["synthetic_dir"]) if params.get("synthetic_dir") else None)
+    if synthetic:
+        train_kwargs["synthetic"] = synthetic
+    if params.get("quiet"):
+        train_kwargs["quiet"] = True
+    model = {field: params[opt] for opt, field in MODEL_OPTIONS.items() if params.get(opt) is not None}
+    if params.get("no_local_pathway"):
+        model["local_pathway"] = False
+    if params.get("resume"):
+        if model or "arch" in explicit:
+            raise click.UsageError("--resume continues the checkpoint's model; model options (--arch, --dims, "
+                                   "--time-steps, ...) cannot change it")
+        return resume_config(params["resume"], **train_kwargs)
+    if not sources:
+        raise click.UsageError("give a data source: --videos DIR, --csv FILE, --nmnist DIR, --events DIR "
+                               "or --synthetic")
+    if not params.get("arch"):
+        raise click.UsageError("give the architecture with --arch NAME (e.g. 3stg, base, st) or --resume CKPT")
+    return TrainConfig(arch=params["arch"], model=model, **train_kwargs)
+
+
+def render_result(result: Any) -> str:
+    m = result.metrics
+    lines = [f"trained {result.epochs} epochs in {result.seconds:.1f} s"
+             + (f" (resumed after epoch {result.resumed_from})" if result.resumed_from else "")
+             + f"; {result.params:,} parameters, {len(result.class_names)} classes"]
+    rows = [[h["epoch"], f"{h['loss']:.4f}", f"{h['lr']:.2e}", f"{h['train_acc']:.3f}",
+             f"{h['test_top1']:.3f}" if "test_top1" in h else "-", f"{h['test_top5']:.3f}" if "test_top5" in h else "-",
+             f"{h['seconds']:.1f}"] for h in result.history[-10:]]
+    lines.append(table(["epoch", "loss", "lr", "train acc", "test top-1", "test top-5", "s"], rows))
+    skipped = result.train_data["skipped"] + result.test_data["skipped"]
+    lines.append(f"data: {result.train_data['samples']} train / {result.test_data['samples']} test clips used, "
+                 f"{skipped} bad file(s) skipped")
+    if "test_top1" in m:
+        lines.append(f"final test top-1 {m['test_top1']:.3f}, top-5 {m['test_top5']:.3f}")
+    lines.append(f"checkpoint: {result.checkpoint}  (every epoch: {Path(result.out_dir) / 'epoch-NNN.pt'}; "
+                 f"metrics: {Path(result.out_dir) / 'metrics.jsonl'})")
+    return "\n".join(lines)
+
+
+@click.command(context_settings={"max_content_width": 110})
+@click.option("--videos", type=click.Path(path_type=Path), help="Video folder: DIR/<class>/<clip> (or DIR/train "
+              "and DIR/test of that layout).")
+@click.option("--csv", type=click.Path(path_type=Path), help="CSV list of 'path,label' lines (paths relative to it).")
+@click.option("--nmnist", type=click.Path(path_type=Path), help="N-MNIST small folder (<n>.bs2, train1K.txt, "
+              "test100.txt); 2-channel event frames.")
+@click.option("--events", type=click.Path(path_type=Path), help="Event-file folder: DIR/<class>/<file> "
+              "(.aedat4, .bin, .bs2, .npy).")
+@click.option("--synthetic", is_flag=True, help="The built-in synthetic action set (generated when missing).")
+@click.option("--test", type=click.Path(path_type=Path), help="Held-out folder/CSV for --videos/--events/--csv "
+              "(default: DIR/test if present, else --holdout of every class).")
+@click.option("--holdout", type=float, default=0.2, show_default=True, help="Fraction of each class held out "
+              "for testing when there is no test set.")
+@click.option("--synthetic-dir", type=click.Path(path_type=Path), help="Where the synthetic set lives or is "
+              "generated [default: OUT/synthetic-data].")
+@click.option("--synthetic-classes", type=int, help="Synthetic set: number of classes.")
+@click.option("--synthetic-train", type=int, help="Synthetic set: training clips per class.")
+@click.option("--synthetic-test", type=int, help="Synthetic set: held-out clips per class.")
+@click.option("--synthetic-size", type=int, help="Synthetic set: frame size (pixels).")
+@click.option("--synthetic-frames", type=int, help="Synthetic set: frames per clip.")
+@click.option("--arch", help="Variant to start from: base, ss, st, dp, wd, 3stg (model options override it).")
+@click.option("--time-steps", "-T", type=int, help="Model: T, frames per clip.")
+@click.option("--size", type=int, help="Model: input size S (pixels, S x S).")
+@click.option("--dims", callback=_int_list, help="Model: channels per stage, e.g. 32,64,128.")
+@click.option("--depths", callback=_int_list, help="Model: blocks per stage, e.g. 1,1,1.")
+@click.option("--stage-types", callback=_str_list, help="Model: block type per stage, e.g. lfe,gsa,gsa.")
+@click.option("--head-dim", type=int, help="Model: attention head width d.")
+@click.option("--mlp-ratio", type=float, help="Model: MLP expansion ratio.")
+@click.option("--first-patch", type=int, help="Model: stride of the first patch embedding (4 in the paper).")
+@click.option("--no-local-pathway", is_flag=True, help="Model: remove the local pathway.")
+@click.option("--neuron", type=click.Choice(["plif", "lif"]), help="Model: neuron type.")
+@click.option("--norm", type=click.Choice(["tdbn", "bn"]), help="Model: time-dependent or plain BN.")
+@click.option("--drop-path", type=float, help="Model: stochastic depth rate.")
+@click.option("--v-threshold", type=float, help="Model: neuron threshold.")
+@click.option("--epochs", type=int, default=10, show_default=True,
+              help="Epochs in total (with --resume: the new total).")
+@click.option("--batch-size", "-b", type=int, default=16, show_default=True, help="Clips per batch (>= 2).")
+@click.option("--lr", type=float, default=5e-3, show_default=True, help="Peak learning rate (AdamW).")
+@click.option("--min-lr", type=float, default=1e-6, show_default=True, help="Learning rate at the end of the cosine.")
+@click.option("--warmup-epochs", type=float, default=1.0, show_default=True, help="Linear warm-up length (epochs).")
+@click.option("--weight-decay", type=float, default=0.05, show_default=True, help="AdamW decay (not on BN/1-D params).")
+@click.option("--label-smoothing", type=float, default=0.1, show_default=True, help="Label smoothing of the loss.")
+@click.option("--clip-grad", type=float, default=20.0, show_default=True, help="Gradient-norm clipping (0: off).")
+@click.option("--flip", type=float, help="Horizontal flip probability [default: 0.5 for --videos/--csv, else 0].")
+@click.option("--erase", type=float, default=0.25, show_default=True, help="Random erasing probability.")
+@click.option("--shift", type=int, help="Random shift of event frames, pixels [default: 2 for events, else 0].")
+@click.option("--frame-stride", type=int, default=4, show_default=True, help="Video: window = T x stride frames.")
+@click.option("--video-input", type=click.Choice(["rgb", "events"]), default="rgb", show_default=True,
+              help="Video: RGB frames, or emulated event frames (luma changes between sampled frames, 2 channels).")
+@click.option("--event-split", type=click.Choice(["number", "time"]), default="number", show_default=True,
+              help="Events: T slices of equal event counts or equal durations.")
+@click.option("--event-fit", type=click.Choice(["auto", "pad", "resize"]), default="auto", show_default=True,
+              help="Events: sensor to S x S by centre pad/crop or by scaling coordinates.")
+@click.option("--sensor-size", callback=_sensor, help="Events: sensor WxH for .npy arrays (default: bounding box).")
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("train-out"),
+              show_default=True, help="Output folder: epoch-NNN.pt, last.pt, metrics.jsonl, summary.json.")
+@click.option("--resume", type=click.Path(dir_okay=False, path_type=Path), help="Continue from a checkpoint "
+              "written by train (its stored options are the defaults).")
+@click.option("--cache/--no-cache", default=None, help="Decode every clip once and keep it in memory [default: "
+              "when all clips fit in 2 GiB]; cached videos get random shifts instead of decode-time random crops.")
+@click.option("--workers", "-j", type=int, default=0, show_default=True, help="DataLoader worker processes.")
+@click.option("--threads", type=int, help="Torch CPU threads [default: torch's choice]; 1 is often faster when "
+              "other jobs share the cores.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation, shuffling, augmentation.")
+@click.option("--eval-every", type=int, default=1, show_default=True, help="Evaluate every N epochs (and at the end).")
+@click.option("--keep", type=int, help="Keep only the last N epoch-NNN.pt files [default: all].")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document on stdout.")
+@click.pass_context
+def train(ctx: click.Context, as_json: bool, **params: Any) -> None:
+    """Train an SVFormer on CPU: AdamW, warm-up + cosine, label smoothing, a checkpoint every epoch.
+
+    \b
+    Examples:
+      svformer-deploy train --synthetic --arch 3stg --size 64 -T 8 --dims 32,64,128 --epochs 10 -o runs/syn
+      svformer-deploy train --nmnist ../shared/data/events/nmnist-small --arch 3stg --size 34 -T 8 \\
+          --dims 32,64,128 --depths 1,1,1 --head-dim 32 --epochs 30 -b 32 -o runs/nmnist
+      svformer-deploy train --resume runs/nmnist/last.pt --epochs 40
+    """
+    from svformer.progress import set_quiet
+    from svformer.train import train_model
+
+    explicit = {name for name in params
+                if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    params["out"] = str(params["out"])
+    cfg = build_config(params, explicit)
+    if params.get("quiet"):
+        set_quiet(True)
+    if params.get("threads"):
+        import torch
+
+        torch.set_num_threads(params["threads"])
+    result = train_model(cfg)
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        click.echo(render_result(result))

@@ -123,3 +123,38 @@ def test_probe_of_the_1080p_clip(capsys):
     assert r["views"] == [[19, 23, 27, 31, 35, 40, 44, 48, 52, 56, 61, 65, 69, 73, 77, 82]]
     assert r["frames_decoded"] == 83
     assert -2.0 - 1e-5 <= r["value_range"][0] < r["value_range"][1] <= 1 / 0.225 - 2.0 + 1e-5
+
+
+def test_probe_events_reports_framing_and_conserves_events(capsys, tmp_path):
+    from conftest import data_path
+
+    sample = data_path("events", "nmnist-small", "1.bs2")
+    code, out, err = run(capsys, "probe", "--events", str(sample), "-T", "4", "--size", "34", "--json",
+                         "--sheet", str(tmp_path / "ev.png"))
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["format"] == "nmnist" and r["sensor_size"] == [34, 34]
+    assert r["tensor_shape"] == [4, 2, 34, 34]
+    assert sum(r["frame_events"]) == r["events"] == r["on_events"] + r["off_events"]
+    assert r["dropped_events"] == 0
+    img = Image.open(r["sheet"])
+    assert img.size[0] >= 4 * 34 and img.getextrema() != ((255, 255), (255, 255), (255, 255))
+
+
+def test_probe_events_from_a_numpy_array(capsys, tmp_path):
+    import numpy as np
+
+    ev = np.zeros(6, dtype=[("x", "<i8"), ("y", "<i8"), ("t", "<i8"), ("p", "<i8")])
+    ev["x"], ev["y"], ev["t"], ev["p"] = [0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0], [0, 10, 20, 30, 40, 50], [1, 0] * 3
+    np.save(tmp_path / "ev.npy", ev)
+    code, out, err = run(capsys, "probe", "--events", str(tmp_path / "ev.npy"), "-T", "3", "--size", "8")
+    assert code == 0, err
+    assert "6 events (3 ON, 3 OFF)" in out and "[3, 2, 8, 8]" in out
+
+
+def test_probe_needs_exactly_one_source(capsys, tmp_path):
+    code, _, err = run(capsys, "probe")
+    assert code == 2 and err.startswith("error:")
+    (tmp_path / "notevents.txt").write_text("hello")
+    code, _, err = run(capsys, "probe", "--events", str(tmp_path / "notevents.txt"))
+    assert code == 2 and err.startswith("error:") and "notevents.txt" in err and "Traceback" not in err

@@ -1,4 +1,4 @@
-"""``svformer-deploy probe VIDEO``: what the model will see of a video (stream, sampled frames, tensor shape)."""
+"""``svformer-deploy probe``: what the model will see of a video or an event recording."""
 
 from __future__ import annotations
 
@@ -135,6 +135,68 @@ def write_contact_sheet(path: str | Path, tensor, indices: list[list[int]], crop
     return path
 
 
+def events_report(path: str | Path, time_steps: int = 16, size: int = 128,
+                  sheet: str | Path | None = None) -> dict[str, Any]:
+    """What ``probe --events`` reports: the recording and how it is integrated into T frames of 2 polarities."""
+    from svformer.data.events import load_event_clip, probe_events
+
+    if sheet is not None:
+        _check_sheet_path(sheet)
+    report = probe_events(path, time_steps, size)
+    report["time_steps"], report["size"], report["sheet"] = time_steps, size, None
+    if sheet is not None:
+        report["sheet"] = str(write_event_sheet(sheet, load_event_clip(path, time_steps, size)))
+    return report
+
+
+def write_event_sheet(path: str | Path, frames, tile: int = 128) -> Path:
+    """A PNG row of the T event frames: ON events red, OFF events blue, brighter = more events."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from svformer.fileio import atomic_path
+
+    path = _check_sheet_path(path)
+    counts = frames.numpy()  # [T, 2, S, S], channel 0 = OFF, 1 = ON
+    peak = max(float(counts.max()), 1.0)
+    steps, size = counts.shape[0], counts.shape[-1]
+    side, gap, top = min(size, tile), 2, 14
+    canvas = Image.new("RGB", (steps * (side + gap), top + side), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for t in range(steps):
+        rgb = np.zeros((size, size, 3), dtype=np.uint8)
+        rgb[..., 0] = np.clip(255 * counts[t, 1] / peak, 0, 255)
+        rgb[..., 2] = np.clip(255 * counts[t, 0] / peak, 0, 255)
+        img = Image.fromarray(rgb)
+        if side != size:
+            img = img.resize((side, side), Image.NEAREST)
+        canvas.paste(img, (t * (side + gap), top))
+        draw.text((t * (side + gap) + 2, 1), f"t={t}", fill=(0, 0, 0))
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
+    return path
+
+
+def render_events(r: dict[str, Any]) -> str:
+    w, h = r["sensor_size"]
+    lines = [
+        f"events    {r['file']} ({r['format']})",
+        f"sensor    {w}x{h}, {fmt_int(r['events'])} events ({fmt_int(r['on_events'])} ON, "
+        f"{fmt_int(r['off_events'])} OFF) over {r['duration_us'] / 1e3:.1f} ms",
+        f"framing   T={r['time_steps']} frames split by {'event count' if r['split'] == 'number' else 'time'}, "
+        f"2 polarity channels, {r['fit']} to {r['size']}x{r['size']}"
+        + (f", {fmt_int(r['dropped_events'])} events outside the field of view" if r["dropped_events"] else ""),
+        f"tensor    {r['tensor_shape']} (T, polarity, H, W), event counts",
+        "",
+    ]
+    rows = [[t, fmt_int(n), f"{d / 1e3:.2f}"] for t, (n, d) in enumerate(zip(r["frame_events"],
+                                                                         r["frame_duration_us"], strict=True))]
+    lines.append(table(["step", "events", "ms"], rows, "rrr"))
+    if r["sheet"]:
+        lines += ["", f"sheet     {r['sheet']}"]
+    return "\n".join(lines)
+
+
 def render_probe(r: dict[str, Any]) -> str:
     source = "declared by the container" if r["frames_source"] == "container" else "counted"
     lines = [
@@ -160,10 +222,12 @@ def render_probe(r: dict[str, Any]) -> str:
 
 
 @click.command()
-@click.argument("video", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("video", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--events", "events", type=click.Path(dir_okay=False, path_type=Path),
+              help="Probe an event recording (N-MNIST .bin/.bs2, AEDAT4, .npy) instead of a video.")
 @click.option("--time-steps", "-T", type=click.IntRange(min=1), default=16, show_default=True,
               help="Frames per clip (T).")
-@click.option("--size", type=click.IntRange(min=1), default=224, show_default=True, help="Input size (pixels).")
+@click.option("--size", type=click.IntRange(min=1), help="Input size in pixels [default: 224 video, 128 events].")
 @click.option("--views", "views_spec", default="1x1", show_default=True,
               help="Temporal views x spatial crops, e.g. 5x3 (crops: 1 = centre, 3 = left/centre/right).")
 @click.option("--frame-stride", type=click.IntRange(min=1), default=4, show_default=True,
@@ -171,8 +235,16 @@ def render_probe(r: dict[str, Any]) -> str:
 @click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a contact sheet PNG of the sampled frames.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-def probe(video, time_steps, size, views_spec, frame_stride, sheet, as_json) -> None:
-    """What the model will see of VIDEO: stream info, sampled frame indices per view, tensor shape."""
+def probe(video, events, time_steps, size, views_spec, frame_stride, sheet, as_json) -> None:
+    """What the model will see of VIDEO (stream info, sampled frame indices per view, tensor shape)
+    or of an event recording given with --events (event counts, framing into T polarity frames)."""
+    if (video is None) == (events is None):
+        raise click.UsageError("give either a VIDEO or --events FILE")
+    if events is not None:
+        report = events_report(events, time_steps=time_steps, size=size or 128, sheet=sheet)
+        emit_json(report) if as_json else click.echo(render_events(report))
+        return
+    size = size or 224
     temporal_views, spatial_crops = parse_views(views_spec)
     report = probe_report(video, time_steps=time_steps, size=size, temporal_views=temporal_views,
                           spatial_crops=spatial_crops, frame_stride=frame_stride, sheet=sheet)

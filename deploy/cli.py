@@ -13,6 +13,7 @@ COMMANDS: dict[str, str] = {
     "info": "deploy.commands.info:info",
     "probe": "deploy.commands.probe:probe",
     "train": "deploy.commands.train:train",
+    "simulate": "deploy.commands.simulate:simulate",
     "energy-report": "deploy.commands.energy_report:energy_report",
 }
 

@@ -11,6 +11,7 @@ import click
 # so ``--help`` is instant and does not import torch.
 COMMANDS: dict[str, str] = {
     "info": "deploy.commands.info:info",
+    "export": "deploy.commands.export:export",
     "probe": "deploy.commands.probe:probe",
     "train": "deploy.commands.train:train",
     "simulate": "deploy.commands.simulate:simulate",

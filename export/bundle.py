@@ -194,8 +194,12 @@ class BundleWriter:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
-            self.manifest.setdefault("created", _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
-            (self.tmp / MANIFEST).write_text(json.dumps(self.manifest, indent=2) + "\n")
+            try:
+                self.manifest.setdefault("created", _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+                (self.tmp / MANIFEST).write_text(json.dumps(self.manifest, indent=2) + "\n")
+            except BaseException as e:  # e.g. disk full or a value JSON cannot take: drop the temporary bundle
+                self._ctx.__exit__(type(e), e, e.__traceback__)
+                raise
         try:
             return bool(self._ctx.__exit__(exc_type, exc, tb))
         except FileExistsError:

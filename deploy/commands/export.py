@@ -1,0 +1,115 @@
+"""``svformer-deploy export``: checkpoint -> bundle (IR, NIR, ONNX, netx, manifest) with a fidelity table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from deploy.render import emit_json, fmt_si, table
+
+
+def _fmt(v: float | None, kind: str) -> str:
+    if v is None:
+        return "-"
+    if kind == "diff":
+        return "0" if v == 0 else f"{v:.2e}"
+    if v == 1.0:
+        return "100%"
+    return f"{100 * v:.4f}%" if v > 0.99 else f"{100 * v:.2f}%"
+
+
+def render_export(result: Any) -> str:
+    """The human-readable summary: files, partition, then the fidelity table (one row per check)."""
+    m = result.manifest
+    q = m.get("quantization")
+    part = m["partition"]["summary"]
+    qtext = "none" if not q else f"int{q['weight_bits']} weights ({q['why']})"
+    lines = [f"exported {m.get('arch')} -> {result.output_dir}",
+             f"  passes        {', '.join(m.get('passes') or [])}",
+             f"  quantization  {qtext}",
+             f"  inputs        check: {m['fidelity']['inputs'].get('check', '-')} "
+             f"({m['fidelity']['inputs'].get('check_clips', 0)} clips)"]
+    if q:
+        lines.append(f"                calibration: {q.get('calibration')} "
+                     f"({m['fidelity']['inputs'].get('calibration_clips', 0)} clips)")
+    lines.append(f"  partition     {part['parts']} sequential core parts ({part['core_nodes']} nodes, "
+                 f"{100 * part['core_dense_mac_share']:.1f}% of dense MACs), {part['host_nodes']} nodes on the host; "
+                 f"netx files: {part['netx_files']}")
+    if part.get("note"):
+        lines.append(f"                {part['note']}")
+    lines.append("  files")
+    for role, entry in m["files"].items():
+        entries = entry if isinstance(entry, list) else [entry]
+        size = sum(e["bytes"] for e in entries)
+        what = entries[0]["path"] if len(entries) == 1 else f"{len(entries)} files ({Path(entries[0]['path']).parent}/)"
+        lines.append(f"    {role:<20} {what:<28} {fmt_si(size, 'B')}")
+    lines.append("")
+    rows = []
+    for r in result.fidelity:
+        verdict = "-" if r.passed is None else ("pass" if r.passed else "MISS")
+        rows.append([r.label, _fmt(r.max_abs_diff, "diff"), _fmt(r.spike_agreement, "pct"),
+                     _fmt(r.top1_agreement, "pct"), r.clips if r.clips is not None else "-", r.target or "-", verdict])
+    if rows:
+        lines.append(table(["check", "max |dlogit|", "spike agreement", "top-1 agreement", "clips", "target", "result"],
+                           rows, "lrrrrll"))
+    else:
+        lines.append("no fidelity checks (--check-clips 0)")
+    for w in result.warnings:
+        lines.append(f"warning: {w}")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path),
+              help="Bundle folder to write (default: <checkpoint>.svfd beside the checkpoint).")
+@click.option("--quantize", "quant", default="none", show_default=True, metavar="none|int8|intN",
+              help="Integer weights (post-training, per-output-channel unless netx needs per-tensor scales).")
+@click.option("--bits", type=int, help="Weight bits (2..16); implies quantization.")
+@click.option("--calibration", type=click.Path(exists=True, path_type=Path),
+              help="Calibration clips: a .pt/.npy/.npz tensor, a video/event file or a folder of them.")
+@click.option("--check-data", type=click.Path(exists=True, path_type=Path),
+              help="Held-out clips for the fidelity checks (default: the checkpoint's own test data if found, "
+                   "else --calibration clips after the calibration ones, else random clips).")
+@click.option("--check-clips", type=click.IntRange(min=0),
+              help="Held-out clips to check on (default: as many as fit 5e10 dense MACs, 2..100; 0 skips checks).")
+@click.option("--calibration-clips", type=click.IntRange(min=1), help="Calibration clips (default 2..32).")
+@click.option("--targets", help="Comma-separated writers: nir, onnx, netx (default nir,onnx; netx too when quantized).")
+@click.option("--fuse-linear", is_flag=True, help="Fuse linear cascades (PW-DW-PW) into single convolutions.")
+@click.option("--arch", help="Variant name for bare state_dicts (base, ss, st, dp, wd, 3stg).")
+@click.option("--strict", is_flag=True, help="Exit 1 when a fidelity check misses its target.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def export(checkpoint, output, quant, bits, calibration, check_data, check_clips, calibration_clips, targets,
+           fuse_linear, arch, strict, force, as_json, quiet) -> None:
+    """Export a trained checkpoint to a bundle: IR, NIR, ONNX and (quantized) Lava-DL netx, with fidelity checks."""
+    import logging
+
+    from export.exporter import ExportOptions, export_checkpoint, parse_quantize, parse_targets, raise_on_miss
+    from svformer.progress import bar, set_quiet
+
+    logging.getLogger("torch._library.triton").setLevel(logging.ERROR)  # "Triton not available" on CPU builds
+    set_quiet(quiet)
+    opts = ExportOptions(output=output, weight_bits=parse_quantize(quant, bits), calibration=calibration,
+                         check_data=check_data, targets=parse_targets(targets), fuse=fuse_linear, force=force,
+                         arch=arch, check_clips=check_clips, calibration_clips=calibration_clips)
+    steps = 12 + (2 if fuse_linear else 0) + (4 if opts.weight_bits is not None else 0)
+    pbar = bar(steps, "export")
+
+    def on_step(name: str) -> None:
+        pbar.set_description(f"export: {name}")
+        pbar.update(1)
+
+    try:
+        result = export_checkpoint(checkpoint, opts, on_step=on_step)
+    finally:
+        pbar.close()
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        click.echo(render_export(result))
+    if strict:
+        raise_on_miss(result)

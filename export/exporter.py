@@ -1,0 +1,589 @@
+"""Export a checkpoint to a deployable bundle: the library function behind ``svformer-deploy export``.
+
+:func:`export_checkpoint` loads the checkpoint safely, runs the pipeline (trace -> ``fold_bn`` ->
+``fuse_linear`` (optional) -> ``quantize`` (optional), each step checked against the one before),
+partitions the graph into what a neuromorphic core runs and what stays on a host, writes the
+targets (NIR, ONNX, netx) into a bundle that appears only when complete, checks every written file
+against the graph it came from, and records everything in ``manifest.json`` (``docs/export.md``).
+
+Fidelity inputs (held-out clips for the checks, calibration clips for quantization), in order:
+
+1. ``calibration`` / ``check_data`` paths (tensors ``.pt``/``.npy``/``.npz``, or video/event files
+   decoded with the checkpoint's preprocessing; a folder is searched recursively).
+2. The data the checkpoint was trained on, when its ``training`` record names it and the files
+   still exist: the training split calibrates, the test split (held out during training) checks.
+3. For checks only: the ``calibration`` clips after the ones used for calibration.
+4. Random clips shaped by the preprocessing (a documented fallback, reported as such): N(0, 1)
+   normalised frames for video, Poisson(0.2) event counts per pixel, polarity and step for events.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import numpy as np
+import torch
+
+from svformer.checkpoint import Checkpoint, load_checkpoint
+from svformer.checkpoint import versions as checkpoint_versions
+from svformer.errors import CheckFailed, SVFormerError
+
+from . import ir
+from .bundle import BundleWriter, default_bundle_path, sha256_file
+from .fidelity import FidelityReport
+from .passes.quantize import QuantConfig, load_calibration, quantize
+from .passes.quantize import check as quant_check
+from .pipeline import run_pipeline
+from .reference import ReferenceModel
+from .writers.partition import Part, Partition, partition, record_part_io
+
+TARGETS = ("nir", "onnx", "netx")
+CHECK_BUDGET_MACS = 5e10  # default held-out clips: as many as fit this many dense MACs (2..100)
+CALIBRATION_BUDGET_MACS = 2e11  # default calibration clips: as many as fit (2..32)
+PART_CHECK_CLIPS = 4  # clips whose recorded spikes feed the NIR-part and netx checks
+
+
+@dataclass
+class ExportOptions:
+    """What to export and how (the command's options; ``None`` means the documented default)."""
+
+    output: str | Path | None = None
+    weight_bits: int | None = None  # None: no quantization
+    calibration: str | Path | None = None
+    check_data: str | Path | None = None
+    targets: tuple[str, ...] | None = None
+    fuse: bool = False
+    force: bool = False
+    arch: str | None = None
+    check_clips: int | None = None
+    calibration_clips: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class FidelityRow:
+    """One line of the fidelity table: a pass or a writer checked against what it came from."""
+
+    step: str
+    label: str
+    max_abs_diff: float | None = None
+    spike_agreement: float | None = None
+    top1_agreement: float | None = None
+    clips: int | None = None
+    target: str | None = None
+    passed: bool | None = None
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_report(cls, step: str, r: FidelityReport) -> FidelityRow:
+        return cls(step=step, label=r.label, max_abs_diff=r.max_abs_logit_diff,
+                   spike_agreement=r.spike_agreement if r.positions else None, top1_agreement=r.top1_agreement,
+                   clips=r.clips, target=r.target, passed=r.passed,
+                   detail=f"{r.flips} spike flips of {r.spikes_ref} spikes ({r.dtype})")
+
+
+@dataclass
+class ExportResult:
+    """What an export produced (the ``--json`` document is :meth:`to_json`)."""
+
+    output_dir: Path
+    files: dict[str, Any]
+    manifest: dict[str, Any]
+    fidelity: list[FidelityRow]
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed is not False for r in self.fidelity)
+
+    @property
+    def misses(self) -> list[FidelityRow]:
+        return [r for r in self.fidelity if r.passed is False]
+
+    def to_json(self) -> dict[str, Any]:
+        fid = {r.label: {k: v for k, v in r.to_dict().items() if k != "label"} for r in self.fidelity}
+        m = self.manifest
+        return {"output_dir": str(self.output_dir), "files": self.files, "fidelity": fid, "passed": self.passed,
+                "arch": m.get("arch"), "model_hash": m.get("model_hash"), "passes": m.get("passes"),
+                "quantization": m.get("quantization"), "targets": m.get("targets"),
+                "partition": m.get("partition", {}).get("summary"), "inputs": m.get("fidelity", {}).get("inputs"),
+                "warnings": self.warnings, "timings": self.timings}
+
+
+# ---------------------------------------------------------------------------------------------
+# options
+# ---------------------------------------------------------------------------------------------
+def parse_targets(text: str | None) -> tuple[str, ...] | None:
+    """``"nir,onnx"`` -> ("nir", "onnx"); None/"" -> None (the default); unknown names are refused."""
+    if text is None or not text.strip():
+        return None
+    names = tuple(dict.fromkeys(t.strip().lower() for t in text.split(",") if t.strip()))
+    bad = [t for t in names if t not in TARGETS]
+    if bad:
+        raise SVFormerError(f"unknown export target {bad[0]!r}; choose from {', '.join(TARGETS)}")
+    return names
+
+
+def parse_quantize(text: str | None, bits: int | None) -> int | None:
+    """``--quantize none|int8|int<N>`` and ``--bits N`` -> weight bits, or None for no quantization."""
+    mode = (text or "none").strip().lower()
+    if mode == "none":
+        if bits is not None:
+            return bits
+        return None
+    if not mode.startswith("int") or not mode[3:].isdigit():
+        raise SVFormerError(f"--quantize {text!r}: use none, int8 or int<N> (e.g. int4)")
+    n = int(mode[3:])
+    if bits is not None and bits != n:
+        raise SVFormerError(f"--quantize {text} and --bits {bits} disagree; give one of them")
+    return n
+
+
+def resolve_targets(targets: tuple[str, ...] | None, quantized: bool) -> tuple[str, ...]:
+    if targets is None:
+        return ("nir", "onnx", "netx") if quantized else ("nir", "onnx")
+    if "netx" in targets and not quantized:
+        raise SVFormerError("the netx target needs a quantized graph (integer weights and thresholds); "
+                            "add --quantize int8 or drop netx from --targets")
+    return targets
+
+
+# ---------------------------------------------------------------------------------------------
+# fidelity inputs
+# ---------------------------------------------------------------------------------------------
+def input_spec(ckpt: Checkpoint) -> Any:
+    """The :class:`svformer.data.datasets.InputSpec` described by the checkpoint's preprocessing."""
+    from svformer.data.datasets import InputSpec
+
+    cfg, prep = ckpt.config, dict(ckpt.preprocessing or {})
+    kind = prep.get("input", "events" if cfg.in_channels == 2 else "video")
+    mean, std = prep.get("mean", 0.45), prep.get("std", 0.225)
+    sensor = prep.get("sensor_size")
+    return InputSpec(kind=kind, time_steps=cfg.time_steps, size=cfg.img_size,
+                     frame_stride=int(prep.get("frame_stride", 4)),
+                     mean=float(mean[0] if isinstance(mean, list | tuple) else mean),
+                     std=float(std[0] if isinstance(std, list | tuple) else std),
+                     split=str(prep.get("split", "number")), fit=str(prep.get("fit", "auto")),
+                     sensor_size=tuple(sensor) if sensor else None)
+
+
+def _clips_from(dataset: Any, n: int, spread: bool) -> list[torch.Tensor]:
+    idx = np.linspace(0, len(dataset) - 1, num=min(n, len(dataset))).round().astype(int) if spread \
+        else np.arange(min(n, len(dataset)))
+    out = []
+    for i in dict.fromkeys(idx.tolist()):
+        item = dataset[i]
+        if isinstance(item, tuple) and isinstance(item[0], torch.Tensor):
+            out.append(item[0])
+    return out
+
+
+def training_data(ckpt: Checkpoint, spec: Any) -> tuple[Any, Any, str] | None:
+    """(train, test, description) datasets named by the checkpoint's training record, if still on disk."""
+    stored = (ckpt.training or {}).get("config")
+    if not isinstance(stored, dict) or not stored.get("source"):
+        return None
+    from svformer.data import datasets as ds
+
+    source, data = stored["source"], stored.get("data")
+    try:
+        if source == "nmnist" and data and Path(data).is_dir():
+            return ds.nmnist_dataset(data, "train", spec), ds.nmnist_dataset(data, "test", spec), f"N-MNIST {data}"
+        if source == "synthetic":
+            root = Path(data) if data else Path(stored.get("out_dir", "")) / "synthetic-data"
+            if (root / "classes.txt").is_file():
+                return (ds.synthetic_dataset(root, "train", spec), ds.synthetic_dataset(root, "test", spec),
+                        f"synthetic set {root}")
+            return None
+        if not data or not Path(data).exists():
+            return None
+        test_data = stored.get("test_data")
+        holdout, seed = float(stored.get("holdout", 0.2)), int(stored.get("seed", 0))
+        if source == "csv":
+            train = ds.csv_dataset(data, spec)
+            test = ds.csv_dataset(test_data, spec, class_names=train.class_names) if test_data else None
+        else:
+            root = Path(data)
+            if test_data is None and (root / "train").is_dir() and (root / "test").is_dir():
+                train = ds.folder_dataset(root / "train", spec)
+                test = ds.folder_dataset(root / "test", spec, class_names=train.class_names)
+            else:
+                train = ds.folder_dataset(root, spec)
+                test = ds.folder_dataset(test_data, spec, class_names=train.class_names) if test_data else None
+        if test is None:
+            train, test = ds.split_holdout(train, holdout, seed)
+        return train, test, f"{source} {data}"
+    except SVFormerError:
+        return None
+
+
+def random_clips(spec: Any, channels: int, n: int, seed: int) -> torch.Tensor:
+    """Random frames ``[T, n, C, S, S]`` shaped like the preprocessing's output (the fallback inputs)."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (spec.time_steps, n, channels, spec.size, spec.size)
+    if spec.kind == "events":
+        return torch.poisson(torch.full(shape, 0.2), generator=g)
+    if spec.kind == "video-events":
+        return torch.rand(shape, generator=g) * (torch.rand(shape, generator=g) < 0.1)
+    return torch.randn(shape, generator=g)
+
+
+@dataclass
+class Inputs:
+    calibration: torch.Tensor | None
+    check: torch.Tensor | None
+    description: dict[str, Any]
+
+
+def default_clip_counts(ckpt: Checkpoint, quantized: bool, opts: ExportOptions) -> tuple[int, int]:
+    from svformer.complexity import dense_macs
+
+    macs = max(dense_macs(ckpt.config), 1)
+    check = opts.check_clips if opts.check_clips is not None else int(np.clip(CHECK_BUDGET_MACS // macs, 2, 100))
+    cal = opts.calibration_clips if opts.calibration_clips is not None else \
+        int(np.clip(CALIBRATION_BUDGET_MACS // macs, 2, 32))
+    return max(0, check), (max(1, cal) if quantized else 0)
+
+
+def resolve_inputs(ckpt: Checkpoint, opts: ExportOptions, quantized: bool) -> Inputs:
+    """Calibration and held-out check clips, by the rules in the module docstring."""
+    spec = input_spec(ckpt)
+    n_check, n_cal = default_clip_counts(ckpt, quantized, opts)
+    desc: dict[str, Any] = {"kind": spec.kind, "check_clips": 0, "calibration_clips": 0}
+    cal = check = rest = None
+    if opts.calibration is not None:
+        got = load_calibration(opts.calibration, spec, limit=n_cal + (n_check if opts.check_data is None else 0))
+        cal = got[:, :n_cal] if quantized else None
+        rest = got[:, n_cal:] if quantized else got
+        desc["calibration"] = str(opts.calibration)
+    if opts.check_data is not None and n_check > 0:
+        check = load_calibration(opts.check_data, spec, limit=n_check)
+        desc["check"] = str(opts.check_data)
+    if (quantized and cal is None) or (check is None and n_check > 0):
+        found = training_data(ckpt, spec)
+        if found is not None:
+            train, test, what = found
+            if quantized and cal is None:
+                clips = _clips_from(train, n_cal, spread=True)
+                if clips:
+                    cal, desc["calibration"] = torch.stack(clips, 1), f"training split of {what}"
+            if check is None and n_check > 0:
+                clips = _clips_from(test, n_check, spread=False)
+                if clips:
+                    check, desc["check"] = torch.stack(clips, 1), f"held-out split of {what}"
+    if check is None and n_check > 0 and rest is not None and rest.shape[1] > 0:
+        check, desc["check"] = rest[:, :n_check], f"{opts.calibration} (the clips after the calibration ones)"
+    channels = ckpt.config.in_channels
+    if quantized and cal is None:
+        cal = random_clips(spec, channels, n_cal, opts.seed)
+        desc["calibration"] = "random (no --calibration and no training data found)"
+    if check is None and n_check > 0:
+        check = random_clips(spec, channels, n_check, opts.seed + 1)
+        desc["check"] = "random (no --check-data, --calibration or training data found)"
+    for name, x in (("calibration", cal), ("check", check)):
+        if x is not None:
+            want = (ckpt.config.time_steps, channels, ckpt.config.img_size, ckpt.config.img_size)
+            if (x.shape[0],) + tuple(x.shape[2:]) != want:
+                raise SVFormerError(f"{desc.get(name)}: {name} clips have shape {list(x.shape)} [T, B, C, H, W]; "
+                                    f"the model takes T={want[0]}, {want[1]}x{want[2]}x{want[3]}")
+    desc["check_clips"] = 0 if check is None else int(check.shape[1])
+    desc["calibration_clips"] = 0 if cal is None else int(cal.shape[1])
+    return Inputs(cal, check, desc)
+
+
+# ---------------------------------------------------------------------------------------------
+# the export
+# ---------------------------------------------------------------------------------------------
+def _versions() -> dict[str, str]:
+    out = dict(checkpoint_versions())
+    for dist in ("nir", "nirtorch", "onnx", "onnxscript", "onnxruntime", "h5py", "numpy", "networkx"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    out["python"] = platform.python_version()
+    return out
+
+
+def check_batch_size(ckpt: Checkpoint) -> int:
+    """Clips per batch in the checks: large for small models (per-op overhead dominates), 1 for SVFormer-base."""
+    from svformer.complexity import dense_macs
+
+    return int(np.clip(4e9 // max(dense_macs(ckpt.config), 1), 1, 64))
+
+
+def _core_share(g: nx.DiGraph, part: Partition) -> float:
+    costs = ir.graph_costs(g)
+    total = sum(c["macs"] for c in costs.values()) or 1
+    core = sum(costs.get(n, {"macs": 0})["macs"] for n in {n for p in part.parts for n in p.nodes})
+    return core / total
+
+
+def _record(graph: nx.DiGraph, x: torch.Tensor, mode: str, names: set[str]) -> dict[str, torch.Tensor]:
+    ref = ReferenceModel(graph, dtype=torch.float32, mode=mode)
+    with torch.no_grad():
+        return ref.run(x, record=names)[1]
+
+
+def export_checkpoint(checkpoint: str | Path, opts: ExportOptions | None = None,
+                      on_step: Callable[[str], None] | None = None) -> ExportResult:
+    """Export ``checkpoint`` (see the module docstring); raises ``SVFormerError`` for bad input.
+
+    ``on_step(name)`` is called before every step (progress display). The bundle is written only
+    when everything succeeded; fidelity misses do not stop the export (the caller decides, e.g.
+    ``--strict``).
+    """
+    opts = opts or ExportOptions()
+    timings: dict[str, float] = {}
+    warnings: list[str] = []
+    checkpoint = Path(checkpoint)
+    t_start = time.perf_counter()
+    current: list[Any] = []  # [name, start] of the running step
+
+    def step(name: str | None) -> None:
+        """Close the running step's timer and start ``name`` (seconds per step go to ``timings``)."""
+        now = time.perf_counter()
+        if current:
+            timings[current[0]] = timings.get(current[0], 0.0) + now - current[1]
+        current[:] = [name, now] if name else []
+        if name and on_step is not None:
+            on_step(name)
+
+    step("load checkpoint")
+    ckpt = load_checkpoint(checkpoint, opts.arch)
+    model = ckpt.build_model()
+    quantized = opts.weight_bits is not None
+    targets = resolve_targets(opts.targets, quantized)
+    if quantized:
+        QuantConfig(weight_bits=opts.weight_bits)  # validates the bit width before any work
+    out = Path(opts.output) if opts.output is not None else default_bundle_path(checkpoint)
+
+    try:
+        writer = BundleWriter(out, force=opts.force).__enter__()
+    except OSError as e:
+        raise SVFormerError(f"{out}: cannot create the bundle there ({e.strerror or e})") from None
+    try:
+        result = _export_into(writer, checkpoint, ckpt, model, opts, targets, quantized, step, warnings)
+        step("publish bundle")
+        writer.manifest["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    except BaseException as e:
+        step(None)
+        writer.__exit__(type(e), e, e.__traceback__)
+        raise
+    writer.__exit__(None, None, None)
+    step(None)
+    timings["total"] = time.perf_counter() - t_start
+    result.timings = timings
+    result.files = {role: _abs(out, entry) for role, entry in result.manifest["files"].items()}
+    result.files["manifest"] = str(out / "manifest.json")
+    return result
+
+
+def _abs(out: Path, entry: Any) -> Any:
+    if isinstance(entry, list):
+        return [str(out / e["path"]) for e in entry]
+    return str(out / entry["path"])
+
+
+def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any, opts: ExportOptions,
+                 targets: tuple[str, ...], quantized: bool, step: Callable[[str], None],
+                 warnings: list[str]) -> ExportResult:
+    from .writers.netx_writer import LAVA_ALIGNED, netx_issue, netx_net, simulate_netx, write_netx
+    from .writers.nir_writer import nir_part_issue, read_nir_ir, spikingjelly_part_check, write_nir, write_nir_part
+    from .writers.onnx_writer import check_onnx, write_onnx
+
+    step("prepare inputs")
+    inputs = resolve_inputs(ckpt, opts, quantized)
+    for what in ("calibration", "check"):
+        if str(inputs.description.get(what, "")).startswith("random"):
+            warnings.append(f"{what} clips are random ({inputs.description['kind']}-shaped): pass "
+                            f"{'--calibration' if what == 'calibration' else '--check-data'} PATH with real clips "
+                            "for figures that reflect deployment")
+    check = inputs.check
+    batch = check_batch_size(ckpt)
+    res = run_pipeline(model, fuse=opts.fuse, check_inputs=check, batch_size=batch, on_step=step)
+    rows = [FidelityRow.from_report(r.label.split(" ")[0], r) for r in res.reports]
+    float_graph = res.graph
+    step("partition")
+    part = partition(float_graph)
+
+    qg = None
+    quant_info = None
+    if quantized:
+        netx_mode = "netx" in targets and bool(part.parts)
+        config = QuantConfig(weight_bits=opts.weight_bits, per_channel=not netx_mode, lava_thresholds=netx_mode)
+        step("quantize")
+        qg = quantize(float_graph, inputs.calibration, config, batch_size=batch)
+        qreport = None
+        if check is not None:
+            step("check quantize")
+            qreport = quant_check(float_graph, qg, check, batch_size=batch)
+            rows.append(FidelityRow.from_report("quantize", qreport.fidelity))
+        quant_info = {**qg.graph["quant"], "calibration": inputs.description.get("calibration"),
+                      "netx_compatible": netx_mode,
+                      "why": ("per-tensor weight scales and thresholds in multiples of 64, so that netx layers "
+                              "run exactly in Lava" if netx_mode else "per-channel weight scales")}
+        if qreport is not None:
+            quant_info.update(weights=qreport.weights, neurons=qreport.neurons)
+
+    step("write IR")
+    w.add_graph("ir", float_graph, "ir.json")
+    if qg is not None:
+        w.add_graph("ir_quantized", qg, "ir_int.json")
+
+    few = check[:, :PART_CHECK_CLIPS] if check is not None else None
+    nir_parts = 0
+    onnx_info = None
+    part_names = {n for p in part.parts for n in [p.source, *p.nodes]}
+    part_dicts = {p.index: p.to_dict() for p in part.parts}
+
+    if "nir" in targets:
+        step("write NIR")
+        path = w.add_file("nir", "model.nir", lambda p: write_nir(float_graph, p))
+        step("check NIR")
+        diffs = ir.diff_graphs(float_graph, read_nir_ir(path))
+        rows.append(FidelityRow(step="nir", label="nir model.nir round trip", target="identical graph read back",
+                                passed=not diffs, detail="; ".join(diffs[:3]) or
+                                "read_nir + nir_to_ir give the same nodes, edges, attributes and arrays"))
+        if part.parts:
+            step("write NIR parts")
+            written = []
+            for p in part.parts:
+                issue = nir_part_issue(float_graph, p)
+                if issue is not None:
+                    part_dicts[p.index]["nir_issue"] = issue
+                    continue
+                w.add_file("nir_parts", f"nir/part_{p.index}.nir", lambda f, p=p: write_nir_part(float_graph, p, f),
+                           many=True)
+                part_dicts[p.index]["nir"] = f"nir/part_{p.index}.nir"
+                written.append(p)
+            nir_parts = len(written)
+            if few is not None and written:
+                step("check NIR parts")
+                rows.append(_nir_parts_row(float_graph, written, w.tmp, few, spikingjelly_part_check))
+
+    if "onnx" in targets:
+        # one ONNX file: the float graph, or the fake-quantized one when quantized (the unrolled export is slow)
+        g, mode = (qg, "fixed") if qg is not None else (float_graph, "float")
+        example = check if check is not None else random_clips(input_spec(ckpt), ckpt.config.in_channels, 2, 0)
+        step(f"write ONNX {mode}")
+        path = w.add_file("onnx", "model.onnx", lambda p: write_onnx(g, p, example, mode=mode))
+        onnx_info = {"graph": "fake-quantized (the fixed-point spec in float64, float32 weights)" if qg is not None
+                     else "float (folded graph, float32)", "input": "frames [T, B, C, H, W] float32",
+                     "output": "logits [B, classes] " + ("float64" if qg is not None else "float32")}
+        if check is not None:
+            step(f"check ONNX {mode}")
+            oc = check_onnx(path, g, check, mode=mode, label=f"onnx {mode}", batch_size=batch)
+            rows.append(FidelityRow(step="onnx", label=f"onnx {mode} (model.onnx)", max_abs_diff=oc.max_abs_diff,
+                                    top1_agreement=oc.top1_agreement, clips=oc.clips, target=oc.target,
+                                    passed=oc.passed, detail=oc.detail))
+
+    netx_files = 0
+    if "netx" in targets and qg is not None:
+        step("write netx")
+        rec = _record(qg, few, "fixed", part_names) if few is not None and part.parts else None
+        flips = positions = spikes = 0
+        for p in part.parts:
+            issue = netx_issue(qg, p)
+            if issue is not None:
+                part_dicts[p.index]["netx_issue"] = issue
+                continue
+            net = netx_net(qg, p)
+            rel = f"netx/part_{p.index}.h5"
+            w.add_file("netx", rel, lambda f, net=net: write_netx(net, f), many=True)
+            part_dicts[p.index]["netx"] = rel
+            part_dicts[p.index]["lava"] = {"layers": len(p.layers), "run": LAVA_ALIGNED}
+            netx_files += 1
+            if rec is not None:
+                x, outs = record_part_io(qg, p, rec)
+                got = simulate_netx(net, x)[0]
+                for a, b in zip(got, outs, strict=True):
+                    flips += int(((a != 0) != (b != 0)).sum())
+                    positions += a.numel()
+                    spikes += int((b != 0).sum())
+        if netx_files and rec is not None:
+            rows.append(FidelityRow(step="netx", label=f"netx {netx_files} part files (Lava CUBA integer model)",
+                                    spike_agreement=1 - flips / max(positions, 1), clips=int(few.shape[1]),
+                                    target="identical spikes", passed=flips == 0,
+                                    detail=f"{flips} flips of {spikes} spikes: netx files run with Lava's fixed-point "
+                                           "CUBA arithmetic vs the quantized graph"))
+        if not netx_files:
+            why = "no sequential conv/dense + neuron chain" if not part.parts else \
+                "no chain meets the exact-integer conditions (manifest partition.parts[].netx_issue)"
+            warnings.append(f"netx: nothing written: {why}; manifest partition.host gives the reason for every node")
+
+    summary = {"parts": len(part.parts), "netx_files": netx_files,
+               "nir_part_files": nir_parts,
+               "core_nodes": len({n for p in part.parts for n in p.nodes}), "host_nodes": len(part.host),
+               "core_dense_mac_share": _core_share(float_graph, part)}
+    if not part.parts:
+        summary["note"] = ("no conv/dense + neuron chain: every weighted layer feeds a residual add, a per-step "
+                           "affine (time-dependent BN), an attention product or the head")
+    man = w.manifest
+    man.update({
+        "versions": _versions(),
+        "source": {"path": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint), "arch": ckpt.arch,
+                   "checkpoint_versions": ckpt.versions,
+                   "training": {k: ckpt.training.get(k) for k in ("epoch", "metrics") if k in (ckpt.training or {})}},
+        "arch": ckpt.arch, "config": ckpt.config.to_dict(), "class_names": list(ckpt.class_names),
+        "preprocessing": dict(ckpt.preprocessing),
+        "input": {"layout": "TCHW", "shape": [ckpt.config.time_steps, ckpt.config.in_channels, ckpt.config.img_size,
+                                              ckpt.config.img_size],
+                  "encoding": ir.op_of(float_graph, ir.input_node(float_graph)).encoding, "dtype": "float32",
+                  "onnx": "frames [T, B, C, H, W] float32 -> logits [B, classes]"},
+        "passes": list(float_graph.graph.get("passes", [])) + (["quantize"] if qg is not None else []),
+        "targets": list(targets), "quantization": quant_info, "onnx": onnx_info,
+        "fusion": res.fusion.to_dict() if res.fusion is not None else None,
+        "partition": {"summary": summary, "parts": [part_dicts[p.index] for p in part.parts], "host": part.host},
+        "fidelity": {"inputs": inputs.description, "checks": [r.to_dict() for r in rows],
+                     "passed": all(r.passed is not False for r in rows)},
+        "warnings": warnings,
+    })
+    return ExportResult(output_dir=w.path, files={}, manifest=man, fidelity=rows, warnings=warnings)
+
+
+def _nir_parts_row(g: nx.DiGraph, parts: list[Part], root: Path, x: torch.Tensor, run_sj: Callable) -> FidelityRow:
+    """Read every standard part file with plain ``nir.read`` and run it in SpikingJelly on recorded spikes."""
+    import nir
+
+    names = {n for p in parts for n in [p.source, *p.nodes]}
+    rec = _record(g, x, "float", names)
+    flips = positions = spikes = 0
+    try:
+        import nirtorch  # noqa: F401
+    except ImportError:
+        for p in parts:
+            nir.read(root / f"nir/part_{p.index}.nir")
+        return FidelityRow(step="nir", label=f"nir {len(parts)} standard part files", target="nir.read",
+                           passed=True, detail="read by plain nir.read; SpikingJelly run skipped (nirtorch missing)")
+    for p in parts:
+        path = root / f"nir/part_{p.index}.nir"
+        nir.read(path)  # plain reader, type-checked
+        xi, outs = record_part_io(g, p, rec)
+        r = run_sj(path, xi, outs[-1])
+        flips, positions, spikes = flips + r["flips"], positions + r["positions"], spikes + r["spikes_ref"]
+    return FidelityRow(step="nir", label=f"nir {len(parts)} standard part files (SpikingJelly)",
+                       spike_agreement=1 - flips / max(positions, 1), clips=int(x.shape[1]), target="identical spikes",
+                       passed=flips == 0, detail=f"plain nir.read + SpikingJelly import_from_nir: {flips} flips of "
+                                                 f"{spikes} spikes vs the float32 graph")
+
+
+def raise_on_miss(result: ExportResult) -> None:
+    """``--strict``: a fidelity miss becomes :class:`CheckFailed` (exit 1); the bundle stays written."""
+    if result.misses:
+        r = result.misses[0]
+        more = f" (+{len(result.misses) - 1} more)" if len(result.misses) > 1 else ""
+        raise CheckFailed(f"fidelity target missed: {r.label}: {r.target}{more}; bundle written to "
+                          f"{result.output_dir} with the results in manifest.json")
+

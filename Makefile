@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean lava-venv
 
 setup: $(STAMP)
 
@@ -20,6 +20,10 @@ demo: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q -n 2
+
+# Separate Lava/lava-dl environment (Python 3.11 patched, numpy<2) for the netx-in-Lava checks.
+lava-venv:
+	scripts/make_lava_venv.sh
 
 lint: setup
 	$(BIN)/ruff check .

@@ -179,12 +179,13 @@ def prepare_input(exp: dict[str, Any], video: str | Path | None, events: str | P
 def simulate_file(video: str | Path | None = None, events: str | Path | None = None,
                   model: str | Path | None = None, views: tuple[int, int] = (1, 1), executor: str = "float",
                   out_dir: str | Path = DEFAULT_RUNS_DIR, kernel: str = "auto", cwd: str | Path = ".",
-                  on_step: Callable[[int], None] | None = None) -> SimulationReport:
+                  on_step: Callable[[int], None] | None = None, label: str | None = None) -> SimulationReport:
     """Simulate every view of ``video`` (or the ``events`` recording) and write one run record per view.
 
     ``executor``: ``"float"`` (the bundle's ``ir`` graph, float32) or ``"integer"`` (its
     ``ir_quantized`` graph, the fixed-point spec). ``on_step(t)`` is called after every time step
-    (progress display). Returns the report; raises ``SVFormerError`` for bad input.
+    (progress display). ``label``: the clip's true class, stored in the records' ``input.label``
+    (dataset evaluations). Returns the report; raises ``SVFormerError`` for bad input.
     """
     t0 = time.perf_counter()
     if executor not in EXECUTORS:
@@ -211,6 +212,8 @@ def simulate_file(video: str | Path | None = None, events: str | Path | None = N
     for v, res in enumerate(results):
         inp = {"kind": prepared.kind, "path": str(prepared.path.resolve()), "sha256": digest, "view": v,
                "views": list(prepared.views), "frame_indices": prepared.frame_indices[v]}
+        if label is not None:
+            inp["label"] = label
         records.append(build_record(sim, res, model=model_info, input=inp, class_names=class_names))
     paths = write_records(records, out_dir, prepared.path.stem)
     return SimulationReport(bundle=bundle, executor=executor, input=prepared, simulator=sim, results=results,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -21,7 +22,18 @@ from deploy.render import emit_json
 @click.option("--html", "html_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="Also write a self-contained HTML page with plots to DIR/index.html.")
 @click.option("--no-layers", is_flag=True, help="Leave the per-layer table out of the terminal output.")
-def energy_report(records, cost_model, as_json, csv_path, md_path, html_dir, no_layers) -> None:
+@click.option("--videos", "videos_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Simulate every clip below DIR (class = folder name) with --model first, then report.")
+@click.option("--model", "model_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Export bundle (*.svfd) used with --videos.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Parallel simulation processes for --videos.")
+@click.option("--runs", "runs_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where --videos writes run records [default: runs/batch-<model hash>]; rerunning resumes.")
+@click.option("--views", "views_spec", default="1x1", show_default=True, help="Views per clip for --videos (KxS).")
+@click.option("--integer", "integer", is_flag=True, help="Use the integer executor for --videos.")
+def energy_report(records, cost_model, as_json, csv_path, md_path, html_dir, no_layers, videos_dir, model_dir,
+                  workers, runs_dir, views_spec, integer) -> None:
     """Energy per clip from run records (files or folders; default: the newest in ./runs).
 
     Three methods side by side, all from the same records: exact (counted events x cost model),
@@ -31,6 +43,12 @@ def energy_report(records, cost_model, as_json, csv_path, md_path, html_dir, no_
     from deploy.energy.records import report_from_paths
     from deploy.energy.report import render_terminal, write_csv, write_markdown
 
+    if videos_dir is not None or model_dir is not None:
+        if videos_dir is None or model_dir is None:
+            raise click.UsageError("--videos DIR and --model DIR go together")
+        if records:
+            raise click.UsageError("give run records or --videos/--model, not both")
+        records = (_simulate_videos(videos_dir, model_dir, workers, runs_dir, views_spec, integer, as_json),)
     report = report_from_paths(records, cost_model)
     if report["skipped"]:
         click.echo(f"warning: skipped {len(report['skipped'])} corrupt run record(s): "
@@ -50,3 +68,34 @@ def energy_report(records, cost_model, as_json, csv_path, md_path, html_dir, no_
         click.echo(render_terminal(report, layers=not no_layers))
     for what, path in written:
         click.echo(f"wrote {what} report: {path}", err=as_json)
+
+
+def _simulate_videos(videos_dir: Path, model_dir: Path, workers: int, runs_dir: Path | None, views_spec: str,
+                     integer: bool, as_json: bool) -> Path:
+    """Run ``deploy.batch.simulate_folder`` with a progress bar; returns the folder of run records."""
+    from deploy.batch import find_clips, simulate_folder
+    from deploy.commands.probe import parse_views
+    from export.bundle import load_bundle
+    from svformer.progress import bar
+
+    bundle = load_bundle(model_dir)
+    kind = "events" if bundle.manifest["input"].get("encoding") == "events" else "video"
+    progress = bar(len(find_clips(videos_dir, kind)), "simulating clips", unit="clip")
+
+    def on_clip(clip: str, err: str | None) -> None:
+        progress.update(1)
+        if err is not None:  # the reason names the file already
+            progress.write(f"warning: skipped clip: {' '.join(err.split())}", file=sys.stderr)
+
+    try:
+        result = simulate_folder(videos_dir, model_dir, runs_dir, workers, parse_views(views_spec),
+                                 "integer" if integer else "float", on_clip)
+    finally:
+        progress.close()
+    click.echo(f"simulated {result.simulated} clip(s), {result.resumed} from earlier runs, "
+               f"{len(result.failures)} failed; run records in {result.out_dir}", err=True)
+    if not result.records:
+        from svformer.errors import SVFormerError
+
+        raise SVFormerError(f"{videos_dir}: no clip could be simulated ({len(result.failures)} failed)")
+    return result.out_dir

@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from svformer.checkpoint import load_model  # noqa: E402
 from svformer.data.datasets import InputSpec, make_loader, synthetic_dataset  # noqa: E402
 from svformer.data.synthetic import generate_dataset  # noqa: E402
+from svformer.demo_config import DATA, MODEL, TRAIN  # noqa: E402  (defaults: the demo's configuration)
 from svformer.train import TrainConfig, format_epoch, train_model  # noqa: E402
 
 
@@ -60,22 +61,23 @@ def int_list(text: str) -> list[int]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--classes", type=int, default=4, help="first N classes of SYNTHETIC_CLASSES")
-    ap.add_argument("--train-per-class", type=int, default=150)
-    ap.add_argument("--test-per-class", type=int, default=25)
-    ap.add_argument("--video-input", choices=["rgb", "events"], default="rgb")
-    ap.add_argument("--size", type=int, default=32, help="model input size (clips are 64 x 64, resized)")
-    ap.add_argument("--time-steps", type=int, default=8)
+    ap.add_argument("--classes", type=int, default=DATA["num_classes"], help="first N classes of SYNTHETIC_CLASSES")
+    ap.add_argument("--train-per-class", type=int, default=DATA["train_per_class"])
+    ap.add_argument("--test-per-class", type=int, default=DATA["test_per_class"])
+    ap.add_argument("--video-input", choices=["rgb", "events"], default=TRAIN["video_input"])
+    ap.add_argument("--size", type=int, default=MODEL["img_size"], help="model input size (clips are 64 x 64, resized)")
+    ap.add_argument("--time-steps", type=int, default=MODEL["time_steps"])
     ap.add_argument("--frame-stride", type=int, default=4, help="raw frames per time step")
-    ap.add_argument("--frames", type=int, default=32, help="frames per generated clip")
-    ap.add_argument("--dims", type=int_list, default=[16, 32, 64], help="channels of the 3 stages")
-    ap.add_argument("--head-dim", type=int, default=16, help="attention head width")
-    ap.add_argument("--first-patch", type=int, default=2, help="stride of the first patch embedding (paper: 4)")
-    ap.add_argument("--epochs", type=int, default=16)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=5e-3)
+    ap.add_argument("--frames", type=int, default=DATA["frames"], help="frames per generated clip")
+    ap.add_argument("--dims", type=int_list, default=MODEL["dims"], help="channels of the 3 stages")
+    ap.add_argument("--head-dim", type=int, default=MODEL["head_dim"], help="attention head width")
+    ap.add_argument("--first-patch", type=int, default=MODEL["first_patch"],
+                    help="stride of the first patch embedding (paper: 4)")
+    ap.add_argument("--epochs", type=int, default=TRAIN["epochs"])
+    ap.add_argument("--batch-size", type=int, default=TRAIN["batch_size"])
+    ap.add_argument("--lr", type=float, default=TRAIN["lr"])
     ap.add_argument("--threads", type=int, help="torch threads (1 is faster when other jobs share the CPU)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=TRAIN["seed"])
     ap.add_argument("--out", type=Path, help="output folder (default: a temporary one)")
     args = ap.parse_args()
     if args.threads:

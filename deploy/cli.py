@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "train": "deploy.commands.train:train",
     "simulate": "deploy.commands.simulate:simulate",
     "energy-report": "deploy.commands.energy_report:energy_report",
+    "demo": "deploy.commands.demo:demo",
 }
 
 

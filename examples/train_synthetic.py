@@ -27,22 +27,18 @@ from svformer.checkpoint import load_model
 from svformer.data.datasets import InputSpec, synthetic_dataset
 from svformer.data.synthetic import generate_dataset
 from svformer.data.video import load_clip
+from svformer.demo_config import ARCH, DATA, MODEL, TRAIN  # the demo's configuration, measured by the benchmark
 from svformer.train import TrainConfig, evaluate, format_epoch, train_model
-
-# the configuration of benchmarks/train_synthetic.py (see its output for measured figures)
-DATA = {"num_classes": 4, "train_per_class": 150, "test_per_class": 25, "size": 64, "frames": 32}
-MODEL = {"img_size": 32, "time_steps": 8, "dims": [16, 32, 64], "depths": [1, 1, 1], "head_dim": 16,
-         "first_patch": 2}
 
 
 def main(out: Path) -> None:
     # 1. the data: real MP4 files, deterministic from the seed (reused when already generated)
-    root = generate_dataset(out / "synthetic-data", seed=0, **DATA)
+    root = generate_dataset(out / "synthetic-data", **DATA)
 
     # 2. training: a 3-stage SVFormer (LFE, GSA, GSA) on 8 RGB frames of 3 x 32 x 32, checkpoint every epoch
     #    (quiet: one line per epoch from on_epoch instead of progress bars and train_model's own lines on stderr)
-    cfg = TrainConfig(source="synthetic", data=str(root), arch="3stg", model=MODEL, epochs=16, batch_size=16,
-                      lr=5e-3, warmup_epochs=1, video_input="rgb", out_dir=str(out / "run"), seed=0, quiet=True)
+    cfg = TrainConfig(source="synthetic", data=str(root), arch=ARCH, model=MODEL, out_dir=str(out / "run"),
+                      quiet=True, **TRAIN)
     result = train_model(cfg, on_epoch=lambda m: print(format_epoch(m, cfg.epochs), flush=True))
     print(f"held-out top-1 {result.metrics['test_top1']:.3f} after {result.seconds:.0f} s; "
           f"checkpoint {result.checkpoint}")

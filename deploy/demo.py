@@ -1,0 +1,461 @@
+"""The embedded end-to-end demo behind ``svformer-deploy demo``: its folder layout and its five steps.
+
+One output folder (``DIR``, default ``./svformer-demo``) holds everything (``docs/demo.md``)::
+
+    DIR/data/            the synthetic action set (svformer.data.synthetic; MP4 clips, dataset.json)
+    DIR/train/           the training run: epoch-NNN.pt, last.pt, metrics.jsonl, summary.json
+    DIR/model.svfd/      the export bundle of train/last.pt (IR, NIR, ONNX, manifest.json)
+    DIR/runs/            run records of the simulated held-out clip
+    DIR/report/          the energy report: index.html (plots), energy.json
+    DIR/demo.json        the summary of the last complete run (written last)
+
+The configuration is :mod:`svformer.demo_config`. Re-running in the same folder reuses every step whose
+result is complete and still matches (the data set by its parameters, the training run by its stored
+configuration, the bundle by its source checkpoint's hash, the run record by model hash and clip);
+an interrupted training resumes from ``train/last.pt``. Outputs made with another configuration are
+refused unless ``force``, which starts over (regenerates the data, retrains, re-exports). Every file
+is written atomically by the step that makes it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from svformer import demo_config
+from svformer.errors import SVFormerError
+
+# what a demo folder may hold: its outputs, and the hidden temporary siblings of atomic writes
+OUTPUTS = ("data", "train", "model.svfd", "runs", "report", "demo.json")
+# TrainConfig fields that do not change what a run computes (paths, display)
+_IGNORED_TRAIN_FIELDS = ("out_dir", "data", "quiet", "resume", "workers")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The paths of one demo folder."""
+
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def train(self) -> Path:
+        return self.root / "train"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.train / "last.pt"
+
+    @property
+    def bundle(self) -> Path:
+        return self.root / "model.svfd"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "demo.json"
+
+
+@dataclass
+class DemoSizes:
+    """The size knobs of a demo run (``None``: the value of :mod:`svformer.demo_config`)."""
+
+    epochs: int | None = None
+    train_per_class: int | None = None
+    test_per_class: int | None = None
+
+    def data_params(self) -> dict[str, Any]:
+        """Arguments of :func:`svformer.data.synthetic.generate_dataset` (besides the folder)."""
+        params = dict(demo_config.DATA)
+        for key in ("train_per_class", "test_per_class"):
+            if getattr(self, key) is not None:
+                params[key] = getattr(self, key)
+        if params["test_per_class"] < 1:
+            raise SVFormerError(f"--test-per-class must be >= 1 (a held-out clip is simulated), "
+                                f"got {params['test_per_class']}")
+        if params["train_per_class"] < 1:
+            raise SVFormerError(f"--train-per-class must be >= 1, got {params['train_per_class']}")
+        return params
+
+    def train_config(self, layout: Layout) -> Any:
+        """The :class:`svformer.train.TrainConfig` of the demo run in ``layout``."""
+        from svformer.train import TrainConfig
+
+        train = dict(demo_config.TRAIN)
+        if self.epochs is not None:
+            train["epochs"] = self.epochs
+        return TrainConfig(source="synthetic", data=str(layout.data.resolve()), arch=demo_config.ARCH,
+                           model={k: list(v) if isinstance(v, tuple) else v for k, v in demo_config.MODEL.items()},
+                           synthetic=self.data_params(), out_dir=str(layout.train), quiet=True, **train)
+
+
+# ---------------------------------------------------------------------------------------------
+# the folder
+# ---------------------------------------------------------------------------------------------
+def _is_demo_entry(name: str) -> bool:
+    if name in OUTPUTS:
+        return True
+    # temporary siblings left by an interrupted atomic write: ".<output>.<random>.tmp", ".<output>.old-<pid>"
+    return name.startswith(".") and any(name.startswith(f".{o}.") for o in OUTPUTS)
+
+
+def prepare_folder(root: str | Path) -> Layout:
+    """Check that ``root`` is new, empty or a demo folder (nothing else is ever written or removed there),
+    create it, and drop the temporary leftovers of interrupted atomic writes."""
+    layout = Layout(Path(root))
+    r = layout.root
+    if r.exists() and not r.is_dir():
+        raise SVFormerError(f"{r}: exists and is not a folder; choose another -o DIR")
+    if r.is_dir():
+        foreign = sorted(p.name for p in r.iterdir() if not _is_demo_entry(p.name))
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise SVFormerError(f"{r}: not a demo folder (it holds {shown}); the demo writes only into a new or "
+                                f"empty folder or one of its own; choose another -o DIR")
+    for name in OUTPUTS:  # an output of another kind (e.g. a file named "train") cannot be reused
+        p = r / name
+        want_dir = name != "demo.json"
+        if p.exists() and p.is_dir() != want_dir:
+            raise SVFormerError(f"{p}: expected a {'folder' if want_dir else 'file'}; remove it or choose another "
+                                "-o DIR")
+    try:
+        r.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SVFormerError(f"{r}: cannot create the demo folder ({e.strerror or e})") from None
+    for p in r.iterdir():
+        if p.name.startswith("."):
+            _remove(p)
+    return layout
+
+
+def start_run(layout: Layout, sizes: DemoSizes, cfg: Any, force: bool) -> tuple[str, Any]:
+    """Before any step: check what can be reused and clear what this run remakes.
+
+    Without ``force`` a data set or training run made with another configuration is an error (nothing
+    is touched); with ``force`` both are removed (start over; the bundle and run records are replaced
+    or added by their steps). Returns :func:`existing_training`'s answer for the training step.
+    The summary (``demo.json``) and the report are always remade, so they are removed here: after a
+    failed run no summary describes outputs this run did not check.
+    """
+    if force:
+        _remove(layout.data)
+        _remove(layout.train)
+        state: tuple[str, Any] = ("none", None)
+    else:
+        differ = data_mismatch(layout, sizes.data_params())
+        if differ:
+            raise SVFormerError(f"{layout.data}: holds a synthetic set made with other parameters (differs in "
+                                f"{', '.join(differ)}); rerun with --force to regenerate it, or choose another -o DIR")
+        state = existing_training(layout, cfg)
+    _remove(layout.summary)
+    _remove(layout.report)
+    return state
+
+
+def data_mismatch(layout: Layout, params: dict[str, Any]) -> list[str]:
+    """The parameters in which an existing ``layout.data`` set differs from ``params`` ([] if none or no set)."""
+    import json
+
+    from svformer.data.synthetic import GENERATOR_VERSION, synthetic_classes
+
+    if not layout.data.exists():
+        return []
+    try:
+        have = json.loads((layout.data / "dataset.json").read_text())
+    except (OSError, ValueError):
+        return ["dataset.json (not a synthetic set)"]
+    want = {"version": GENERATOR_VERSION, "classes": synthetic_classes(params["num_classes"]),
+            **{k: params[k] for k in ("train_per_class", "test_per_class", "size", "frames", "seed")}}
+    return sorted(k for k in want if not isinstance(have, dict) or have.get(k) != want[k])
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    elif p.exists() or p.is_symlink():
+        p.unlink()
+
+
+# ---------------------------------------------------------------------------------------------
+# step 1: data
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class DataStep:
+    root: Path
+    params: dict[str, Any]
+    classes: list[str]
+    train_clips: int
+    test_clips: int
+    reused: bool
+
+
+def make_data(layout: Layout, sizes: DemoSizes) -> DataStep:
+    """Generate the synthetic set into ``layout.data`` (an identical existing set is reused)."""
+    from svformer.data.synthetic import clip_paths, generate_dataset
+
+    params = sizes.data_params()
+    manifest = layout.data / "dataset.json"
+    before = manifest.read_text() if manifest.is_file() else None
+    root = generate_dataset(layout.data, **params)
+    reused = before is not None and before == manifest.read_text()
+    classes = [c.strip() for c in (root / "classes.txt").read_text().splitlines() if c.strip()]
+    return DataStep(root=root, params=params, classes=classes, train_clips=len(clip_paths(root, "train")),
+                    test_clips=len(clip_paths(root, "test")), reused=reused)
+
+
+# ---------------------------------------------------------------------------------------------
+# step 2: training
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class TrainStep:
+    result: Any  # svformer.train.TrainResult
+    status: str  # "trained" | "resumed" | "reused"
+
+
+def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in cfg.items() if k not in _IGNORED_TRAIN_FIELDS}
+
+
+def existing_training(layout: Layout, cfg: Any) -> tuple[str, Any]:
+    """What ``layout.train`` holds for ``cfg``: ("none", None), ("partial", epoch) or ("complete", result).
+
+    A run made with another configuration (or an unreadable ``last.pt``) is an error that names the
+    differing fields and suggests ``--force``.
+    """
+    from svformer.checkpoint import load_checkpoint
+
+    last = layout.checkpoint
+    if not last.exists():
+        return "none", None
+    try:
+        ckpt = load_checkpoint(last)
+    except SVFormerError as e:
+        raise SVFormerError(f"{e}; rerun with --force to retrain, or choose another -o DIR") from None
+    stored = (ckpt.training or {}).get("config")
+    if not isinstance(stored, dict) or "epoch" not in ckpt.training:
+        raise SVFormerError(f"{last}: not a training checkpoint; rerun with --force to retrain, or choose another "
+                            "-o DIR")
+    want, have = _comparable(cfg.to_dict()), _comparable(stored)
+    differ = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+    if differ:
+        raise SVFormerError(f"{layout.train}: holds a training run with another configuration (differs in "
+                            f"{', '.join(differ)}); rerun with --force to retrain, or choose another -o DIR")
+    epoch = int(ckpt.training["epoch"])
+    if epoch < cfg.epochs:
+        return "partial", epoch
+    return "complete", _finished_result(layout, ckpt)
+
+
+def _finished_result(layout: Layout, ckpt: Any) -> Any:
+    """The :class:`TrainResult` of a finished run: its ``summary.json``, else rebuilt from ``last.pt``."""
+    import json
+
+    from svformer.train import TrainResult
+
+    path = layout.train / "summary.json"
+    try:
+        d = json.loads(path.read_text())
+        result = TrainResult(**d)
+        if int(result.epochs) == int(ckpt.training["epoch"]):
+            return result
+    except (OSError, ValueError, TypeError):
+        pass  # interrupted between the last checkpoint and the summary: rebuild it from the checkpoint
+    t = ckpt.training
+    history = [dict(h) for h in t.get("history", [])]
+    data = t.get("data") or {}
+    return TrainResult(out_dir=str(layout.train), checkpoint=str(layout.checkpoint), epochs=int(t["epoch"]),
+                       metrics=dict(history[-1]) if history else dict(t.get("metrics") or {}), history=history,
+                       class_names=list(ckpt.class_names), train_data=dict(data.get("train") or {}),
+                       test_data=dict(data.get("test") or {}),
+                       params=sum(p.numel() for p in ckpt.build_model().parameters()),
+                       seconds=round(sum(float(h.get("seconds", 0.0)) for h in history), 3))
+
+
+def train(layout: Layout, cfg: Any, state: tuple[str, Any],
+          on_epoch: Callable[[dict[str, Any]], None] | None = None,
+          on_start: Callable[[str, int], None] | None = None) -> TrainStep:
+    """Train, resume or reuse the demo model in ``layout.train``, as ``state`` (from :func:`start_run`) says.
+
+    ``on_start(status, start_epoch)`` is called before any training ("trained" from 0 or "resumed").
+    """
+    from svformer.train import train_model
+
+    state, value = state
+    if state == "complete":
+        return TrainStep(result=value, status="reused")
+    status, start = ("resumed", int(value)) if state == "partial" else ("trained", 0)
+    if status == "resumed":
+        cfg.resume = str(layout.checkpoint)
+    if on_start is not None:
+        on_start(status, start)
+    return TrainStep(result=train_model(cfg, on_epoch=on_epoch), status=status)
+
+
+# ---------------------------------------------------------------------------------------------
+# step 3: export
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class ExportStep:
+    result: Any  # export.exporter.ExportResult
+    reused: bool
+
+
+def reusable_bundle(layout: Layout, targets: tuple[str, ...] | None) -> Any | None:
+    """The :class:`ExportResult` of an existing complete bundle of ``layout.checkpoint`` with these targets."""
+    from export.bundle import load_bundle, sha256_file
+    from export.exporter import ExportResult, FidelityRow, resolve_targets
+
+    if not (layout.bundle / "manifest.json").is_file():
+        return None
+    try:
+        bundle = load_bundle(layout.bundle)
+    except SVFormerError:
+        return None
+    m = bundle.manifest
+    if (m.get("source") or {}).get("sha256") != sha256_file(layout.checkpoint):
+        return None
+    if list(m.get("targets") or []) != list(resolve_targets(targets, False)) or m.get("quantization"):
+        return None
+    files: dict[str, Any] = {}
+    for role, entry in m["files"].items():
+        entries = entry if isinstance(entry, list) else [entry]
+        paths = [layout.bundle / e["path"] for e in entries]
+        if not all(p.is_file() for p in paths):
+            return None
+        files[role] = [str(p) for p in paths] if isinstance(entry, list) else str(paths[0])
+    files["manifest"] = str(layout.bundle / "manifest.json")
+    fid = m.get("fidelity") or {}
+    try:
+        rows = [FidelityRow(**row) for row in fid.get("checks", [])]
+    except TypeError:
+        return None
+    return ExportResult(output_dir=layout.bundle, files=files, manifest=m, fidelity=rows,
+                        warnings=list(m.get("warnings") or []), timings=dict(m.get("timings") or {}))
+
+
+def export(layout: Layout, targets: tuple[str, ...] | None = None,
+           on_step: Callable[[str], None] | None = None) -> ExportStep:
+    """Export ``layout.checkpoint`` to ``layout.bundle`` (default targets), or reuse a bundle made from it.
+
+    A bundle made from another checkpoint is replaced, atomically, once the new one is complete.
+    """
+    from export.exporter import ExportOptions, export_checkpoint
+
+    found = reusable_bundle(layout, targets)
+    if found is not None:
+        return ExportStep(result=found, reused=True)
+    opts = ExportOptions(output=layout.bundle, targets=targets, force=True)
+    return ExportStep(result=export_checkpoint(layout.checkpoint, opts, on_step=on_step), reused=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# step 4: simulation of one held-out clip
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class SimulateStep:
+    clip: Path
+    true_class: str
+    top5: list[list[Any]]
+    record: Path
+    totals: dict[str, int]
+    seconds: float
+    reused: bool
+    time_steps: int = 0
+
+    @property
+    def correct(self) -> bool:
+        return bool(self.top5) and self.top5[0][0] == self.true_class
+
+
+def held_out_clip(data_root: Path, class_index: int = 0) -> tuple[Path, str]:
+    """The first held-out clip of class ``class_index`` of the synthetic set, and its class name."""
+    from svformer.data.synthetic import clip_paths
+
+    classes = [c.strip() for c in (data_root / "classes.txt").read_text().splitlines() if c.strip()]
+    for path, label in clip_paths(data_root, "test"):
+        if label == class_index:
+            return path, classes[label]
+    raise SVFormerError(f"{data_root}: no held-out clip of class {classes[class_index]!r}")
+
+
+def _existing_record(layout: Layout, model_hash: str, clip: Path) -> Any | None:
+    from deploy.energy.records import read_record
+    from export.bundle import sha256_file
+
+    if not layout.runs.is_dir():
+        return None
+    clip_path, digest = str(clip.resolve()), sha256_file(clip)
+    for f in sorted(layout.runs.glob("*.json"), reverse=True):  # newest first (time-stamped names)
+        try:
+            rec = read_record(f)
+        except SVFormerError:
+            continue
+        inp = rec.input
+        if (rec.model_hash == model_hash and rec.executor == "float" and inp.get("path") == clip_path
+                and inp.get("sha256") == digest and list(inp.get("views") or []) == [1, 1] and inp.get("label")):
+            return rec
+    return None
+
+
+def simulate(layout: Layout, clip: Path, true_class: str, on_step: Callable[[int], None] | None = None
+             ) -> SimulateStep:
+    """Simulate ``clip`` on the bundle's float graph (one view), or reuse its record for this model."""
+    from export.bundle import load_bundle
+    from simulators.run import simulate_file
+
+    bundle = load_bundle(layout.bundle)
+    rec = _existing_record(layout, bundle.model_hash, clip)
+    if rec is not None:
+        d = rec.data
+        return SimulateStep(clip=clip, true_class=true_class, top5=d["prediction"]["top5"], record=rec.path,
+                            totals=dict(d["totals"]), seconds=float(d["timing"]["wall_s"]), reused=True,
+                            time_steps=rec.time_steps)
+    report = simulate_file(video=clip, model=layout.bundle, out_dir=layout.runs, on_step=on_step, label=true_class)
+    doc = report.to_dict()
+    return SimulateStep(clip=clip, true_class=true_class, top5=doc["top5"], record=Path(doc["record"]),
+                        totals=dict(doc["totals"]), seconds=float(doc["timing"]["wall_s"]), reused=False,
+                        time_steps=int(doc["time_steps"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# step 5: energy report
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class ReportStep:
+    report: dict[str, Any]
+    html: Path
+    json: Path
+
+
+def energy_report(layout: Layout, records: list[Path]) -> ReportStep:
+    """Price the run records (fp32, 45 nm) and write ``report/index.html`` and ``report/energy.json``."""
+    from deploy.energy.html import write_html
+    from deploy.energy.records import report_from_paths
+    from svformer.fileio import write_json_atomic
+
+    report = report_from_paths(records, "fp32")
+    html = write_html(report, layout.report)
+    js = write_json_atomic(layout.report / "energy.json", report)
+    return ReportStep(report=report, html=html, json=js)
+
+
+def headline(report: dict[str, Any]) -> dict[str, Any]:
+    """Energy per clip (mJ) by the exact method, the paper's Eq. 13 and the ANN counterpart, and SNN/ANN."""
+    m = report["methods"]
+    ann = report["ann_counterpart"]["energy_mj"]
+    return {"exact_mj": m["exact"]["energy_mj"], "paper_eq13_mj": m["paper_eq13"]["energy_mj"],
+            "memory_aware_mj": m["memory_aware"]["energy_mj"], "ann_mj": ann,
+            "snn_ann_ratio": m["exact"]["snn_ann_ratio"], "cost_model": report["cost_model"]["name"]}

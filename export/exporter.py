@@ -91,6 +91,12 @@ class FidelityRow:
                    clips=r.clips, target=r.target, passed=r.passed,
                    detail=f"{r.flips} spike flips of {r.spikes_ref} spikes ({r.dtype})")
 
+    @classmethod
+    def from_onnx(cls, label: str, r: Any) -> FidelityRow:
+        """A row from an :class:`export.writers.onnx_writer.OnnxCheck` (``passed`` None: reported, not enforced)."""
+        return cls(step="onnx", label=label, max_abs_diff=r.max_abs_diff, top1_agreement=r.top1_agreement,
+                   clips=r.clips, target=r.target, passed=r.passed, detail=r.detail)
+
 
 @dataclass
 class ExportResult:
@@ -474,20 +480,25 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
                 rows.append(_nir_parts_row(float_graph, written, w.tmp, few, spikingjelly_part_check))
 
     if "onnx" in targets:
-        # one ONNX file: the float graph, or the fake-quantized one when quantized (the unrolled export is slow)
-        g, mode = (qg, "fixed") if qg is not None else (float_graph, "float")
+        # quantized: one file, the fake-quantized graph (exact; the unrolled export is slow). Float: model.onnx in
+        # float64 (the verified file: float32 rounding can flip a spike near a threshold) and model_fp32.onnx
+        # (float32, what most runtimes take; checked and reported, not enforced).
         example = check if check is not None else random_clips(input_spec(ckpt), ckpt.config.in_channels, 2, 0)
-        step(f"write ONNX {mode}")
-        path = w.add_file("onnx", "model.onnx", lambda p: write_onnx(g, p, example, mode=mode))
+        files = [("onnx", "model.onnx", qg, "fixed")] if qg is not None else \
+            [("onnx", "model.onnx", float_graph, "float64"), ("onnx_fp32", "model_fp32.onnx", float_graph, "float32")]
         onnx_info = {"graph": "fake-quantized (the fixed-point spec in float64, float32 weights)" if qg is not None
-                     else "float (folded graph, float32)", "input": "frames [T, B, C, H, W] float32",
-                     "output": "logits [B, classes] " + ("float64" if qg is not None else "float32")}
-        if check is not None:
-            step(f"check ONNX {mode}")
-            oc = check_onnx(path, g, check, mode=mode, label=f"onnx {mode}", batch_size=batch)
-            rows.append(FidelityRow(step="onnx", label=f"onnx {mode} (model.onnx)", max_abs_diff=oc.max_abs_diff,
-                                    top1_agreement=oc.top1_agreement, clips=oc.clips, target=oc.target,
-                                    passed=oc.passed, detail=oc.detail))
+                     else "float (folded graph) in float64; convolutions as gather + MatMul (onnxruntime has no "
+                          "float64 Conv)", **_onnx_io(files[0][3])}
+        for role, rel, g, mode in files:
+            step(f"write ONNX {mode}")
+            path = w.add_file(role, rel, lambda p, g=g, mode=mode: write_onnx(g, p, example, mode=mode))
+            if role == "onnx_fp32":
+                onnx_info["float32"] = {"path": rel, "graph": "float (folded graph) in float32", **_onnx_io(mode),
+                                        "verified": False, "why": ONNX_FP32_NOTE}
+            if check is not None:
+                step(f"check ONNX {mode}")
+                oc = check_onnx(path, g, check, mode=mode, label=f"onnx {mode}", batch_size=batch)
+                rows.append(FidelityRow.from_onnx(f"onnx {mode} ({rel})", oc))
 
     netx_files = 0
     if "netx" in targets and qg is not None:
@@ -541,7 +552,7 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
         "input": {"layout": "TCHW", "shape": [ckpt.config.time_steps, ckpt.config.in_channels, ckpt.config.img_size,
                                               ckpt.config.img_size],
                   "encoding": ir.op_of(float_graph, ir.input_node(float_graph)).encoding, "dtype": "float32",
-                  "onnx": "frames [T, B, C, H, W] float32 -> logits [B, classes]"},
+                  "onnx": _onnx_signature(qg is not None)},
         "passes": list(float_graph.graph.get("passes", [])) + (["quantize"] if qg is not None else []),
         "targets": list(targets), "quantization": quant_info, "onnx": onnx_info,
         "fusion": res.fusion.to_dict() if res.fusion is not None else None,
@@ -551,6 +562,28 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
         "warnings": warnings,
     })
     return ExportResult(output_dir=w.path, files={}, manifest=man, fidelity=rows, warnings=warnings)
+
+
+ONNX_FP32_NOTE = ("float32 sums in another order than PyTorch (onnxruntime's Conv), so a membrane within float32 "
+                  "rounding of its threshold can flip a spike and change the logits; model.onnx (float64) is the "
+                  "verified file")
+
+
+def _onnx_io(mode: str) -> dict[str, str]:
+    """The ``input``/``output`` entries of the manifest's ``onnx`` record for a file written in ``mode``."""
+    from .writers.onnx_writer import input_dtype
+
+    frames = str(input_dtype(mode)).removeprefix("torch.")
+    logits = "float32" if mode == "float32" else "float64"
+    return {"input": f"frames [T, B, C, H, W] {frames}", "output": f"logits [B, classes] {logits}"}
+
+
+def _onnx_signature(quantized: bool) -> str:
+    """``manifest.input.onnx``: the ONNX file's inputs and outputs."""
+    if quantized:
+        return "model.onnx: frames [T, B, C, H, W] float32 -> logits [B, classes] float64"
+    return ("model.onnx: frames [T, B, C, H, W] float64 -> logits [B, classes] float64; "
+            "model_fp32.onnx: float32 -> float32")
 
 
 def _nir_parts_row(g: nx.DiGraph, parts: list[Part], root: Path, x: torch.Tensor, run_sj: Callable) -> FidelityRow:

@@ -16,6 +16,13 @@ Modes:
   in ``weight_dtype=torch.float32`` (onnxruntime has no float64 Conv); that is still exact while
   every accumulator stays below 2^24 (``acc_bits`` <= 24 in the quantize report).
 
+Convolutions (``conv_impl``, float mode): ``"native"`` (default) calls ``F.conv2d``/``F.conv3d``;
+``"matmul"`` computes the same sums as one gather of the padded input at precomputed tap
+positions (im2col) and one batched matmul with the weight matrix (:func:`matmul_conv2d`,
+:func:`matmul_conv3d_head`). It is meant for ONNX export in float64: onnxruntime's CPU provider
+has no float64 ``Conv`` kernel but has float64 ``Pad``/``Gather``/``MatMul``. Only the summation
+order differs from ``"native"`` (float64: ~1e-14 relative).
+
 Neuron state is local to one call (every call is an independent clip, like ``SVFormer.forward``).
 """
 
@@ -34,6 +41,7 @@ from svformer.errors import SVFormerError
 from . import ir
 
 MODES = ("float", "fixed")
+CONV_IMPLS = ("native", "matmul")
 V_CLIP = float(2**23 - 1)  # Lava's 24-bit membrane saturation
 X_CLIP = float(2**17 - 1)  # neuron input range so that x << 6 fits 24 bits
 
@@ -50,11 +58,14 @@ class ReferenceModel(nn.Module):
     """An executable view of an IR graph (see the module docstring for modes and dtypes)."""
 
     def __init__(self, graph: nx.DiGraph, dtype: torch.dtype = torch.float32, mode: str = "float",
-                 weight_dtype: torch.dtype | None = None):
+                 weight_dtype: torch.dtype | None = None, conv_impl: str = "native"):
         super().__init__()
         ir.validate(graph)
         if mode not in MODES:
             raise SVFormerError(f"unknown reference mode {mode!r}; use one of {MODES}")
+        if conv_impl not in CONV_IMPLS:
+            raise SVFormerError(f"unknown convolution implementation {conv_impl!r}; use one of {CONV_IMPLS}")
+        self.conv_impl = conv_impl
         if mode == "fixed":
             missing = [n for n in graph.nodes if "quant" not in graph.nodes[n]]
             if missing:
@@ -85,6 +96,8 @@ class ReferenceModel(nn.Module):
                 self._buffer(n, "a", np.asarray(op.a, dtype=np.float64))
             if mode == "fixed":
                 self._fixed_extras(n, graph.nodes[n]["quant"])
+            elif conv_impl == "matmul" and op.op in ("conv2d", "conv3d"):
+                self._matmul_buffers(n, op)
         self.eval()  # no training behaviour; keeps torch.onnx.export from warning
 
     # -- parameters -----------------------------------------------------------------------
@@ -96,6 +109,18 @@ class ReferenceModel(nn.Module):
         arr = np.asarray(arr.astype(np.float64) if arr.dtype.kind in "iub" else arr, order="C")
         t = torch.from_numpy(arr.copy()).to(dtype)
         self.register_buffer(f"{self._key[node]}_{field.replace('.', '_')}", t, persistent=True)
+
+    def _matmul_buffers(self, n: str, op: ir.Node) -> None:
+        """``conv_impl="matmul"``: the weight as its per-group matrix ``[g, C_out/g, C_in/g·kernel]``, a ``[C_out]``
+        conv2d bias as ``[C_out, 1, 1]`` and the conv2d gather index, stored once, so that the exported graph
+        reshapes no constant at every step."""
+        key, w, b = self._key[n], self.p(n, "weight"), self.p(n, "bias")
+        self.register_buffer(f"{key}_weight", w.reshape(op.groups, w.shape[0] // op.groups, -1).contiguous())
+        if op.op == "conv2d":
+            if b is not None and b.dim() == 1:
+                self.register_buffer(f"{key}_bias", b.reshape(-1, 1, 1).contiguous())
+            _, h, wd = self.specs[self.inputs[n][0]].shape
+            self.register_buffer(f"{key}_index", conv_gather_index(h, wd, op.weight.shape[2:], op.stride, op.padding))
 
     def p(self, node: str, field: str) -> Tensor | None:
         return getattr(self, f"{self._key[node]}_{field}", None)
@@ -205,6 +230,10 @@ class ReferenceModel(nn.Module):
     # -- float semantics ------------------------------------------------------------------
     def _float_conv2d(self, n, op, t, ins, state):
         w, b = self.p(n, "weight"), self.p(n, "bias")
+        if self.conv_impl == "matmul":  # bias [C_out, 1, 1] or [C_out, H_out, W_out]: added after the matmul
+            y = matmul_conv2d(ins[0].to(w.dtype), w, b, op.stride, op.padding, op.groups, self.p(n, "index"),
+                              op.weight.shape[2:])
+            return y.to(self.dtype)
         full_bias = b is not None and b.dim() == 3
         y = F.conv2d(ins[0].to(w.dtype), w, None if full_bias else b, op.stride, op.padding, 1, op.groups)
         y = y.to(self.dtype)
@@ -259,6 +288,8 @@ class ReferenceModel(nn.Module):
         x = torch.stack(frames, dim=2)  # [B, C, T, h, w]
         if self.mode == "float":
             w = self.p(n, "weight")
+            if self.conv_impl == "matmul":
+                return matmul_conv3d_head(x.to(w.dtype), w, self.p(n, "bias"), op.groups).to(self.dtype)
             return F.conv3d(x.to(w.dtype), w, self.p(n, "bias"), groups=op.groups).to(self.dtype)
         acc = F.conv3d(x.to(self.wdtype), self.p(n, "weight"), groups=op.groups).to(torch.float64)
         return self._requant(n, acc, 4, 0)
@@ -316,6 +347,72 @@ class ReferenceModel(nn.Module):
 
     def _fixed_output(self, n, op, t, ins, state):
         return ins[0] * self.p(n, "scale")
+
+
+def conv_gather_index(h: int, w: int, kernel: tuple[int, int], stride: tuple[int, int],
+                      padding: tuple[int, int]) -> Tensor:
+    """Flat positions in the zero-padded ``[H + 2pH, W + 2pW]`` image read by every kernel tap and output pixel.
+
+    int64 ``[kH·kW·H_out·W_out]``, tap-major: entry ``(u, v, i, j)`` is ``(u + sH·i)·W_pad + v + sW·j``.
+    """
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    wp = w + 2 * pw
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    rows = (torch.arange(kh).view(kh, 1, 1, 1) + sh * torch.arange(ho).view(1, 1, ho, 1)) * wp
+    cols = torch.arange(kw).view(1, kw, 1, 1) + sw * torch.arange(wo).view(1, 1, 1, wo)
+    return (rows + cols).reshape(-1)
+
+
+def matmul_conv2d(x: Tensor, w: Tensor, bias: Tensor | None, stride: tuple[int, int], padding: tuple[int, int],
+                  groups: int, index: Tensor | None = None, kernel: tuple[int, int] | None = None) -> Tensor:
+    """``F.conv2d(x, w, bias, stride, padding, 1, groups)`` as one gather and one batched matmul (no Conv op).
+
+    ``x`` [B, C, H, W]; ``w`` [C_out, C/g, kH, kW], or already the per-group matrix
+    [g, C_out/g, C/g·kH·kW] with ``kernel`` = (kH, kW); ``bias`` [C_out], or anything that broadcasts
+    to [C_out, H_out, W_out]. The zero-padded image, flattened per channel, is gathered at
+    :func:`conv_gather_index` (``index``, computed when not given): per channel a
+    [kH·kW, H_out·W_out] block of the values every tap reads (im2col), so that per group the input
+    is a [C/g·kH·kW, H_out·W_out] matrix whose row order is the weight's flattened [C/g, kH, kW]
+    order, and ``W_g @ X_g`` gives the output. Every product and sum is one of conv2d's, in another
+    order. A 1x1 kernel with stride 1 and no padding needs no gather. Shapes use -1 for the batch,
+    so that an exported graph has no shape arithmetic for it.
+    """
+    c, h, wd = x.shape[1:]
+    if w.dim() == 4:
+        kernel = w.shape[2:]
+        w = w.reshape(groups, w.shape[0] // groups, -1)
+    elif kernel is None:
+        raise SVFormerError("matmul_conv2d: a weight matrix needs the kernel size")
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    co, k = groups * w.shape[1], w.shape[2]
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
+    if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
+        cols = x.reshape(-1, groups, k, h * wd)
+    else:
+        if index is None:
+            index = conv_gather_index(h, wd, (kh, kw), (sh, sw), (ph, pw))
+        if ph or pw:
+            x = F.pad(x, (pw, pw, ph, ph))
+        cols = x.reshape(-1, c, (h + 2 * ph) * (wd + 2 * pw)).index_select(2, index).reshape(-1, groups, k, ho * wo)
+    y = (w @ cols).reshape(-1, co, ho, wo)  # [B, g, C_out/g, H_out·W_out] -> [B, C_out, H_out, W_out]
+    if bias is None:
+        return y
+    return y + (bias.reshape(co, 1, 1) if bias.dim() == 1 else bias)
+
+
+def matmul_conv3d_head(x: Tensor, w: Tensor, bias: Tensor | None, groups: int) -> Tensor:
+    """``F.conv3d(x, w, bias, groups=groups)`` for a kernel that covers the whole input (the head), as a matmul.
+
+    ``x`` [B, C, T, h, w]; ``w`` [C_out, C/g, T, h, w] or its per-group matrix [g, C_out/g, C/g·T·h·w]
+    -> [B, C_out, 1, 1, 1]: per group, the weight matrix times the flattened input.
+    """
+    if w.dim() == 5:
+        w = w.reshape(groups, w.shape[0] // groups, -1)
+    co, k = groups * w.shape[1], w.shape[2]
+    y = (w @ x.reshape(-1, groups, k, 1)).reshape(-1, co)  # [B, g, C_out/g, 1] -> [B, C_out]
+    if bias is not None:
+        y = y + bias
+    return y.reshape(-1, co, 1, 1, 1)
 
 
 def _sat(x: Tensor, bits: Tensor) -> Tensor:

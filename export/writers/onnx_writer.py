@@ -2,15 +2,28 @@
 
 The exported module is :class:`export.reference.ReferenceModel`, whose forward is a plain Python
 loop over the T steps, so ``torch.onnx.export(..., dynamo=True)`` unrolls it: the ONNX graph takes
-``frames`` ``[T, B, C, H, W]`` (float32, B dynamic) and returns ``logits`` ``[B, classes]``.
+``frames`` ``[T, B, C, H, W]`` (B dynamic) and returns ``logits`` ``[B, classes]``. Modes:
 
-- ``mode="float"``: the folded float graph in float32 (what ``ir.json`` describes).
-- ``mode="fixed"``: the quantized graph's fixed-point spec executed on floats holding integers
-  (the fake-quantized model; float64 except the conv/linear weights, which are float32 because
-  onnxruntime has no float64 Conv; exact while accumulators stay below 2^24); logits are float64.
+- ``"float64"`` (default; the bundle's ``model.onnx``): the folded float graph (what ``ir.json``
+  describes) in float64, frames and logits float64. onnxruntime's CPU provider has no float64
+  ``Conv``, so convolutions are a gather of the padded input at the kernel taps plus a ``MatMul``
+  (``ReferenceModel(conv_impl="matmul")``). In float64 the file reproduces the PyTorch graph's
+  spikes: rounding differences (~1e-16 relative) are far below any membrane's distance from the
+  threshold seen in practice, where float32's (~1e-7) are not.
+- ``"float32"`` (the bundle's ``model_fp32.onnx``): the same graph in float32 with
+  native ``Conv``, frames and logits float32: what most runtimes want. onnxruntime's float32
+  ``Conv`` sums in another order than PyTorch, so a membrane within float32 rounding of the
+  threshold can spike in one and not the other, and that flip changes the logits (two N-MNIST
+  checkpoints, 100 held-out clips each: float32 flips spikes on 1-2 clips, moving logits by 0.73
+  to 1.43, and agrees within 3.2e-6 elsewhere; which clips flip depends on the runtime and even on
+  PyTorch's batch size). Its check is reported, not enforced.
+- ``"fixed"``: the quantized graph's fixed-point spec executed on floats holding integers
+  (the fake-quantized model: float64 except the conv/linear weights, which are float32 because
+  onnxruntime has no float64 Conv; exact while accumulators stay below 2^24); frames float32,
+  logits float64.
 
-:func:`check_onnx` runs the file in onnxruntime and compares it with the same ReferenceModel in
-PyTorch (target: max |Δlogit| <= 1e-4, design.md).
+:func:`check_onnx` runs the file in onnxruntime and compares it with PyTorch (target: max |Δlogit|
+<= 1e-4, design.md).
 """
 
 from __future__ import annotations
@@ -35,21 +48,36 @@ from ..reference import ReferenceModel
 TARGET_MAX_ABS_DIFF = 1e-4
 INPUT_NAME = "frames"
 OUTPUT_NAME = "logits"
+MODES = ("float64", "float32", "fixed")
 
 
-def onnx_module(graph: nx.DiGraph, mode: str = "float") -> ReferenceModel:
-    """The module that is exported for ``mode`` (``"float"`` or ``"fixed"``)."""
-    if mode == "float":
+def _mode(mode: str) -> str:
+    if mode not in MODES:
+        raise SVFormerError(f"unknown ONNX export mode {mode!r}; use one of {', '.join(MODES)}")
+    return mode
+
+
+def onnx_module(graph: nx.DiGraph, mode: str = "float64") -> ReferenceModel:
+    """The module that is exported for ``mode`` (``"float64"``, ``"float32"`` or ``"fixed"``)."""
+    mode = _mode(mode)
+    if mode == "float64":
+        return ReferenceModel(graph, dtype=torch.float64, mode="float", conv_impl="matmul")
+    if mode == "float32":
         return ReferenceModel(graph, dtype=torch.float32, mode="float")
-    if mode == "fixed":
-        return ReferenceModel(graph, mode="fixed", weight_dtype=torch.float32)
-    raise SVFormerError(f"unknown ONNX export mode {mode!r}; use 'float' or 'fixed'")
+    return ReferenceModel(graph, mode="fixed", weight_dtype=torch.float32)
 
 
-def write_onnx(graph: nx.DiGraph, path: str | Path, example: Tensor, mode: str = "float",
+def input_dtype(mode: str) -> torch.dtype:
+    """dtype of the ``frames`` input of the file written for ``mode`` (float64 only for ``"float64"``)."""
+    return torch.float64 if _mode(mode) == "float64" else torch.float32
+
+
+def write_onnx(graph: nx.DiGraph, path: str | Path, example: Tensor, mode: str = "float64",
                opset: int | None = None) -> Path:
-    """Export ``graph`` to ``path`` (atomically) with a dynamic batch axis; ``example``: frames ``[T, B, C, H, W]``."""
+    """Export ``graph`` to ``path`` (atomically) with a dynamic batch axis; ``example``: frames ``[T, B, C, H, W]``
+    (any float dtype: cast to the file's input dtype, :func:`input_dtype`)."""
     path = Path(path)
+    mode = _mode(mode)
     module = onnx_module(graph, mode)
     module.check_input(example)
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -63,7 +91,8 @@ def write_onnx(graph: nx.DiGraph, path: str | Path, example: Tensor, mode: str =
         try:
             with torch.no_grad():
                 # an example batch of 2: a size-1 batch would be specialised to a constant by torch.export
-                torch.onnx.export(module, (example[:, :1].repeat(1, 2, 1, 1, 1).contiguous(),), str(tmp), **kwargs)
+                ex = example[:, :1].repeat(1, 2, 1, 1, 1).to(input_dtype(mode)).contiguous()
+                torch.onnx.export(module, (ex,), str(tmp), **kwargs)
         except (torch.onnx.errors.OnnxExporterError, RuntimeError) as e:  # pragma: no cover - exporter bugs
             raise SVFormerError(f"{path}: ONNX export failed ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     return path
@@ -71,7 +100,10 @@ def write_onnx(graph: nx.DiGraph, path: str | Path, example: Tensor, mode: str =
 
 @dataclass
 class OnnxCheck:
-    """onnxruntime vs PyTorch on the same frames: max |Δlogit|, top-1 agreement, clips."""
+    """onnxruntime vs PyTorch on the same frames: max |Δlogit|, top-1 agreement, clips.
+
+    ``enforced`` False (the float32 file): the figures are reported and ``passed`` is None.
+    """
 
     label: str
     max_abs_diff: float
@@ -79,37 +111,58 @@ class OnnxCheck:
     clips: int
     target: str = f"max |dlogit| <= {TARGET_MAX_ABS_DIFF:g}"
     detail: str = ""
+    enforced: bool = True
 
     @property
-    def passed(self) -> bool:
-        return self.max_abs_diff <= TARGET_MAX_ABS_DIFF
+    def passed(self) -> bool | None:
+        return self.max_abs_diff <= TARGET_MAX_ABS_DIFF if self.enforced else None
 
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "max_abs_diff": self.max_abs_diff, "top1_agreement": self.top1_agreement,
                 "clips": self.clips, "target": self.target, "passed": self.passed, "detail": self.detail}
 
 
-def check_onnx(path: str | Path, graph: nx.DiGraph, inputs: Tensor, mode: str = "float",
-               batch_size: int = 8, label: str = "onnx") -> OnnxCheck:
-    """Run ``path`` in onnxruntime (CPU) and PyTorch on ``inputs`` ``[T, B, C, H, W]``.
+FLOAT32_TARGET = "not enforced: float32 rounding can flip spikes"
+DETAILS = {
+    "float64": "onnxruntime (float64; convolutions as gather + MatMul) vs the float64 graph in PyTorch (F.conv2d)",
+    "float32": "onnxruntime float32 vs the float32 graph in PyTorch; not enforced: onnxruntime's float32 Conv sums "
+               "in another order, so a membrane within float32 rounding of its threshold can flip a spike and move "
+               "the logits; model.onnx (float64) is the verified file",
+    "fixed": "onnxruntime vs the exact fixed-point spec (integers in float64) in PyTorch",
+}
 
-    The PyTorch side is the float32 graph (``"float"``), or the exact integer spec (``"fixed"``: the
-    fixed-point reference with float64 weights, so rounding of float32 accumulators above 2^24 in the
-    exported file counts against it).
-    """
+
+def session(path: str | Path) -> Any:
+    """An onnxruntime CPU session for ``path`` (as many intra-op threads as torch uses)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = max(1, torch.get_num_threads())
     try:
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise SVFormerError(f"{path}: onnxruntime cannot load the file ({type(e).__name__}: {e})") from None
-    module = onnx_module(graph, "float") if mode == "float" else ReferenceModel(graph, mode="fixed")
+
+
+def check_onnx(path: str | Path, graph: nx.DiGraph, inputs: Tensor, mode: str = "float64",
+               batch_size: int = 8, label: str = "onnx") -> OnnxCheck:
+    """Run ``path`` (written for ``mode``) in onnxruntime (CPU) and PyTorch on ``inputs`` ``[T, B, C, H, W]``.
+
+    The PyTorch side is the float64 graph with native convolutions (``"float64"``), the float32
+    graph (``"float32"``, reported only), or the exact integer spec (``"fixed"``: the fixed-point
+    reference with float64 weights, so rounding of float32 accumulators above 2^24 in the exported
+    file counts against it).
+    """
+    mode = _mode(mode)
+    sess = session(path)
+    if mode == "fixed":
+        module = ReferenceModel(graph, mode="fixed")
+    else:
+        module = ReferenceModel(graph, dtype=torch.float64 if mode == "float64" else torch.float32, mode="float")
     max_diff, agree, clips = 0.0, 0, 0
     for x in batches(inputs, batch_size):
-        x = x.to(torch.float32).contiguous()
+        x = x.to(input_dtype(mode)).contiguous()
         got = torch.from_numpy(sess.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
         with torch.no_grad():
             want = module(x)
@@ -118,6 +171,6 @@ def check_onnx(path: str | Path, graph: nx.DiGraph, inputs: Tensor, mode: str = 
         clips += x.shape[1]
     if clips == 0:
         raise SVFormerError("the ONNX check needs at least one input clip")
-    detail = ("onnxruntime vs the float32 graph in PyTorch" if mode == "float" else
-              "onnxruntime vs the exact fixed-point spec (integers in float64) in PyTorch")
-    return OnnxCheck(label=label, max_abs_diff=max_diff, top1_agreement=agree / clips, clips=clips, detail=detail)
+    enforced = mode != "float32"
+    return OnnxCheck(label=label, max_abs_diff=max_diff, top1_agreement=agree / clips, clips=clips,
+                     target=OnnxCheck.target if enforced else FLOAT32_TARGET, detail=DETAILS[mode], enforced=enforced)

@@ -73,8 +73,11 @@ def test_lif_parameters_make_peers_fire_like_spikingjelly() -> None:
     assert np.isclose(lif2.r[0], 4.0) and np.isclose(lif2.tau[0], 4.0 * nw.DT)
 
 
-def test_standard_parts_are_plain_nir_and_run_identically_in_spikingjelly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("peer", nw.PEERS)
+def test_standard_parts_are_plain_nir_and_run_identically_in_every_peer(tmp_path: Path, peer: str) -> None:
     pytest.importorskip("nirtorch", reason="SpikingJelly's NIR import needs nirtorch")
+    if peer != "spikingjelly":
+        pytest.importorskip(peer, reason=f"{peer} is a dev extra (pip install -e '.[dev]')")
     model = make_model("base", norm="bn")
     g = run_pipeline(model).graph
     x = make_input(model, batch=2, seed=4)
@@ -88,14 +91,17 @@ def test_standard_parts_are_plain_nir_and_run_identically_in_spikingjelly(tmp_pa
         graph = nir.read(path)  # plain reader, type-checked
         assert {type(n).__name__ for n in graph.nodes.values()} <= {"Input", "Conv2d", "LIF", "Output"}
         xi, outs = record_part_io(g, p, rec)
-        r = nw.spikingjelly_part_check(path, xi, outs[-1])
+        r = nw.peer_part_check(path, xi, outs[-1], peer)
         assert r["flips"] == 0, (p.index, r)
         spikes += r["spikes_ref"]
     assert spikes > 100
 
 
-def test_grouped_multi_layer_part_runs_in_spikingjelly_written_dense(tmp_path: Path) -> None:
+@pytest.mark.parametrize("peer", nw.PEERS)
+def test_grouped_multi_layer_part_runs_in_every_peer_written_dense(tmp_path: Path, peer: str) -> None:
     pytest.importorskip("nirtorch", reason="SpikingJelly's NIR import needs nirtorch")
+    if peer != "spikingjelly":
+        pytest.importorskip(peer, reason=f"{peer} is a dev extra (pip install -e '.[dev]')")
     g = chain_graph(time_steps=6, kernel2=(3, 3))
     (p,) = partition(g).parts
     path = nw.write_nir_part(g, p, tmp_path / "part.nir")
@@ -106,7 +112,7 @@ def test_grouped_multi_layer_part_runs_in_spikingjelly_written_dense(tmp_path: P
     with torch.no_grad():
         _, rec = ReferenceModel(g, torch.float32).run(event_clips(g, 3), record=True)
     xi, outs = record_part_io(g, p, rec)
-    r = nw.spikingjelly_part_check(path, xi, outs[-1])
+    r = nw.peer_part_check(path, xi, outs[-1], peer)
     assert r["flips"] == 0 and r["spikes_ref"] > 10
 
 

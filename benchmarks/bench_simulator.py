@@ -266,19 +266,15 @@ def phase(name: str, work: Path, repeat: int) -> dict:
                           "top1_same": int(np.argmax(r.logits)) == int(np.argmax(ref))}
             del spikes
     elif name == "onnx":
-        import onnxruntime as ort
-
         from export import ir
-        from export.writers.onnx_writer import write_onnx
+        from export.writers.onnx_writer import session, write_onnx
 
         graph = ir.load(work / "ir.json")
         path = work / "model_fp32.onnx"
         t0 = time.perf_counter()
         write_onnx(graph, path, x, mode="float32")  # the project's ONNX writer: `export`'s model_fp32.onnx
         res["export_s"] = time.perf_counter() - t0
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = torch.get_num_threads()
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        sess = session(path)  # the exporter's session settings: CPU, torch's thread count
         feed = {sess.get_inputs()[0].name: x.numpy()}
         base = rss_mb()
         times = timed(lambda: sess.run(None, feed), repeat)

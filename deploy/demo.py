@@ -167,19 +167,15 @@ def start_run(layout: Layout, sizes: DemoSizes, cfg: Any, force: bool) -> tuple[
 
 def data_mismatch(layout: Layout, params: dict[str, Any]) -> list[str]:
     """The parameters in which an existing ``layout.data`` set differs from ``params`` ([] if none or no set)."""
-    import json
-
-    from svformer.data.synthetic import GENERATOR_VERSION, synthetic_classes
+    from svformer.data.synthetic import dataset_manifest, read_dataset_manifest
 
     if not layout.data.exists():
         return []
-    try:
-        have = json.loads((layout.data / "dataset.json").read_text())
-    except (OSError, ValueError):
+    have = read_dataset_manifest(layout.data)
+    if have is None:
         return ["dataset.json (not a synthetic set)"]
-    want = {"version": GENERATOR_VERSION, "classes": synthetic_classes(params["num_classes"]),
-            **{k: params[k] for k in ("train_per_class", "test_per_class", "size", "frames", "seed")}}
-    return sorted(k for k in want if not isinstance(have, dict) or have.get(k) != want[k])
+    want = dataset_manifest(**params)
+    return sorted(k for k in want if have.get(k) != want[k])
 
 
 def _remove(p: Path) -> None:
@@ -204,14 +200,14 @@ class DataStep:
 
 def make_data(layout: Layout, sizes: DemoSizes) -> DataStep:
     """Generate the synthetic set into ``layout.data`` (an identical existing set is reused)."""
-    from svformer.data.synthetic import clip_paths, generate_dataset
+    from svformer.data.synthetic import clip_paths, generate_dataset, read_dataset_manifest
 
     params = sizes.data_params()
     manifest = layout.data / "dataset.json"
     before = manifest.read_text() if manifest.is_file() else None
     root = generate_dataset(layout.data, **params)
     reused = before is not None and before == manifest.read_text()
-    classes = [c.strip() for c in (root / "classes.txt").read_text().splitlines() if c.strip()]
+    classes = read_dataset_manifest(root)["classes"]
     return DataStep(root=root, params=params, classes=classes, train_clips=len(clip_paths(root, "train")),
                     test_clips=len(clip_paths(root, "test")), reused=reused)
 
@@ -382,9 +378,9 @@ class SimulateStep:
 
 def held_out_clip(data_root: Path, class_index: int = 0) -> tuple[Path, str]:
     """The first held-out clip of class ``class_index`` of the synthetic set, and its class name."""
-    from svformer.data.synthetic import clip_paths
+    from svformer.data.synthetic import clip_paths, read_dataset_manifest
 
-    classes = [c.strip() for c in (data_root / "classes.txt").read_text().splitlines() if c.strip()]
+    classes = read_dataset_manifest(data_root)["classes"]
     for path, label in clip_paths(data_root, "test"):
         if label == class_index:
             return path, classes[label]

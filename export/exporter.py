@@ -407,7 +407,7 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
                  warnings: list[str]) -> ExportResult:
     from .writers.netx_writer import LAVA_ALIGNED, netx_issue, netx_net, simulate_netx, write_netx
     from .writers.nir_writer import nir_part_issue, read_nir_ir, spikingjelly_part_check, write_nir, write_nir_part
-    from .writers.onnx_writer import check_onnx, write_onnx
+    from .writers.onnx_writer import FLOAT32_WHY, check_onnx, write_onnx
 
     step("prepare inputs")
     inputs = resolve_inputs(ckpt, opts, quantized)
@@ -426,6 +426,7 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
 
     qg = None
     quant_info = None
+    onnx_files = _onnx_files(quantized)
     if quantized:
         netx_mode = "netx" in targets and bool(part.parts)
         config = QuantConfig(weight_bits=opts.weight_bits, per_channel=not netx_mode, lava_thresholds=netx_mode)
@@ -484,8 +485,7 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
         # float64 (the verified file: float32 rounding can flip a spike near a threshold) and model_fp32.onnx
         # (float32, what most runtimes take; checked and reported, not enforced).
         example = check if check is not None else random_clips(input_spec(ckpt), ckpt.config.in_channels, 2, 0)
-        files = [("onnx", "model.onnx", qg, "fixed")] if qg is not None else \
-            [("onnx", "model.onnx", float_graph, "float64"), ("onnx_fp32", "model_fp32.onnx", float_graph, "float32")]
+        files = [(role, rel, float_graph if qg is None else qg, mode) for role, rel, mode in onnx_files]
         onnx_info = {"graph": "fake-quantized (the fixed-point spec in float64, float32 weights)" if qg is not None
                      else "float (folded graph) in float64; convolutions as gather + MatMul (onnxruntime has no "
                           "float64 Conv)", **_onnx_io(files[0][3])}
@@ -494,7 +494,7 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
             path = w.add_file(role, rel, lambda p, g=g, mode=mode: write_onnx(g, p, example, mode=mode))
             if role == "onnx_fp32":
                 onnx_info["float32"] = {"path": rel, "graph": "float (folded graph) in float32", **_onnx_io(mode),
-                                        "verified": False, "why": ONNX_FP32_NOTE}
+                                        "verified": False, "why": FLOAT32_WHY}
             if check is not None:
                 step(f"check ONNX {mode}")
                 oc = check_onnx(path, g, check, mode=mode, label=f"onnx {mode}", batch_size=batch)
@@ -552,7 +552,8 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
         "input": {"layout": "TCHW", "shape": [ckpt.config.time_steps, ckpt.config.in_channels, ckpt.config.img_size,
                                               ckpt.config.img_size],
                   "encoding": ir.op_of(float_graph, ir.input_node(float_graph)).encoding, "dtype": "float32",
-                  "onnx": _onnx_signature(qg is not None)},
+                  "onnx": "; ".join(f"{rel}: {io['input']} -> {io['output']}"
+                                    for rel, io in ((rel, _onnx_io(mode)) for _, rel, mode in onnx_files))},
         "passes": list(float_graph.graph.get("passes", [])) + (["quantize"] if qg is not None else []),
         "targets": list(targets), "quantization": quant_info, "onnx": onnx_info,
         "fusion": res.fusion.to_dict() if res.fusion is not None else None,
@@ -564,11 +565,6 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
     return ExportResult(output_dir=w.path, files={}, manifest=man, fidelity=rows, warnings=warnings)
 
 
-ONNX_FP32_NOTE = ("float32 sums in another order than PyTorch (onnxruntime's Conv), so a membrane within float32 "
-                  "rounding of its threshold can flip a spike and change the logits; model.onnx (float64) is the "
-                  "verified file")
-
-
 def _onnx_io(mode: str) -> dict[str, str]:
     """The ``input``/``output`` entries of the manifest's ``onnx`` record for a file written in ``mode``."""
     from .writers.onnx_writer import input_dtype
@@ -578,12 +574,12 @@ def _onnx_io(mode: str) -> dict[str, str]:
     return {"input": f"frames [T, B, C, H, W] {frames}", "output": f"logits [B, classes] {logits}"}
 
 
-def _onnx_signature(quantized: bool) -> str:
-    """``manifest.input.onnx``: the ONNX file's inputs and outputs."""
+def _onnx_files(quantized: bool) -> list[tuple[str, str, str]]:
+    """``(role, file, mode)`` of the ONNX files of a bundle: the fake-quantized ``model.onnx`` when quantized,
+    else ``model.onnx`` in float64 (the verified file) and ``model_fp32.onnx``."""
     if quantized:
-        return "model.onnx: frames [T, B, C, H, W] float32 -> logits [B, classes] float64"
-    return ("model.onnx: frames [T, B, C, H, W] float64 -> logits [B, classes] float64; "
-            "model_fp32.onnx: float32 -> float32")
+        return [("onnx", "model.onnx", "fixed")]
+    return [("onnx", "model.onnx", "float64"), ("onnx_fp32", "model_fp32.onnx", "float32")]
 
 
 def _nir_parts_row(g: nx.DiGraph, parts: list[Part], root: Path, x: torch.Tensor, run_sj: Callable) -> FidelityRow:

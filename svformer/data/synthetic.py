@@ -71,6 +71,8 @@ __all__ = [
     "SHAPES",
     "SYNTHETIC_CLASSES",
     "generate_dataset",
+    "dataset_manifest",
+    "read_dataset_manifest",
     "clip_paths",
     "hflip_class",
     "render_clip",
@@ -273,8 +275,9 @@ def write_clip(path: str | os.PathLike, frames: np.ndarray, fps: int = 25, crf: 
     return path
 
 
-def _manifest(num_classes: int, train_per_class: int, test_per_class: int, size: int, frames: int, seed: int,
-              fps: int) -> dict:
+def dataset_manifest(num_classes: int, train_per_class: int, test_per_class: int, size: int, frames: int, seed: int,
+                     fps: int = 25) -> dict:
+    """The ``dataset.json`` that :func:`generate_dataset` writes for these parameters."""
     return {
         "generator": "svformer.data.synthetic",
         "version": GENERATOR_VERSION,
@@ -314,9 +317,9 @@ def generate_dataset(
             raise SVFormerError(f"{name} must be >= 0, got {value}")
     if size % 2:
         raise SVFormerError(f"synthetic clip size must be even (4:2:0 video), got {size}")
-    manifest = _manifest(num_classes, train_per_class, test_per_class, size, frames, seed, fps)
+    manifest = dataset_manifest(num_classes, train_per_class, test_per_class, size, frames, seed, fps)
     if root.exists():
-        existing = _read_manifest(root)
+        existing = read_dataset_manifest(root)
         if existing == manifest:
             return root
         if not overwrite:
@@ -338,11 +341,13 @@ def generate_dataset(
     return root
 
 
-def _read_manifest(root: Path) -> dict | None:
+def read_dataset_manifest(root: str | os.PathLike) -> dict | None:
+    """The ``dataset.json`` of a generated set (None when missing or unreadable)."""
     try:
-        return json.loads((root / "dataset.json").read_text())
+        data = json.loads((Path(root) / "dataset.json").read_text())
     except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None
 
 
 def clip_paths(root: str | os.PathLike, split: str) -> list[tuple[Path, int]]:

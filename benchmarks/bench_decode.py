@@ -32,7 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from svformer.data.video import decode_frames, load_clip, probe_video, sample_indices  # noqa: E402
+from svformer_deploy.svformer.data.video import decode_frames, load_clip, probe_video, sample_indices  # noqa: E402
 
 
 def frame_pts(path: Path) -> list[int]:

@@ -26,10 +26,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deploy.commands.export import render_export  # noqa: E402
-from export.exporter import ExportOptions, export_checkpoint, parse_targets  # noqa: E402
-from svformer.checkpoint import save_checkpoint  # noqa: E402
-from svformer.variants import create_model  # noqa: E402
+from svformer_deploy.deploy.commands.export import render_export  # noqa: E402
+from svformer_deploy.export.exporter import ExportOptions, export_checkpoint, parse_targets  # noqa: E402
+from svformer_deploy.svformer.checkpoint import save_checkpoint  # noqa: E402
+from svformer_deploy.svformer.variants import create_model  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

@@ -102,11 +102,10 @@ def overall_rate(model, clip) -> float:
 
 def prepare(name: str, work: Path, target_rate: float) -> dict:
     import torch
+    from svformer_deploy.export import ir
+    from svformer_deploy.export.pipeline import run_pipeline
+    from svformer_deploy.svformer.variants import create_model
     from torch import nn
-
-    from export import ir
-    from export.pipeline import run_pipeline
-    from svformer.variants import create_model
 
     spec = MODELS[name]
     torch.manual_seed(0)
@@ -115,11 +114,11 @@ def prepare(name: str, work: Path, target_rate: float) -> dict:
     path = DATA.joinpath(*spec["file"])
     if path.exists():
         if spec["kind"] == "events":
-            from svformer.data.events import load_event_clip
+            from svformer_deploy.svformer.data.events import load_event_clip
 
             clip = load_event_clip(path, cfg.time_steps, cfg.img_size)
         else:
-            from svformer.data.video import load_clip
+            from svformer_deploy.svformer.data.video import load_clip
 
             clip = load_clip(path, time_steps=cfg.time_steps, size=cfg.img_size)
         source = str(path)
@@ -146,7 +145,7 @@ def prepare(name: str, work: Path, target_rate: float) -> dict:
                 break
             lo, hi = (shift, hi) if rate < target_rate else (lo, shift)
             shift = (lo + hi) / 2
-    from export.passes.quantize import QuantConfig
+    from svformer_deploy.export.passes.quantize import QuantConfig
 
     calib = torch.stack([clip, clip.flip(-1)], dim=1)  # [T, 2, C, H, W]
     res = run_pipeline(model, quant=QuantConfig(), calibration=calib)
@@ -160,9 +159,8 @@ def prepare(name: str, work: Path, target_rate: float) -> dict:
 
 def load_model(work: Path):
     import torch
-
-    from svformer.config import SVFormerConfig
-    from svformer.model import SVFormer
+    from svformer_deploy.svformer.config import SVFormerConfig
+    from svformer_deploy.svformer.model import SVFormer
 
     blob = torch.load(work / "model.pt", weights_only=True)
     model = SVFormer(SVFormerConfig.from_dict(blob["config"]))
@@ -198,9 +196,9 @@ def phase(name: str, work: Path, repeat: int) -> dict:
             times = timed(lambda: model.forward_sequence(x), repeat)
             res["logits"] = model.forward_sequence(x)[0].tolist()
     elif name.startswith("sim"):
-        from export import ir
-        from simulators.counting import K
-        from simulators.executor import Simulator
+        from svformer_deploy.export import ir
+        from svformer_deploy.simulators.counting import K
+        from svformer_deploy.simulators.executor import Simulator
 
         integer = name == "sim-int"
         graph = ir.load(work / ("ir_int.json" if integer else "ir.json"))
@@ -221,8 +219,8 @@ def phase(name: str, work: Path, repeat: int) -> dict:
                             "overall": tot["spikes_out"] / sum(np.prod(graph.nodes[n]["shape"]) * sim.time_steps
                                                                for n in sim.neurons)}
     elif name == "pair":  # (a) and (b) alternated in one process: their ratio is robust to load drift
-        from export import ir
-        from simulators.executor import Simulator
+        from svformer_deploy.export import ir
+        from svformer_deploy.simulators.executor import Simulator
 
         model = load_model(work)
         sim = Simulator(ir.load(work / "ir.json"), "float", torch.float32)
@@ -239,9 +237,8 @@ def phase(name: str, work: Path, repeat: int) -> dict:
         res["round_ratios"] = [b / a for a, b in zip(ta, tb, strict=True)]
     elif name == "fidelity":  # spikes and logits of the simulator vs the PyTorch model, float64 and float32
         from spikingjelly.activation_based import neuron as sj_neuron
-
-        from export import ir
-        from simulators.executor import Simulator
+        from svformer_deploy.export import ir
+        from svformer_deploy.simulators.executor import Simulator
 
         model = load_model(work)
         graph = ir.load(work / "ir.json")
@@ -266,8 +263,8 @@ def phase(name: str, work: Path, repeat: int) -> dict:
                           "top1_same": int(np.argmax(r.logits)) == int(np.argmax(ref))}
             del spikes
     elif name == "onnx":
-        from export import ir
-        from export.writers.onnx_writer import session, write_onnx
+        from svformer_deploy.export import ir
+        from svformer_deploy.export.writers.onnx_writer import session, write_onnx
 
         graph = ir.load(work / "ir.json")
         path = work / "model_fp32.onnx"
@@ -321,8 +318,7 @@ def run_child(args: list[str], threads: int | None) -> dict:
 # ---------------------------------------------------------------------------------------------
 def kernel_crossover(repeat: int) -> None:
     import torch
-
-    from simulators.kernels import Conv2dKernel, KernelPolicy, LinearKernel
+    from svformer_deploy.simulators.kernels import Conv2dKernel, KernelPolicy, LinearKernel
 
     events, dense = KernelPolicy("events"), KernelPolicy("dense")
     g = torch.Generator().manual_seed(0)
@@ -361,12 +357,11 @@ def trained_fidelity(checkpoint: Path, folder: Path, limit: int) -> None:
     import numpy as np
     import torch
     from spikingjelly.activation_based import neuron as sj_neuron
-
-    from export.passes.quantize import QuantConfig
-    from export.pipeline import run_pipeline
-    from simulators.executor import Simulator
-    from svformer.checkpoint import load_model
-    from svformer.data.datasets import InputSpec, nmnist_dataset
+    from svformer_deploy.export.passes.quantize import QuantConfig
+    from svformer_deploy.export.pipeline import run_pipeline
+    from svformer_deploy.simulators.executor import Simulator
+    from svformer_deploy.svformer.checkpoint import load_model
+    from svformer_deploy.svformer.data.datasets import InputSpec, nmnist_dataset
 
     model, ck = load_model(checkpoint)
     model.eval()

@@ -24,13 +24,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from export import ir  # noqa: E402
-from export.passes.fold_bn import check as fold_check  # noqa: E402
-from export.passes.fold_bn import fold_bn, remaining_affines  # noqa: E402
-from export.passes.fuse_linear import fuse_linear, fusion_report  # noqa: E402
-from export.passes.quantize import QuantConfig, check, quantize  # noqa: E402
-from export.trace import trace  # noqa: E402
-from svformer.variants import create_model  # noqa: E402
+from svformer_deploy.export import ir  # noqa: E402
+from svformer_deploy.export.passes.fold_bn import check as fold_check  # noqa: E402
+from svformer_deploy.export.passes.fold_bn import fold_bn, remaining_affines  # noqa: E402
+from svformer_deploy.export.passes.fuse_linear import fuse_linear, fusion_report  # noqa: E402
+from svformer_deploy.export.passes.quantize import QuantConfig, check, quantize  # noqa: E402
+from svformer_deploy.export.trace import trace  # noqa: E402
+from svformer_deploy.svformer.variants import create_model  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -100,8 +100,8 @@ def base_figures(arch: str, quantize_clips: int, check_clips: int) -> None:
 
 
 def trained_figures(checkpoint: Path, nmnist: Path, cal_stride: int) -> None:
-    from svformer.checkpoint import load_model
-    from svformer.data.datasets import InputSpec, nmnist_dataset
+    from svformer_deploy.svformer.checkpoint import load_model
+    from svformer_deploy.svformer.data.datasets import InputSpec, nmnist_dataset
 
     model, ck = load_model(checkpoint)
     p = ck.preprocessing

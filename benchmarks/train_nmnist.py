@@ -23,8 +23,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from svformer.data.datasets import InputSpec, nmnist_dataset  # noqa: E402
-from svformer.train import TrainConfig, format_epoch, train_model  # noqa: E402
+from svformer_deploy.svformer.data.datasets import InputSpec, nmnist_dataset  # noqa: E402
+from svformer_deploy.svformer.train import TrainConfig, format_epoch, train_model  # noqa: E402
 
 DEFAULT_DATA = Path(os.environ.get("SVFORMER_DATA", ROOT.parent / "shared" / "data")) / "events" / "nmnist-small"
 

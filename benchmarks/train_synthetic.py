@@ -33,11 +33,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from svformer.checkpoint import load_model  # noqa: E402
-from svformer.data.datasets import InputSpec, make_loader, synthetic_dataset  # noqa: E402
-from svformer.data.synthetic import generate_dataset  # noqa: E402
-from svformer.demo_config import DATA, MODEL, TRAIN  # noqa: E402  (defaults: the demo's configuration)
-from svformer.train import TrainConfig, format_epoch, train_model  # noqa: E402
+from svformer_deploy.svformer.checkpoint import load_model  # noqa: E402
+from svformer_deploy.svformer.data.datasets import InputSpec, make_loader, synthetic_dataset  # noqa: E402
+from svformer_deploy.svformer.data.synthetic import generate_dataset  # noqa: E402
+from svformer_deploy.svformer.demo_config import DATA, MODEL, TRAIN  # noqa: E402  (defaults: the demo's configuration)
+from svformer_deploy.svformer.train import TrainConfig, format_epoch, train_model  # noqa: E402
 
 
 def confusion(checkpoint: str, root: Path, kind: str) -> tuple[list[str], torch.Tensor]:

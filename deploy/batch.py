@@ -17,7 +17,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from svformer.errors import SVFormerError
+from svformer_deploy.svformer.errors import SVFormerError
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
 EVENT_SUFFIXES = (".aedat4", ".bin", ".bs2", ".npy")
@@ -56,8 +56,7 @@ def _simulate_one(clip: str, kind: str, label: str | None, model: str, out: str,
                   executor: str, threads: int) -> list[str]:
     """Worker: simulate one clip into ``out``; SVFormerError propagates as the failure reason."""
     import torch
-
-    from simulators.run import simulate_file
+    from svformer_deploy.simulators.run import simulate_file
 
     torch.set_num_threads(threads)
     kw = {"events": clip} if kind == "events" else {"video": clip}
@@ -73,7 +72,7 @@ def simulate_folder(videos: str | Path, model: str | Path, out_dir: str | Path |
     ``out_dir`` defaults to ``runs/batch-<model hash[:12]>``. ``on_clip(clip, error)`` is called after
     each clip (progress display). Returns the records of all clips, including resumed ones.
     """
-    from export.bundle import load_bundle
+    from svformer_deploy.export.bundle import load_bundle
 
     bundle = load_bundle(model)
     kind = "events" if bundle.manifest["input"].get("encoding") == "events" else "video"

@@ -10,13 +10,13 @@ import click
 # command name -> "module:attribute"; modules are imported only when their command runs,
 # so ``--help`` is instant and does not import torch.
 COMMANDS: dict[str, str] = {
-    "info": "deploy.commands.info:info",
-    "export": "deploy.commands.export:export",
-    "probe": "deploy.commands.probe:probe",
-    "train": "deploy.commands.train:train",
-    "simulate": "deploy.commands.simulate:simulate",
-    "energy-report": "deploy.commands.energy_report:energy_report",
-    "demo": "deploy.commands.demo:demo",
+    "info": "svformer_deploy.deploy.commands.info:info",
+    "export": "svformer_deploy.deploy.commands.export:export",
+    "probe": "svformer_deploy.deploy.commands.probe:probe",
+    "train": "svformer_deploy.deploy.commands.train:train",
+    "simulate": "svformer_deploy.deploy.commands.simulate:simulate",
+    "energy-report": "svformer_deploy.deploy.commands.energy_report:energy_report",
+    "demo": "svformer_deploy.deploy.commands.demo:demo",
 }
 
 
@@ -43,7 +43,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one ``error:`` line (exit 2, or 1 for failed checks)."""
-    from deploy.errors import run_cli
+    from svformer_deploy.deploy.errors import run_cli
 
     return run_cli(cli, argv)
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from svformer import demo_config
-from svformer.errors import SVFormerError
+from svformer_deploy.svformer import demo_config
+from svformer_deploy.svformer.errors import SVFormerError
 
 # what a demo folder may hold: its outputs, and the hidden temporary siblings of atomic writes
 OUTPUTS = ("data", "train", "model.svfd", "runs", "report", "demo.json")
@@ -92,7 +92,7 @@ class DemoSizes:
 
     def train_config(self, layout: Layout) -> Any:
         """The :class:`svformer.train.TrainConfig` of the demo run in ``layout``."""
-        from svformer.train import TrainConfig
+        from svformer_deploy.svformer.train import TrainConfig
 
         train = dict(demo_config.TRAIN)
         if self.epochs is not None:
@@ -167,7 +167,7 @@ def start_run(layout: Layout, sizes: DemoSizes, cfg: Any, force: bool) -> tuple[
 
 def data_mismatch(layout: Layout, params: dict[str, Any]) -> list[str]:
     """The parameters in which an existing ``layout.data`` set differs from ``params`` ([] if none or no set)."""
-    from svformer.data.synthetic import dataset_manifest, read_dataset_manifest
+    from svformer_deploy.svformer.data.synthetic import dataset_manifest, read_dataset_manifest
 
     if not layout.data.exists():
         return []
@@ -200,7 +200,7 @@ class DataStep:
 
 def make_data(layout: Layout, sizes: DemoSizes) -> DataStep:
     """Generate the synthetic set into ``layout.data`` (an identical existing set is reused)."""
-    from svformer.data.synthetic import clip_paths, generate_dataset, read_dataset_manifest
+    from svformer_deploy.svformer.data.synthetic import clip_paths, generate_dataset, read_dataset_manifest
 
     params = sizes.data_params()
     manifest = layout.data / "dataset.json"
@@ -231,7 +231,7 @@ def existing_training(layout: Layout, cfg: Any) -> tuple[str, Any]:
     A run made with another configuration (or an unreadable ``last.pt``) is an error that names the
     differing fields and suggests ``--force``.
     """
-    from svformer.checkpoint import load_checkpoint
+    from svformer_deploy.svformer.checkpoint import load_checkpoint
 
     last = layout.checkpoint
     if not last.exists():
@@ -259,7 +259,7 @@ def _finished_result(layout: Layout, ckpt: Any) -> Any:
     """The :class:`TrainResult` of a finished run: its ``summary.json``, else rebuilt from ``last.pt``."""
     import json
 
-    from svformer.train import TrainResult
+    from svformer_deploy.svformer.train import TrainResult
 
     path = layout.train / "summary.json"
     try:
@@ -287,7 +287,7 @@ def train(layout: Layout, cfg: Any, state: tuple[str, Any],
 
     ``on_start(status, start_epoch)`` is called before any training ("trained" from 0 or "resumed").
     """
-    from svformer.train import train_model
+    from svformer_deploy.svformer.train import train_model
 
     state, value = state
     if state == "complete":
@@ -311,8 +311,8 @@ class ExportStep:
 
 def reusable_bundle(layout: Layout, targets: tuple[str, ...] | None) -> Any | None:
     """The :class:`ExportResult` of an existing complete bundle of ``layout.checkpoint`` with these targets."""
-    from export.bundle import load_bundle, sha256_file
-    from export.exporter import ExportResult, FidelityRow, resolve_targets
+    from svformer_deploy.export.bundle import load_bundle, sha256_file
+    from svformer_deploy.export.exporter import ExportResult, FidelityRow, resolve_targets
 
     if not (layout.bundle / "manifest.json").is_file():
         return None
@@ -348,7 +348,7 @@ def export(layout: Layout, targets: tuple[str, ...] | None = None,
 
     A bundle made from another checkpoint is replaced, atomically, once the new one is complete.
     """
-    from export.exporter import ExportOptions, export_checkpoint
+    from svformer_deploy.export.exporter import ExportOptions, export_checkpoint
 
     found = reusable_bundle(layout, targets)
     if found is not None:
@@ -378,7 +378,7 @@ class SimulateStep:
 
 def held_out_clip(data_root: Path, class_index: int = 0) -> tuple[Path, str]:
     """The first held-out clip of class ``class_index`` of the synthetic set, and its class name."""
-    from svformer.data.synthetic import clip_paths, read_dataset_manifest
+    from svformer_deploy.svformer.data.synthetic import clip_paths, read_dataset_manifest
 
     classes = read_dataset_manifest(data_root)["classes"]
     for path, label in clip_paths(data_root, "test"):
@@ -388,8 +388,8 @@ def held_out_clip(data_root: Path, class_index: int = 0) -> tuple[Path, str]:
 
 
 def _existing_record(layout: Layout, model_hash: str, clip: Path) -> Any | None:
-    from deploy.energy.records import read_record
-    from export.bundle import sha256_file
+    from svformer_deploy.deploy.energy.records import read_record
+    from svformer_deploy.export.bundle import sha256_file
 
     if not layout.runs.is_dir():
         return None
@@ -409,8 +409,8 @@ def _existing_record(layout: Layout, model_hash: str, clip: Path) -> Any | None:
 def simulate(layout: Layout, clip: Path, true_class: str, on_step: Callable[[int], None] | None = None
              ) -> SimulateStep:
     """Simulate ``clip`` on the bundle's float graph (one view), or reuse its record for this model."""
-    from export.bundle import load_bundle
-    from simulators.run import simulate_file
+    from svformer_deploy.export.bundle import load_bundle
+    from svformer_deploy.simulators.run import simulate_file
 
     bundle = load_bundle(layout.bundle)
     rec = _existing_record(layout, bundle.model_hash, clip)
@@ -438,9 +438,9 @@ class ReportStep:
 
 def energy_report(layout: Layout, records: list[Path]) -> ReportStep:
     """Price the run records (fp32, 45 nm) and write ``report/index.html`` and ``report/energy.json``."""
-    from deploy.energy.html import write_html
-    from deploy.energy.records import report_from_paths
-    from svformer.fileio import write_json_atomic
+    from svformer_deploy.deploy.energy.html import write_html
+    from svformer_deploy.deploy.energy.records import report_from_paths
+    from svformer_deploy.svformer.fileio import write_json_atomic
 
     report = report_from_paths(records, "fp32")
     html = write_html(report, layout.report)

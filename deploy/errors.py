@@ -11,8 +11,7 @@ import sys
 import warnings
 
 import click
-
-from svformer.errors import SVFormerError
+from svformer_deploy.svformer.errors import SVFormerError
 
 
 def _one_line(msg: str) -> str:

@@ -22,13 +22,17 @@ import sys
 from pathlib import Path
 
 import torch
-
-from svformer.checkpoint import load_model
-from svformer.data.datasets import InputSpec, synthetic_dataset
-from svformer.data.synthetic import generate_dataset
-from svformer.data.video import load_clip
-from svformer.demo_config import ARCH, DATA, MODEL, TRAIN  # the demo's configuration, measured by the benchmark
-from svformer.train import TrainConfig, evaluate, format_epoch, train_model
+from svformer_deploy.svformer.checkpoint import load_model
+from svformer_deploy.svformer.data.datasets import InputSpec, synthetic_dataset
+from svformer_deploy.svformer.data.synthetic import generate_dataset
+from svformer_deploy.svformer.data.video import load_clip
+from svformer_deploy.svformer.demo_config import (  # the demo's configuration, measured by the benchmark
+    ARCH,
+    DATA,
+    MODEL,
+    TRAIN,
+)
+from svformer_deploy.svformer.train import TrainConfig, evaluate, format_epoch, train_model
 
 
 def main(out: Path) -> None:

@@ -36,9 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import networkx as nx
-
-from svformer.errors import SVFormerError
-from svformer.fileio import atomic_directory
+from svformer_deploy.svformer.errors import SVFormerError
+from svformer_deploy.svformer.fileio import atomic_directory
 
 from . import ir
 

@@ -30,10 +30,9 @@ from typing import Any
 import networkx as nx
 import numpy as np
 import torch
-
-from svformer.checkpoint import Checkpoint, load_checkpoint
-from svformer.checkpoint import versions as checkpoint_versions
-from svformer.errors import CheckFailed, SVFormerError
+from svformer_deploy.svformer.checkpoint import Checkpoint, load_checkpoint
+from svformer_deploy.svformer.checkpoint import versions as checkpoint_versions
+from svformer_deploy.svformer.errors import CheckFailed, SVFormerError
 
 from . import ir
 from .bundle import BundleWriter, default_bundle_path, sha256_file
@@ -170,7 +169,7 @@ def resolve_targets(targets: tuple[str, ...] | None, quantized: bool) -> tuple[s
 # ---------------------------------------------------------------------------------------------
 def input_spec(ckpt: Checkpoint) -> Any:
     """The :class:`svformer.data.datasets.InputSpec` described by the checkpoint's preprocessing."""
-    from svformer.data.datasets import InputSpec
+    from svformer_deploy.svformer.data.datasets import InputSpec
 
     cfg, prep = ckpt.config, dict(ckpt.preprocessing or {})
     kind = prep.get("input", "events" if cfg.in_channels == 2 else "video")
@@ -200,7 +199,7 @@ def training_data(ckpt: Checkpoint, spec: Any) -> tuple[Any, Any, str] | None:
     stored = (ckpt.training or {}).get("config")
     if not isinstance(stored, dict) or not stored.get("source"):
         return None
-    from svformer.data import datasets as ds
+    from svformer_deploy.svformer.data import datasets as ds
 
     source, data = stored["source"], stored.get("data")
     try:
@@ -253,7 +252,7 @@ class Inputs:
 
 
 def default_clip_counts(ckpt: Checkpoint, quantized: bool, opts: ExportOptions) -> tuple[int, int]:
-    from svformer.complexity import dense_macs
+    from svformer_deploy.svformer.complexity import dense_macs
 
     macs = max(dense_macs(ckpt.config), 1)
     check = opts.check_clips if opts.check_clips is not None else int(np.clip(CHECK_BUDGET_MACS // macs, 2, 100))
@@ -324,7 +323,7 @@ def _versions() -> dict[str, str]:
 
 def check_batch_size(ckpt: Checkpoint) -> int:
     """Clips per batch in the checks: large for small models (per-op overhead dominates), 1 for SVFormer-base."""
-    from svformer.complexity import dense_macs
+    from svformer_deploy.svformer.complexity import dense_macs
 
     return int(np.clip(4e9 // max(dense_macs(ckpt.config), 1), 1, 64))
 

@@ -16,10 +16,9 @@ from typing import Any
 import networkx as nx
 import torch
 from spikingjelly.activation_based import neuron as sj_neuron
+from svformer_deploy.svformer.errors import SVFormerError
+from svformer_deploy.svformer.model import SVFormer
 from torch import Tensor
-
-from svformer.errors import SVFormerError
-from svformer.model import SVFormer
 
 from . import ir
 from .reference import ReferenceModel

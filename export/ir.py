@@ -43,9 +43,8 @@ from typing import Any, ClassVar
 
 import networkx as nx
 import numpy as np
-
-from svformer.errors import SVFormerError
-from svformer.fileio import atomic_path
+from svformer_deploy.svformer.errors import SVFormerError
+from svformer_deploy.svformer.fileio import atomic_path
 
 IR_VERSION = 1
 FORMAT = "svformer-deploy/ir"

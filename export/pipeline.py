@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 import torch
-
-from svformer.errors import SVFormerError
-from svformer.model import SVFormer
+from svformer_deploy.svformer.errors import SVFormerError
+from svformer_deploy.svformer.model import SVFormer
 
 from . import ir
 from .fidelity import FidelityReport, compare

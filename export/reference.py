@@ -34,9 +34,8 @@ import networkx as nx
 import numpy as np
 import torch
 import torch.nn.functional as F
+from svformer_deploy.svformer.errors import SVFormerError
 from torch import Tensor, nn
-
-from svformer.errors import SVFormerError
 
 from . import ir
 

@@ -15,11 +15,10 @@ import networkx as nx
 import numpy as np
 import torch
 from spikingjelly.activation_based import neuron as sj_neuron
+from svformer_deploy.svformer.errors import SVFormerError
+from svformer_deploy.svformer.layers import SeqBatchNorm1d, SeqBatchNorm2d, TemporalBatchNorm1d, TemporalBatchNorm2d
+from svformer_deploy.svformer.model import CBlock, SABlock, SVFormer
 from torch import nn
-
-from svformer.errors import SVFormerError
-from svformer.layers import SeqBatchNorm1d, SeqBatchNorm2d, TemporalBatchNorm1d, TemporalBatchNorm2d
-from svformer.model import CBlock, SABlock, SVFormer
 
 from . import ir
 

@@ -37,9 +37,8 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 import torch
+from svformer_deploy.export import ir
 from torch import Tensor
-
-from export import ir
 
 COUNT_KEYS = ("ac", "mac", "mul", "add", "neuron_updates", "spikes_in", "spikes_out",
               "weight_reads", "state_reads", "state_writes")

@@ -32,10 +32,9 @@ import networkx as nx
 import numpy as np
 import torch
 import torch.nn.functional as F
+from svformer_deploy.export import ir
+from svformer_deploy.svformer.errors import SVFormerError
 from torch import Tensor
-
-from export import ir
-from svformer.errors import SVFormerError
 
 from . import fixed
 from .counting import LayerCounter, LayerInfo, build_counters, layer_infos

@@ -28,9 +28,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from svformer_deploy.svformer.errors import SVFormerError
 from torch import Tensor
-
-from svformer.errors import SVFormerError
 
 KERNEL_MODES = ("auto", "events", "dense")
 # auto: event kernels below these input densities (spikes / input size), by kernel kind; the

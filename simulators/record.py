@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from svformer.errors import SVFormerError
-from svformer.fileio import write_text_atomic
+from svformer_deploy.svformer.errors import SVFormerError
+from svformer_deploy.svformer.fileio import write_text_atomic
 
 from .counting import COUNT_KEYS, LayerInfo, firing_rate
 from .executor import SimResult, Simulator
@@ -35,7 +34,7 @@ def utc_now() -> str:
 
 
 def tool_versions() -> dict[str, str]:
-    from svformer.checkpoint import versions
+    from svformer_deploy.svformer.checkpoint import versions
 
     return versions()
 

@@ -19,9 +19,8 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from export.bundle import Bundle, find_latest_bundle, load_bundle
-from svformer.errors import SVFormerError
+from svformer_deploy.export.bundle import Bundle, find_latest_bundle, load_bundle
+from svformer_deploy.svformer.errors import SVFormerError
 
 from .counting import COUNT_KEYS, firing_rate
 from .executor import SimResult, Simulator
@@ -115,8 +114,8 @@ def _preprocessing(bundle: Bundle) -> dict[str, Any]:
     prep = bundle.manifest.get("preprocessing")
     if isinstance(prep, dict) and prep:
         return prep
-    from svformer.checkpoint import default_preprocessing
-    from svformer.config import SVFormerConfig
+    from svformer_deploy.svformer.checkpoint import default_preprocessing
+    from svformer_deploy.svformer.config import SVFormerConfig
 
     try:
         return default_preprocessing(SVFormerConfig.from_dict(bundle.manifest["config"]))
@@ -153,7 +152,7 @@ def prepare_input(exp: dict[str, Any], video: str | Path | None, events: str | P
         if exp["channels"] != 3:
             raise SVFormerError(f"{path}: the model {bundle_path.name} takes {exp['channels']}-channel input; "
                                 "videos are decoded as 3-channel RGB")
-        from svformer.data.video import DEFAULT_MEAN, DEFAULT_STD, read_views
+        from svformer_deploy.svformer.data.video import DEFAULT_MEAN, DEFAULT_STD, read_views
 
         k, s = views
         cv = read_views(path, time_steps=T, size=size, temporal_views=k, spatial_crops=s,
@@ -168,7 +167,7 @@ def prepare_input(exp: dict[str, Any], video: str | Path | None, events: str | P
                             "recordings (2 polarity channels); use --video FILE")
     if views != (1, 1):
         raise SVFormerError(f"--views {views[0]}x{views[1]}: event recordings give one view; use 1x1")
-    from svformer.data.events import load_event_clip
+    from svformer_deploy.svformer.data.events import load_event_clip
 
     sensor = exp.get("sensor_size")
     clip = load_event_clip(path, T, size, exp.get("split", "number"), exp.get("fit", "auto"),

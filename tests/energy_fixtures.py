@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from svformer.complexity import layer_costs
-from svformer.variants import variant_config
+from svformer_deploy.svformer.complexity import layer_costs
+from svformer_deploy.svformer.variants import variant_config
 
 HASH_A = "a" * 64
 HASH_B = "b" * 64

@@ -10,11 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 from spikingjelly.activation_based import neuron as sj_neuron
+from svformer_deploy.svformer.layers import SeqBatchNorm1d, SeqBatchNorm2d, TemporalBatchNorm1d, TemporalBatchNorm2d
+from svformer_deploy.svformer.model import SVFormer
+from svformer_deploy.svformer.variants import create_model
 from torch import nn
-
-from svformer.layers import SeqBatchNorm1d, SeqBatchNorm2d, TemporalBatchNorm1d, TemporalBatchNorm2d
-from svformer.model import SVFormer
-from svformer.variants import create_model
 
 # every zoo variant at a tiny size (the variants' depths and stage types, their widths / 16)
 TINY: dict[str, dict] = {

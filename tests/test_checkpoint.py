@@ -7,10 +7,9 @@ import pickle
 
 import pytest
 import torch
-
-from svformer.checkpoint import FORMAT, load_checkpoint, load_model, save_checkpoint
-from svformer.errors import SVFormerError
-from svformer.variants import create_model
+from svformer_deploy.svformer.checkpoint import FORMAT, load_checkpoint, load_model, save_checkpoint
+from svformer_deploy.svformer.errors import SVFormerError
+from svformer_deploy.svformer.variants import create_model
 
 TINY = {"img_size": 32, "time_steps": 2, "dims": (16, 32, 64), "head_dim": 16, "num_classes": 3}
 

@@ -7,9 +7,8 @@ import pickle
 
 import torch
 from conftest import assert_one_line_error, run_cli
-
-from svformer.checkpoint import save_checkpoint
-from svformer.variants import create_model
+from svformer_deploy.svformer.checkpoint import save_checkpoint
+from svformer_deploy.svformer.variants import create_model
 
 
 def test_info_base_json_reports_params_and_stage_macs():

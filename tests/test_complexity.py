@@ -6,10 +6,9 @@ from collections import defaultdict
 
 import pytest
 import torch
+from svformer_deploy.svformer.complexity import dense_macs, dense_macs_by_stage, layer_costs, neuron_layer_count
+from svformer_deploy.svformer.variants import create_model, variant_config
 from torch.utils._python_dispatch import TorchDispatchMode
-
-from svformer.complexity import dense_macs, dense_macs_by_stage, layer_costs, neuron_layer_count
-from svformer.variants import create_model, variant_config
 
 aten = torch.ops.aten
 

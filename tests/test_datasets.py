@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from svformer.data.datasets import (
+from svformer_deploy.svformer.data.datasets import (
     Augment,
     BadSample,
     InputSpec,
@@ -23,8 +22,8 @@ from svformer.data.datasets import (
     split_holdout,
     synthetic_dataset,
 )
-from svformer.data.events import EVENT_DTYPE
-from svformer.errors import SVFormerError
+from svformer_deploy.svformer.data.events import EVENT_DTYPE
+from svformer_deploy.svformer.errors import SVFormerError
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SVFORMER_DATA", ROOT.parent / "shared" / "data"))
@@ -186,7 +185,7 @@ def test_shift_and_erase_keep_the_clip_shape_and_flip_mirrors() -> None:
 
 
 def test_synthetic_layout_reads_classes_from_classes_txt(tmp_path: Path) -> None:
-    from svformer.data.synthetic import generate_dataset
+    from svformer_deploy.svformer.data.synthetic import generate_dataset
 
     root = generate_dataset(tmp_path / "syn", num_classes=2, train_per_class=2, test_per_class=1, size=32, frames=16)
     spec = InputSpec(kind="video", time_steps=4, size=32)

@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 from conftest import CLI, assert_one_line_error
 from fixtures_models import single_thread  # noqa: F401
-
-from deploy.cli import main
-from deploy.energy.records import read_record
-from export.bundle import load_bundle, sha256_file
-from svformer.checkpoint import load_checkpoint
+from svformer_deploy.deploy.cli import main
+from svformer_deploy.deploy.energy.records import read_record
+from svformer_deploy.export.bundle import load_bundle, sha256_file
+from svformer_deploy.svformer.checkpoint import load_checkpoint
 
 # 1 held-out + 2 training clips per class, one batch per epoch, no ONNX (its export alone takes ~1 min)
 TINY = ("--epochs", "6", "--train-per-class", "2", "--test-per-class", "1", "--targets", "nir")

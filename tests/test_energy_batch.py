@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 from fixtures_models import single_thread  # noqa: F401
+from svformer_deploy.deploy.cli import main
 from test_sim_cli import make_bundle, write_clip
-
-from deploy.cli import main
 
 
 def _dataset(root):

@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
-
-from deploy.energy.cost_models import PRESETS, get_cost_model, load_cost_model_toml
-from svformer.errors import SVFormerError
+from svformer_deploy.deploy.energy.cost_models import PRESETS, get_cost_model, load_cost_model_toml
+from svformer_deploy.svformer.errors import SVFormerError
 
 
 @pytest.mark.parametrize(("name", "mac", "ac", "mul", "add"), [

@@ -17,10 +17,9 @@ import numpy as np
 import pytest
 from energy_fixtures import synthetic_record
 from PIL import Image
-
-from deploy.energy.cost_models import PRESETS
-from deploy.energy.html import PLOTS, write_html
-from deploy.energy.records import RunRecord, aggregate, validate_record
+from svformer_deploy.deploy.energy.cost_models import PRESETS
+from svformer_deploy.deploy.energy.html import PLOTS, write_html
+from svformer_deploy.deploy.energy.records import RunRecord, aggregate, validate_record
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 WIDTH = 1280

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 from energy_fixtures import HAND, hand_record, make_layer, make_record, synthetic_record
-
-from deploy.energy.cost_models import PRESETS, get_cost_model
-from deploy.energy.methods import evaluate_record
-from deploy.energy.records import RunRecord, aggregate, validate_record
+from svformer_deploy.deploy.energy.cost_models import PRESETS, get_cost_model
+from svformer_deploy.deploy.energy.methods import evaluate_record
+from svformer_deploy.deploy.energy.records import RunRecord, aggregate, validate_record
 
 FP32 = PRESETS["fp32"]
 

@@ -7,10 +7,15 @@ import os
 
 import pytest
 from energy_fixtures import HASH_B, hand_record, synthetic_record, write_record
-
-from deploy.energy.cost_models import PRESETS
-from deploy.energy.records import aggregate, collect_records, newest_record, read_record, validate_record
-from svformer.errors import SVFormerError
+from svformer_deploy.deploy.energy.cost_models import PRESETS
+from svformer_deploy.deploy.energy.records import (
+    aggregate,
+    collect_records,
+    newest_record,
+    read_record,
+    validate_record,
+)
+from svformer_deploy.svformer.errors import SVFormerError
 
 
 def _broken(mutate) -> dict:

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from svformer.data.events import (
+from svformer_deploy.svformer.data.events import (
     EVENT_DTYPE,
     events_to_frames,
     load_event_clip,
@@ -18,7 +17,7 @@ from svformer.data.events import (
     read_events,
     slice_bounds,
 )
-from svformer.errors import SVFormerError
+from svformer_deploy.svformer.errors import SVFormerError
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SVFORMER_DATA", ROOT.parent / "shared" / "data"))
@@ -199,8 +198,7 @@ def test_older_aedat_versions_are_refused_with_the_reason(tmp_path: Path) -> Non
 # -- event frames emulated from video ------------------------------------------------------------
 def test_video_event_frames_are_luma_changes_split_by_sign() -> None:
     import torch
-
-    from svformer.data.events import video_to_event_frames
+    from svformer_deploy.svformer.data.events import video_to_event_frames
 
     rgb = torch.zeros(3, 3, 4, 4)
     rgb[1, :, 0, 0] = 1.0  # pixel (0, 0) turns white at step 1, back to black at step 2
@@ -215,8 +213,8 @@ def test_video_event_frames_are_luma_changes_split_by_sign() -> None:
 
 
 def test_a_moving_shape_video_gives_events_and_a_still_one_none(tmp_path: Path) -> None:
-    from svformer.data.events import load_video_events
-    from svformer.data.synthetic import write_clip
+    from svformer_deploy.svformer.data.events import load_video_events
+    from svformer_deploy.svformer.data.synthetic import write_clip
 
     frames = np.zeros((12, 32, 32, 3), dtype=np.uint8)
     for i in range(12):

@@ -15,14 +15,13 @@ import pytest
 import torch
 from conftest import CLI, assert_one_line_error
 from fixtures_models import make_model, single_thread  # noqa: F401
-
-from deploy.cli import main
-from export.bundle import load_bundle, sha256_file
-from export.writers.netx_writer import read_netx
-from svformer.checkpoint import load_checkpoint, save_checkpoint
-from svformer.data.events import EVENT_DTYPE
-from svformer.errors import CheckFailed
-from svformer.train import TrainConfig, train_model
+from svformer_deploy.deploy.cli import main
+from svformer_deploy.export.bundle import load_bundle, sha256_file
+from svformer_deploy.export.writers.netx_writer import read_netx
+from svformer_deploy.svformer.checkpoint import load_checkpoint, save_checkpoint
+from svformer_deploy.svformer.data.events import EVENT_DTYPE
+from svformer_deploy.svformer.errors import CheckFailed
+from svformer_deploy.svformer.train import TrainConfig, train_model
 
 
 def run(capsys, *args) -> tuple[int, str, str]:
@@ -117,8 +116,8 @@ def test_strict_turns_a_fidelity_miss_into_exit_1_and_keeps_the_bundle(capsys, t
 def test_strict_ignores_the_reported_float32_onnx_row_but_not_the_float64_one(tmp_path: Path) -> None:
     """The float32 ONNX check is reported, not enforced (float32 rounding can flip a spike near a threshold:
     0.42 on one clip of a trained N-MNIST model); the same figure on model.onnx (float64) is a miss."""
-    from export.exporter import ExportResult, FidelityRow, raise_on_miss
-    from export.writers.onnx_writer import FLOAT32_TARGET, OnnxCheck
+    from svformer_deploy.export.exporter import ExportResult, FidelityRow, raise_on_miss
+    from svformer_deploy.export.writers.onnx_writer import FLOAT32_TARGET, OnnxCheck
 
     fp32 = FidelityRow.from_onnx("onnx float32 (model_fp32.onnx)",
                                  OnnxCheck("onnx float32", 0.42, 0.99, 100, target=FLOAT32_TARGET, enforced=False))
@@ -244,7 +243,7 @@ def test_ctrl_c_mid_export_leaves_no_partial_bundle(tiny_ckpt: Path) -> None:
 
 
 def test_a_manifest_that_cannot_be_written_leaves_no_bundle(tmp_path: Path) -> None:
-    from export.bundle import BundleWriter
+    from svformer_deploy.export.bundle import BundleWriter
 
     with pytest.raises(TypeError):
         with BundleWriter(tmp_path / "x.svfd") as w:

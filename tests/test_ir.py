@@ -12,13 +12,12 @@ import torch.nn.functional as F
 from fixtures_models import make_input, make_model, single_thread  # noqa: F401
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from export import ir
-from export.passes.fold_bn import fold_bn
-from export.passes.fuse_linear import fuse_linear
-from export.passes.quantize import QuantConfig, quantize
-from export.trace import trace
-from svformer.errors import SVFormerError
+from svformer_deploy.export import ir
+from svformer_deploy.export.passes.fold_bn import fold_bn
+from svformer_deploy.export.passes.fuse_linear import fuse_linear
+from svformer_deploy.export.passes.quantize import QuantConfig, quantize
+from svformer_deploy.export.trace import trace
+from svformer_deploy.svformer.errors import SVFormerError
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +177,7 @@ def test_conv2d_shape_inference_matches_torch(c_in, mult, groups, k, stride, pad
 
 
 def test_graph_dense_macs_equal_the_first_principles_count():
-    from svformer.complexity import dense_macs
+    from svformer_deploy.svformer.complexity import dense_macs
 
     for variant, kw in [("base", {}), ("3stg", {}), ("base", dict(local_pathway=False))]:
         model = make_model(variant, **kw)

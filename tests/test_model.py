@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from spikingjelly.activation_based import neuron, surrogate
-
-from svformer.errors import SVFormerError
-from svformer.layers import TemporalBatchNorm1d, TemporalBatchNorm2d
-from svformer.model import Attention, SVFormer
-from svformer.variants import VARIANTS, create_model, variant_config
+from svformer_deploy.svformer.errors import SVFormerError
+from svformer_deploy.svformer.layers import TemporalBatchNorm1d, TemporalBatchNorm2d
+from svformer_deploy.svformer.model import Attention, SVFormer
+from svformer_deploy.svformer.variants import VARIANTS, create_model, variant_config
 
 
 def n_params(model: torch.nn.Module) -> int:

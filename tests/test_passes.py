@@ -11,15 +11,14 @@ import torch.nn.functional as F
 from fixtures_models import make_input, make_model, single_thread  # noqa: F401
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from export import ir
-from export.passes.fold_bn import check as fold_check
-from export.passes.fold_bn import fold_bn, remaining_affines
-from export.passes.fuse_linear import check as fuse_check
-from export.passes.fuse_linear import compose, fuse_linear, fusion_report
-from export.passes.quantize import QuantConfig
-from export.pipeline import PASS_ORDER, run_pipeline
-from export.trace import trace
+from svformer_deploy.export import ir
+from svformer_deploy.export.passes.fold_bn import check as fold_check
+from svformer_deploy.export.passes.fold_bn import fold_bn, remaining_affines
+from svformer_deploy.export.passes.fuse_linear import check as fuse_check
+from svformer_deploy.export.passes.fuse_linear import compose, fuse_linear, fusion_report
+from svformer_deploy.export.passes.quantize import QuantConfig
+from svformer_deploy.export.pipeline import PASS_ORDER, run_pipeline
+from svformer_deploy.export.trace import trace
 
 
 @pytest.mark.parametrize("variant,overrides", [("base", {}), ("base", dict(norm="bn")), ("base", dict(neuron="lif")),

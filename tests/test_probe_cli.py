@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
-from deploy.cli import main
-from svformer.data.synthetic import write_clip
-from svformer.data.video import sample_indices
+from svformer_deploy.deploy.cli import main
+from svformer_deploy.svformer.data.synthetic import write_clip
+from svformer_deploy.svformer.data.video import sample_indices
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_video import BAD_REASONS, VIDEO_DIR, _bad_inputs, coded_frames  # noqa: E402

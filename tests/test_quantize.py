@@ -12,11 +12,10 @@ import torch
 from fixtures_models import make_input, make_model, single_thread  # noqa: F401
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from export import ir
-from export.passes.fold_bn import fold_bn
-from export.passes.fuse_linear import fuse_linear
-from export.passes.quantize import (
+from svformer_deploy.export import ir
+from svformer_deploy.export.passes.fold_bn import fold_bn
+from svformer_deploy.export.passes.fuse_linear import fuse_linear
+from svformer_deploy.export.passes.quantize import (
     QuantConfig,
     check,
     load_calibration,
@@ -25,9 +24,9 @@ from export.passes.quantize import (
     quantize,
     weight_errors,
 )
-from export.reference import ReferenceModel, run_graph
-from export.trace import trace
-from svformer.errors import SVFormerError
+from svformer_deploy.export.reference import ReferenceModel, run_graph
+from svformer_deploy.export.trace import trace
+from svformer_deploy.svformer.errors import SVFormerError
 
 DATA = Path(os.environ.get("SVFORMER_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -301,7 +300,7 @@ def test_calibration_from_a_real_video_folder():
     video = DATA / "video"
     if not video.is_dir():
         pytest.skip(f"real data not found at {video} (set SVFORMER_DATA)")
-    from svformer.data.datasets import InputSpec
+    from svformer_deploy.svformer.data.datasets import InputSpec
 
     spec = InputSpec(kind="video", time_steps=2, size=32)
     x = load_calibration(video, spec, limit=2)

@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error, data_path, run_cli
 from fixtures_models import make_input, make_model, single_thread  # noqa: F401
-
-from deploy.cli import main
-from deploy.energy.records import read_record
-from export.bundle import BundleWriter, load_bundle
-from export.passes.quantize import QuantConfig
-from export.pipeline import run_pipeline
-from svformer.checkpoint import default_preprocessing
+from svformer_deploy.deploy.cli import main
+from svformer_deploy.deploy.energy.records import read_record
+from svformer_deploy.export.bundle import BundleWriter, load_bundle
+from svformer_deploy.export.passes.quantize import QuantConfig
+from svformer_deploy.export.pipeline import run_pipeline
+from svformer_deploy.svformer.checkpoint import default_preprocessing
 
 VIDEO_CLASSES = ["walk", "run", "jump", "wave", "sit"]
 
@@ -252,7 +251,7 @@ def test_bad_usage_is_one_error(tmp_path, capsys, small_rgb):
 
 
 def test_a_failing_view_leaves_no_records(tmp_path, capsys, small_rgb, monkeypatch):
-    from simulators import executor
+    from svformer_deploy.simulators import executor
 
     calls = {"n": 0}
     real = executor.Simulator.run

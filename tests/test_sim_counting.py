@@ -10,12 +10,18 @@ import torch.nn.functional as F
 from fixtures_models import make_input, make_model, single_thread  # noqa: F401
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from export import ir
-from export.pipeline import run_pipeline
-from simulators.counting import COUNT_KEYS, K, LayerCounter, conv_fanout, input_neurons, stage_of
-from simulators.executor import Simulator
-from simulators.kernels import Conv2dKernel, HeadConv3dKernel, KernelPolicy, LinearKernel, spike_kv, spike_q_kv
+from svformer_deploy.export import ir
+from svformer_deploy.export.pipeline import run_pipeline
+from svformer_deploy.simulators.counting import COUNT_KEYS, K, LayerCounter, conv_fanout, input_neurons, stage_of
+from svformer_deploy.simulators.executor import Simulator
+from svformer_deploy.simulators.kernels import (
+    Conv2dKernel,
+    HeadConv3dKernel,
+    KernelPolicy,
+    LinearKernel,
+    spike_kv,
+    spike_q_kv,
+)
 
 EVENTS = KernelPolicy("events")
 

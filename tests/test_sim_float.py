@@ -7,12 +7,11 @@ import pytest
 import torch
 from fixtures_models import CASES, make_input, make_model, single_thread  # noqa: F401
 from spikingjelly.activation_based import neuron as sj_neuron
-
-from export import ir
-from export.pipeline import run_pipeline
-from export.trace import trace
-from simulators.executor import Simulator
-from svformer.errors import SVFormerError
+from svformer_deploy.export import ir
+from svformer_deploy.export.pipeline import run_pipeline
+from svformer_deploy.export.trace import trace
+from svformer_deploy.simulators.executor import Simulator
+from svformer_deploy.svformer.errors import SVFormerError
 
 
 def model_run(model, x: torch.Tensor, dtype: torch.dtype) -> tuple[np.ndarray, dict[str, torch.Tensor]]:

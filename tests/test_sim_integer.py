@@ -6,14 +6,13 @@ import numpy as np
 import pytest
 import torch
 from fixtures_models import make_input, make_model, single_thread  # noqa: F401
-
-from export import ir
-from export.passes.quantize import QuantConfig
-from export.pipeline import run_pipeline
-from export.reference import ReferenceModel
-from simulators import fixed
-from simulators.executor import Simulator
-from svformer.errors import SVFormerError
+from svformer_deploy.export import ir
+from svformer_deploy.export.passes.quantize import QuantConfig
+from svformer_deploy.export.pipeline import run_pipeline
+from svformer_deploy.export.reference import ReferenceModel
+from svformer_deploy.simulators import fixed
+from svformer_deploy.simulators.executor import Simulator
+from svformer_deploy.svformer.errors import SVFormerError
 
 I64 = torch.int64
 

@@ -38,14 +38,13 @@ from fixtures_models import make_input, make_model, single_thread  # noqa: F401
 from spikingjelly.activation_based import functional
 from spikingjelly.activation_based import neuron as sj_neuron
 from spikingjelly.activation_based.op_counter import ACCounter, DispatchCounterMode, MACCounter, SynOpCounter
+from svformer_deploy.export import ir
+from svformer_deploy.export.pipeline import run_pipeline
+from svformer_deploy.simulators.counting import K
+from svformer_deploy.simulators.executor import Simulator
+from svformer_deploy.svformer.layers import TemporalBatchNorm1d, TemporalBatchNorm2d
+from svformer_deploy.svformer.model import Attention, CBlock
 from torch import nn
-
-from export import ir
-from export.pipeline import run_pipeline
-from simulators.counting import K
-from simulators.executor import Simulator
-from svformer.layers import TemporalBatchNorm1d, TemporalBatchNorm2d
-from svformer.model import Attention, CBlock
 
 aten = torch.ops.aten
 

@@ -6,8 +6,7 @@ import json
 
 import numpy as np
 import pytest
-
-from svformer.data.synthetic import (
+from svformer_deploy.svformer.data.synthetic import (
     BACKGROUND,
     FOREGROUND,
     SYNTHETIC_CLASSES,
@@ -18,8 +17,8 @@ from svformer.data.synthetic import (
     synthetic_classes,
     write_clip,
 )
-from svformer.data.video import decode_frames, load_clip, probe_video
-from svformer.errors import SVFormerError
+from svformer_deploy.svformer.data.video import decode_frames, load_clip, probe_video
+from svformer_deploy.svformer.errors import SVFormerError
 
 SIZE, FRAMES = 32, 16
 # one pair of every kind of motion (what the motion detector below can name)

@@ -6,14 +6,13 @@ import numpy as np
 import pytest
 import torch
 from fixtures_models import CASES, make_input, make_model, single_thread  # noqa: F401
-
-from export import ir
-from export.fidelity import compare
-from export.passes.fold_bn import fold_bn
-from export.reference import ReferenceModel, run_graph
-from export.trace import trace
-from svformer.complexity import neuron_layer_count
-from svformer.errors import SVFormerError
+from svformer_deploy.export import ir
+from svformer_deploy.export.fidelity import compare
+from svformer_deploy.export.passes.fold_bn import fold_bn
+from svformer_deploy.export.reference import ReferenceModel, run_graph
+from svformer_deploy.export.trace import trace
+from svformer_deploy.svformer.complexity import neuron_layer_count
+from svformer_deploy.svformer.errors import SVFormerError
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])

@@ -8,12 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from deploy.cli import main
-from svformer.checkpoint import load_checkpoint
-from svformer.data.events import EVENT_DTYPE
-from svformer.train import TrainConfig, lr_at, param_groups, train_model
-from svformer.variants import create_model
+from svformer_deploy.deploy.cli import main
+from svformer_deploy.svformer.checkpoint import load_checkpoint
+from svformer_deploy.svformer.data.events import EVENT_DTYPE
+from svformer_deploy.svformer.train import TrainConfig, lr_at, param_groups, train_model
+from svformer_deploy.svformer.variants import create_model
 
 TINY = ["--arch", "3stg", "--size", "16", "-T", "3", "--dims", "8,16,32", "--depths", "1,1,1", "--head-dim", "8",
         "--first-patch", "2"]
@@ -153,7 +152,7 @@ def test_bad_training_options_are_one_error_line_and_exit_2(tmp_path: Path, caps
 
 
 def test_resume_refuses_model_options_and_non_training_checkpoints(tmp_path: Path, capsys) -> None:
-    from svformer.checkpoint import save_checkpoint
+    from svformer_deploy.svformer.checkpoint import save_checkpoint
 
     plain = tmp_path / "plain.pt"
     save_checkpoint(plain, create_model("3stg", img_size=16, time_steps=2, dims=(8, 16, 32), head_dim=8,

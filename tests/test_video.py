@@ -13,9 +13,8 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from svformer.data.synthetic import write_clip
-from svformer.data.video import (
+from svformer_deploy.svformer.data.synthetic import write_clip
+from svformer_deploy.svformer.data.video import (
     DEFAULT_MEAN,
     DEFAULT_STD,
     decode_frames,
@@ -26,7 +25,7 @@ from svformer.data.video import (
     sample_indices,
     spatial_crop_offsets,
 )
-from svformer.errors import SVFormerError
+from svformer_deploy.svformer.errors import SVFormerError
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SVFORMER_DATA", REPO.parent / "shared" / "data"))

@@ -15,13 +15,12 @@ import numpy as np
 import pytest
 import torch
 from fixtures_models import make_input, make_model, single_thread  # noqa: F401
+from svformer_deploy.export.passes.quantize import QuantConfig, quantize
+from svformer_deploy.export.pipeline import run_pipeline
+from svformer_deploy.export.reference import ReferenceModel
+from svformer_deploy.export.writers.netx_writer import netx_issue, netx_net, read_netx, simulate_netx, write_netx
+from svformer_deploy.export.writers.partition import partition, record_part_io
 from writers_fixtures import NETX_QUANT, quantized_chain
-
-from export.passes.quantize import QuantConfig, quantize
-from export.pipeline import run_pipeline
-from export.reference import ReferenceModel
-from export.writers.netx_writer import netx_issue, netx_net, read_netx, simulate_netx, write_netx
-from export.writers.partition import partition, record_part_io
 
 REPO = Path(__file__).resolve().parents[1]
 LAVA_VENV = Path(os.environ.get("SVFORMER_LAVA_VENV", Path.home() / ".cache" / "svformer-deploy" / "lava-venv"))

@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 import torch
 from fixtures_models import CASES, make_input, make_model, single_thread  # noqa: F401
+from svformer_deploy.export import ir
+from svformer_deploy.export.pipeline import run_pipeline
+from svformer_deploy.export.reference import ReferenceModel
+from svformer_deploy.export.writers import nir_writer as nw
+from svformer_deploy.export.writers.partition import partition, record_part_io
+from svformer_deploy.svformer.errors import SVFormerError
 from writers_fixtures import chain_graph, event_clips
-
-from export import ir
-from export.pipeline import run_pipeline
-from export.reference import ReferenceModel
-from export.writers import nir_writer as nw
-from export.writers.partition import partition, record_part_io
-from svformer.errors import SVFormerError
 
 
 @pytest.mark.parametrize("case", [c[0] for c in CASES])

@@ -21,18 +21,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fixtures_models import TINY, make_input, make_model, single_thread  # noqa: F401
-
-from deploy.cli import main
-from export import ir
-from export.bundle import load_bundle
-from export.passes.fold_bn import fold_bn
-from export.passes.fuse_linear import fuse_linear
-from export.passes.quantize import QuantConfig, quantize
-from export.reference import ReferenceModel, conv_gather_index, matmul_conv2d, matmul_conv3d_head
-from export.trace import trace
-from export.writers.onnx_writer import INPUT_NAME, OUTPUT_NAME, check_onnx, onnx_module, write_onnx
-from svformer.checkpoint import load_model, save_checkpoint
-from svformer.errors import SVFormerError
+from svformer_deploy.deploy.cli import main
+from svformer_deploy.export import ir
+from svformer_deploy.export.bundle import load_bundle
+from svformer_deploy.export.passes.fold_bn import fold_bn
+from svformer_deploy.export.passes.fuse_linear import fuse_linear
+from svformer_deploy.export.passes.quantize import QuantConfig, quantize
+from svformer_deploy.export.reference import ReferenceModel, conv_gather_index, matmul_conv2d, matmul_conv3d_head
+from svformer_deploy.export.trace import trace
+from svformer_deploy.export.writers.onnx_writer import INPUT_NAME, OUTPUT_NAME, check_onnx, onnx_module, write_onnx
+from svformer_deploy.svformer.checkpoint import load_model, save_checkpoint
+from svformer_deploy.svformer.errors import SVFormerError
 
 # (C_in, C_out, groups, kernel, stride, padding, H, W): SVFormer's convolutions (patch embeddings k = patch + 2,
 # stride patch, padding 1; depthwise 5x5; local-pathway depthwise 3x3 stride 2; 1x1) and odd shapes

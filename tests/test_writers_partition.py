@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from fixtures_models import CASES, make_model, single_thread  # noqa: F401
+from svformer_deploy.export import ir
+from svformer_deploy.export.pipeline import run_pipeline
+from svformer_deploy.export.writers.partition import dense_groups, partition, to_part_layout
 from writers_fixtures import chain_graph
-
-from export import ir
-from export.pipeline import run_pipeline
-from export.writers.partition import dense_groups, partition, to_part_layout
 
 
 def folded(variant: str = "base", **overrides):

@@ -11,9 +11,8 @@ from __future__ import annotations
 import networkx as nx
 import numpy as np
 import torch
-
-from export import ir
-from export.passes.quantize import QuantConfig, quantize
+from svformer_deploy.export import ir
+from svformer_deploy.export.passes.quantize import QuantConfig, quantize
 
 NETX_QUANT = QuantConfig(per_channel=False, lava_thresholds=True)
 

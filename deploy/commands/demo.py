@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-
-from deploy.render import emit_json
+from svformer_deploy.deploy.render import emit_json
 
 STEPS = 5
 
@@ -78,11 +77,10 @@ def demo(output: Path, force: bool, threads: int, epochs: int | None, train_per_
     import logging
 
     import torch
-
-    from deploy import demo as lib
-    from export.exporter import parse_targets, resolve_targets
-    from svformer import demo_config
-    from svformer.progress import set_quiet
+    from svformer_deploy.deploy import demo as lib
+    from svformer_deploy.export.exporter import parse_targets, resolve_targets
+    from svformer_deploy.svformer import demo_config
+    from svformer_deploy.svformer.progress import set_quiet
 
     logging.getLogger("torch._library.triton").setLevel(logging.ERROR)  # "Triton not available" on CPU builds
     # One thread by default: measured on a 2-core machine with another training job running, an epoch of this
@@ -127,7 +125,7 @@ def demo(output: Path, force: bool, threads: int, epochs: int | None, train_per_
             if status == "resumed":
                 out.log(f"resuming the interrupted run at epoch {start + 1} of {cfg.epochs} ({layout.checkpoint})")
 
-        from svformer.train import format_epoch
+        from svformer_deploy.svformer.train import format_epoch
 
         trained = _timed(times, "train", lambda: lib.train(
             layout, cfg, state, on_epoch=lambda e: out.log(format_epoch(e, cfg.epochs)), on_start=on_start))
@@ -144,7 +142,7 @@ def demo(output: Path, force: bool, threads: int, epochs: int | None, train_per_
         heading(3, "export", f"export: {layout.checkpoint} -> {layout.bundle} (IR, {writers}), with fidelity checks "
                 "on the held-out clips")
         exported = _timed(times, "export", lambda: _export(lib, layout, export_targets))
-        from deploy.commands.export import render_export
+        from svformer_deploy.deploy.commands.export import render_export
 
         if exported.reused:
             out.show(f"reused {layout.bundle} (exported from this checkpoint; sha256 in its manifest)")
@@ -160,12 +158,12 @@ def demo(output: Path, force: bool, threads: int, epochs: int | None, train_per_
         # 5. energy report ---------------------------------------------------------------------
         heading(5, "report", f"energy report: 45 nm fp32 cost model (Horowitz 2014) -> {layout.report}")
         rep = _timed(times, "report", lambda: lib.energy_report(layout, [sim.record]))
-        from deploy.energy.report import header_lines, render_table, tables
+        from svformer_deploy.deploy.energy.report import header_lines, render_table, tables
 
         out.show("\n".join(header_lines(rep.report)) + "\n\n" + render_table(tables(rep.report, layers=False)[0]))
         out.show(f"wrote {rep.html} (plots: firing rates, energy by stage, SNN vs ANN, ...) and {rep.json}")
     except KeyboardInterrupt:
-        from svformer.errors import SVFormerError
+        from svformer_deploy.svformer.errors import SVFormerError
 
         raise SVFormerError(f"interrupted during the {current[0]} step; the finished steps' outputs in {layout.root} "
                             "are complete and the next run reuses them (training resumes from its last epoch)"
@@ -173,7 +171,7 @@ def demo(output: Path, force: bool, threads: int, epochs: int | None, train_per_
 
     total = time.perf_counter() - t_start
     doc = _summary(layout, data, trained, exported, sim, rep, times, total, threads)
-    from svformer.fileio import write_json_atomic
+    from svformer_deploy.svformer.fileio import write_json_atomic
 
     write_json_atomic(layout.summary, doc)
     out.log("")
@@ -183,7 +181,7 @@ def demo(output: Path, force: bool, threads: int, epochs: int | None, train_per_
 
 
 def _export(lib: Any, layout: Any, targets: tuple[str, ...] | None) -> Any:
-    from svformer.progress import bar
+    from svformer_deploy.svformer.progress import bar
 
     pbar = bar(None, "export", unit="step")  # the number of steps depends on the targets and the graph
 
@@ -198,7 +196,7 @@ def _export(lib: Any, layout: Any, targets: tuple[str, ...] | None) -> Any:
 
 
 def _simulate(lib: Any, layout: Any, clip: Path, true_class: str, time_steps: int) -> Any:
-    from svformer.progress import bar
+    from svformer_deploy.svformer.progress import bar
 
     pbar = bar(time_steps, "simulate", unit="step")
     try:
@@ -208,7 +206,7 @@ def _simulate(lib: Any, layout: Any, clip: Path, true_class: str, time_steps: in
 
 
 def _render_simulation(sim: Any) -> str:
-    from deploy.render import fmt_int, fmt_si
+    from svformer_deploy.deploy.render import fmt_int, fmt_si
 
     lines = [f"{'reused the run record of this model and clip' if sim.reused else 'simulated'}: {sim.clip}",
              f"true class {sim.true_class}; top-5 (logits):"]
@@ -225,8 +223,8 @@ def _render_simulation(sim: Any) -> str:
 def _summary(layout: Any, data: Any, trained: Any, exported: Any, sim: Any, rep: Any, times: dict[str, float],
              total: float, threads: int) -> dict[str, Any]:
     """The ``--json`` document, also written to ``DIR/demo.json`` (absolute paths)."""
-    from deploy import demo as lib
-    from svformer import demo_config
+    from svformer_deploy.deploy import demo as lib
+    from svformer_deploy.svformer import demo_config
 
     r, e = trained.result, exported.result
     status = {"data": "reused" if data.reused else "generated", "train": trained.status,

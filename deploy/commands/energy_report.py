@@ -6,8 +6,7 @@ import sys
 from pathlib import Path
 
 import click
-
-from deploy.render import emit_json
+from svformer_deploy.deploy.render import emit_json
 
 
 @click.command("energy-report")
@@ -40,8 +39,8 @@ def energy_report(records, cost_model, as_json, csv_path, md_path, html_dir, no_
     paper_eq13 (the SVFormer paper's Eq. 12-13) and memory_aware (exact + memory traffic), with the
     ANN counterpart and a per-layer reconciliation of exact vs paper.
     """
-    from deploy.energy.records import report_from_paths
-    from deploy.energy.report import render_terminal, write_csv, write_markdown
+    from svformer_deploy.deploy.energy.records import report_from_paths
+    from svformer_deploy.deploy.energy.report import render_terminal, write_csv, write_markdown
 
     if videos_dir is not None or model_dir is not None:
         if videos_dir is None or model_dir is None:
@@ -59,7 +58,7 @@ def energy_report(records, cost_model, as_json, csv_path, md_path, html_dir, no_
     if md_path:
         written.append(("Markdown", write_markdown(report, md_path)))
     if html_dir:
-        from deploy.energy.html import write_html
+        from svformer_deploy.deploy.energy.html import write_html
 
         written.append(("HTML", write_html(report, html_dir)))
     if as_json:
@@ -73,10 +72,10 @@ def energy_report(records, cost_model, as_json, csv_path, md_path, html_dir, no_
 def _simulate_videos(videos_dir: Path, model_dir: Path, workers: int, runs_dir: Path | None, views_spec: str,
                      integer: bool, as_json: bool) -> Path:
     """Run ``deploy.batch.simulate_folder`` with a progress bar; returns the folder of run records."""
-    from deploy.batch import find_clips, simulate_folder
-    from deploy.commands.probe import parse_views
-    from export.bundle import load_bundle
-    from svformer.progress import bar
+    from svformer_deploy.deploy.batch import find_clips, simulate_folder
+    from svformer_deploy.deploy.commands.probe import parse_views
+    from svformer_deploy.export.bundle import load_bundle
+    from svformer_deploy.svformer.progress import bar
 
     bundle = load_bundle(model_dir)
     kind = "events" if bundle.manifest["input"].get("encoding") == "events" else "video"
@@ -95,7 +94,7 @@ def _simulate_videos(videos_dir: Path, model_dir: Path, workers: int, runs_dir: 
     click.echo(f"simulated {result.simulated} clip(s), {result.resumed} from earlier runs, "
                f"{len(result.failures)} failed; run records in {result.out_dir}", err=True)
     if not result.records:
-        from svformer.errors import SVFormerError
+        from svformer_deploy.svformer.errors import SVFormerError
 
         raise SVFormerError(f"{videos_dir}: no clip could be simulated ({len(result.failures)} failed)")
     return result.out_dir

@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-
-from deploy.render import emit_json, fmt_si, table
+from svformer_deploy.deploy.render import emit_json, fmt_si, table
 
 
 def _fmt(v: float | None, kind: str) -> str:
@@ -88,8 +87,14 @@ def export(checkpoint, output, quant, bits, calibration, check_data, check_clips
     """Export a trained checkpoint to a bundle: IR, NIR, ONNX and (quantized) Lava-DL netx, with fidelity checks."""
     import logging
 
-    from export.exporter import ExportOptions, export_checkpoint, parse_quantize, parse_targets, raise_on_miss
-    from svformer.progress import bar, set_quiet
+    from svformer_deploy.export.exporter import (
+        ExportOptions,
+        export_checkpoint,
+        parse_quantize,
+        parse_targets,
+        raise_on_miss,
+    )
+    from svformer_deploy.svformer.progress import bar, set_quiet
 
     logging.getLogger("torch._library.triton").setLevel(logging.ERROR)  # "Triton not available" on CPU builds
     set_quiet(quiet)

@@ -6,16 +6,15 @@ from pathlib import Path
 from typing import Any
 
 import click
-
-from deploy.render import emit_json, fmt_int, fmt_si, table
+from svformer_deploy.deploy.render import emit_json, fmt_int, fmt_si, table
 
 
 def model_info(arch: str | None = None, checkpoint: str | Path | None = None, **overrides: Any) -> dict[str, Any]:
     """Everything ``info`` reports, as one JSON-ready dict (see cli-contract.md)."""
-    from svformer.checkpoint import load_checkpoint
-    from svformer.complexity import dense_macs_by_stage, layer_costs, neuron_layer_count, stage_order
-    from svformer.model import SVFormer
-    from svformer.variants import variant_config
+    from svformer_deploy.svformer.checkpoint import load_checkpoint
+    from svformer_deploy.svformer.complexity import dense_macs_by_stage, layer_costs, neuron_layer_count, stage_order
+    from svformer_deploy.svformer.model import SVFormer
+    from svformer_deploy.svformer.variants import variant_config
 
     if checkpoint is not None:
         ckpt = load_checkpoint(checkpoint, arch, **overrides)

@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-
-from deploy.render import emit_json, fmt_int, table
+from svformer_deploy.deploy.render import emit_json, fmt_int, table
 
 
 def parse_views(text: str) -> tuple[int, int]:
@@ -41,7 +40,7 @@ def probe_report(
     sheet: str | Path | None = None,
 ) -> dict[str, Any]:
     """Everything ``probe`` reports, as one JSON-ready dict (see cli-contract.md); optionally writes the sheet."""
-    from svformer.data.video import DEFAULT_MEAN, DEFAULT_STD, read_views
+    from svformer_deploy.svformer.data.video import DEFAULT_MEAN, DEFAULT_STD, read_views
 
     if sheet is not None:
         _check_sheet_path(sheet)
@@ -104,9 +103,8 @@ def write_contact_sheet(path: str | Path, tensor, indices: list[list[int]], crop
     """
     import numpy as np
     from PIL import Image, ImageDraw
-
-    from svformer.data.video import DEFAULT_MEAN, DEFAULT_STD
-    from svformer.fileio import atomic_path
+    from svformer_deploy.svformer.data.video import DEFAULT_MEAN, DEFAULT_STD
+    from svformer_deploy.svformer.fileio import atomic_path
 
     path = _check_sheet_path(path)
     rgb = (tensor * DEFAULT_STD + DEFAULT_MEAN).clamp(0, 1).mul(255).round().byte().permute(0, 1, 3, 4, 2).numpy()
@@ -138,7 +136,7 @@ def write_contact_sheet(path: str | Path, tensor, indices: list[list[int]], crop
 def events_report(path: str | Path, time_steps: int = 16, size: int = 128,
                   sheet: str | Path | None = None) -> dict[str, Any]:
     """What ``probe --events`` reports: the recording and how it is integrated into T frames of 2 polarities."""
-    from svformer.data.events import load_event_clip, probe_events
+    from svformer_deploy.svformer.data.events import load_event_clip, probe_events
 
     if sheet is not None:
         _check_sheet_path(sheet)
@@ -153,8 +151,7 @@ def write_event_sheet(path: str | Path, frames, tile: int = 128) -> Path:
     """A PNG row of the T event frames: ON events red, OFF events blue, brighter = more events."""
     import numpy as np
     from PIL import Image, ImageDraw
-
-    from svformer.fileio import atomic_path
+    from svformer_deploy.svformer.fileio import atomic_path
 
     path = _check_sheet_path(path)
     counts = frames.numpy()  # [T, 2, S, S], channel 0 = OFF, 1 = ON

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-
-from deploy.commands.probe import parse_views
-from deploy.render import emit_json, fmt_int, fmt_si, table
+from svformer_deploy.deploy.commands.probe import parse_views
+from svformer_deploy.deploy.render import emit_json, fmt_int, fmt_si, table
 
 
 def render_simulation(doc: dict[str, Any]) -> str:
@@ -65,8 +64,8 @@ def simulate(video, events, model, views_spec, integer, out_dir, kernel, as_json
 
     Writes one run record per view (read by `svformer-deploy energy-report`).
     """
-    from simulators.run import simulate_file
-    from svformer.progress import bar, set_quiet
+    from svformer_deploy.simulators.run import simulate_file
+    from svformer_deploy.svformer.progress import bar, set_quiet
 
     if (video is None) == (events is None):
         raise click.UsageError("give exactly one input: --video FILE or --events FILE")

@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-
-from deploy.render import emit_json, table
+from svformer_deploy.deploy.render import emit_json, table
 
 # CLI option -> SVFormerConfig field (model overrides)
 MODEL_OPTIONS = {
@@ -57,7 +56,7 @@ def build_config(params: dict[str, Any], explicit: set[str]) -> Any:
 
     With ``--resume`` the checkpoint's stored config is the base and only explicit options change it.
     """
-    from svformer.train import TrainConfig, resume_config
+    from svformer_deploy.svformer.train import TrainConfig, resume_config
 
     sources = [s for s in SOURCE_OPTIONS if params.get(s)] + (["synthetic"] if params.get("synthetic") else [])
     if len(sources) > 1:
@@ -188,8 +187,8 @@ def train(ctx: click.Context, as_json: bool, **params: Any) -> None:
           --dims 32,64,128 --depths 1,1,1 --head-dim 32 --epochs 30 -b 32 -o runs/nmnist
       svformer-deploy train --resume runs/nmnist/last.pt --epochs 40
     """
-    from svformer.progress import set_quiet
-    from svformer.train import train_model
+    from svformer_deploy.svformer.progress import set_quiet
+    from svformer_deploy.svformer.train import train_model
 
     explicit = {name for name in params
                 if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from svformer.errors import SVFormerError
+from svformer_deploy.svformer.errors import SVFormerError
 
 HOROWITZ_2014 = ('M. Horowitz, "Computing\'s energy problem (and what we can do about it)", '
                  "ISSCC 2014, pp. 10-14; 45 nm, 0.9 V")

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from svformer.fileio import write_text_atomic
+from svformer_deploy.svformer.fileio import write_text_atomic
 
 from .methods import METHODS
 from .report import Table, cost_model_line, header_lines, tables

@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from svformer.errors import SVFormerError
+from svformer_deploy.svformer.errors import SVFormerError
 
 from .cost_models import CostModel
 
@@ -177,8 +177,8 @@ def bias_adds_by_layer(record: RunRecord) -> tuple[dict[str, int], str]:
     source = "record" if explicit else "none"
     config = record.model.get("config")
     if isinstance(config, dict) and config:
-        from svformer.complexity import layer_costs
-        from svformer.config import SVFormerConfig
+        from svformer_deploy.svformer.complexity import layer_costs
+        from svformer_deploy.svformer.config import SVFormerConfig
 
         try:
             reference = {c.name: c.bias_adds for c in layer_costs(SVFormerConfig.from_dict(config))}

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from svformer.errors import SVFormerError
+from svformer_deploy.svformer.errors import SVFormerError
 
 from .cost_models import CostModel
 from .methods import EXACT_TERMS, METHOD_LABELS, METHODS, PJ_PER_MJ, REASONS, ClipEnergy, evaluate_record

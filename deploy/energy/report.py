@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from svformer.fileio import write_text_atomic
+from svformer_deploy.svformer.fileio import write_text_atomic
 
 from .methods import METHODS
 

@@ -81,8 +81,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 import torch
-
-from svformer.errors import SVFormerError
+from svformer_deploy.svformer.errors import SVFormerError
 
 from .. import ir
 from ..fidelity import FidelityReport, batches, compare
@@ -214,11 +213,11 @@ def _load_one(path: Path, spec: Any) -> torch.Tensor:
                 obj = torch.from_numpy(np.array(z[z.files[0]]))
         elif spec is not None and suffix in spec.extensions:
             if spec.kind == "events":
-                from svformer.data.events import load_event_clip
+                from svformer_deploy.svformer.data.events import load_event_clip
 
                 obj = load_event_clip(path, spec.time_steps, spec.size, spec.split, spec.fit, spec.sensor_size)
             else:
-                from svformer.data.video import load_clip
+                from svformer_deploy.svformer.data.video import load_clip
 
                 obj = load_clip(path, time_steps=spec.time_steps, size=spec.size, frame_stride=spec.frame_stride,
                                 mean=spec.mean, std=spec.std)

@@ -36,9 +36,8 @@ import networkx as nx
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from svformer.errors import SVFormerError
-from svformer.fileio import atomic_path
+from svformer_deploy.svformer.errors import SVFormerError
+from svformer_deploy.svformer.fileio import atomic_path
 
 from .. import ir
 from .partition import Part, layer_stride_padding, layer_weights

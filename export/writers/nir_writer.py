@@ -50,9 +50,8 @@ import networkx as nx
 import nir
 import numpy as np
 from nir.serialization import hdf2dict
-
-from svformer.errors import SVFormerError
-from svformer.fileio import atomic_path
+from svformer_deploy.svformer.errors import SVFormerError
+from svformer_deploy.svformer.fileio import atomic_path
 
 from .. import ir
 from .partition import Part, dense_groups, layer_stride_padding, layer_weights

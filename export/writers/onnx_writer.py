@@ -37,10 +37,9 @@ from typing import Any
 
 import networkx as nx
 import torch
+from svformer_deploy.svformer.errors import SVFormerError
+from svformer_deploy.svformer.fileio import atomic_path
 from torch import Tensor
-
-from svformer.errors import SVFormerError
-from svformer.fileio import atomic_path
 
 from ..fidelity import batches
 from ..reference import ReferenceModel

@@ -296,7 +296,7 @@ def nir_names(g: nx.DiGraph) -> dict[str, str]:
 def _meta(g: nx.DiGraph, n: str, arrays: list[str]) -> dict[str, str]:
     d = g.nodes[n]
     op = d["op"]
-    doc = {"name": n, "op": op.op, "attrs": {k: ir._json_value(v, f"{n}.{k}") for k, v in op.attributes().items()},
+    doc = {"name": n, "op": op.op, "attrs": {k: ir.json_value(v, f"{n}.{k}") for k, v in op.attributes().items()},
            "arrays": arrays, "inputs": ir.inputs_of(g, n), "origin": list(d["origin"]), "shape": list(d["shape"]),
            "kind": d["kind"], "rate": d["rate"]}
     return {"svformer": json.dumps(doc)}
@@ -366,7 +366,7 @@ def ir_to_nir(g: nx.DiGraph, dt: float = DT) -> nir.NIRGraph:
     names = nir_names(g)
     nodes = {names[n]: _node(g, n, dt) for n in g.nodes}
     edges = [(names[s], names[t]) for s, t in g.edges]
-    doc = {"format": FORMAT, "version": VERSION, "graph": ir._json_value_dict(g.graph), "order": list(g.nodes),
+    doc = {"format": FORMAT, "version": VERSION, "graph": ir.json_attributes(g.graph), "order": list(g.nodes),
            "extensions": sorted({type(v).__name__ for v in nodes.values() if isinstance(v, _Extension)})}
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata={"dt": float(dt), "svformer": json.dumps(doc)},
                         type_check=False)

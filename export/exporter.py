@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from svformer_deploy.svformer.checkpoint import Checkpoint, load_checkpoint
 from svformer_deploy.svformer.checkpoint import versions as checkpoint_versions
+from svformer_deploy.svformer.data.datasets import InputSpec
 from svformer_deploy.svformer.errors import CheckFailed, SVFormerError
 
 from . import ir
@@ -167,20 +168,9 @@ def resolve_targets(targets: tuple[str, ...] | None, quantized: bool) -> tuple[s
 # ---------------------------------------------------------------------------------------------
 # fidelity inputs
 # ---------------------------------------------------------------------------------------------
-def input_spec(ckpt: Checkpoint) -> Any:
-    """The :class:`svformer.data.datasets.InputSpec` described by the checkpoint's preprocessing."""
-    from svformer_deploy.svformer.data.datasets import InputSpec
-
-    cfg, prep = ckpt.config, dict(ckpt.preprocessing or {})
-    kind = prep.get("input", "events" if cfg.in_channels == 2 else "video")
-    mean, std = prep.get("mean", 0.45), prep.get("std", 0.225)
-    sensor = prep.get("sensor_size")
-    return InputSpec(kind=kind, time_steps=cfg.time_steps, size=cfg.img_size,
-                     frame_stride=int(prep.get("frame_stride", 4)),
-                     mean=float(mean[0] if isinstance(mean, list | tuple) else mean),
-                     std=float(std[0] if isinstance(std, list | tuple) else std),
-                     split=str(prep.get("split", "number")), fit=str(prep.get("fit", "auto")),
-                     sensor_size=tuple(sensor) if sensor else None)
+def input_spec(ckpt: Checkpoint) -> InputSpec:
+    """The checkpoint's :class:`InputSpec`: its ``preprocessing``, checked against its config."""
+    return InputSpec.from_preprocessing(ckpt.preprocessing, ckpt.config, where=ckpt.source or "checkpoint")
 
 
 def _clips_from(dataset: Any, n: int, spread: bool) -> list[torch.Tensor]:
@@ -194,7 +184,7 @@ def _clips_from(dataset: Any, n: int, spread: bool) -> list[torch.Tensor]:
     return out
 
 
-def training_data(ckpt: Checkpoint, spec: Any) -> tuple[Any, Any, str] | None:
+def training_data(ckpt: Checkpoint, spec: InputSpec) -> tuple[Any, Any, str] | None:
     """(train, test, description) datasets named by the checkpoint's training record, if still on disk."""
     stored = (ckpt.training or {}).get("config")
     if not isinstance(stored, dict) or not stored.get("source"):
@@ -233,10 +223,10 @@ def training_data(ckpt: Checkpoint, spec: Any) -> tuple[Any, Any, str] | None:
         return None
 
 
-def random_clips(spec: Any, channels: int, n: int, seed: int) -> torch.Tensor:
+def random_clips(spec: InputSpec, n: int, seed: int) -> torch.Tensor:
     """Random frames ``[T, n, C, S, S]`` shaped like the preprocessing's output (the fallback inputs)."""
     g = torch.Generator().manual_seed(seed)
-    shape = (spec.time_steps, n, channels, spec.size, spec.size)
+    shape = (spec.time_steps, n, spec.channels, spec.size, spec.size)
     if spec.kind == "events":
         return torch.poisson(torch.full(shape, 0.2), generator=g)
     if spec.kind == "video-events":
@@ -291,10 +281,10 @@ def resolve_inputs(ckpt: Checkpoint, opts: ExportOptions, quantized: bool) -> In
         check, desc["check"] = rest[:, :n_check], f"{opts.calibration} (the clips after the calibration ones)"
     channels = ckpt.config.in_channels
     if quantized and cal is None:
-        cal = random_clips(spec, channels, n_cal, opts.seed)
+        cal = random_clips(spec, n_cal, opts.seed)
         desc["calibration"] = "random (no --calibration and no training data found)"
     if check is None and n_check > 0:
-        check = random_clips(spec, channels, n_check, opts.seed + 1)
+        check = random_clips(spec, n_check, opts.seed + 1)
         desc["check"] = "random (no --check-data, --calibration or training data found)"
     for name, x in (("calibration", cal), ("check", check)):
         if x is not None:
@@ -483,7 +473,7 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
         # quantized: one file, the fake-quantized graph (exact; the unrolled export is slow). Float: model.onnx in
         # float64 (the verified file: float32 rounding can flip a spike near a threshold) and model_fp32.onnx
         # (float32, what most runtimes take; checked and reported, not enforced).
-        example = check if check is not None else random_clips(input_spec(ckpt), ckpt.config.in_channels, 2, 0)
+        example = check if check is not None else random_clips(input_spec(ckpt), 2, 0)
         files = [(role, rel, float_graph if qg is None else qg, mode) for role, rel, mode in onnx_files]
         onnx_info = {"graph": "fake-quantized (the fixed-point spec in float64, float32 weights)" if qg is not None
                      else "float (folded graph) in float64; convolutions as gather + MatMul (onnxruntime has no "

@@ -37,7 +37,7 @@ from svformer_deploy.svformer.errors import CheckFailed, SVFormerError
 
 from . import ir
 from .bundle import BundleWriter, default_bundle_path, sha256_file
-from .fidelity import FidelityReport
+from .fidelity import FidelityReport, SpikeTally, spike_totals
 from .passes.quantize import QuantConfig, load_calibration, quantize
 from .passes.quantize import check as quant_check
 from .pipeline import run_pipeline
@@ -80,15 +80,25 @@ class FidelityRow:
     target: str | None = None
     passed: bool | None = None
     detail: str = ""
+    spikes: dict[str, Any] | None = None  # :func:`export.fidelity.spike_totals` of the spike comparison
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_spikes(cls, step: str, label: str, tally: SpikeTally, clips: int, what: str) -> FidelityRow:
+        """A row whose target is identical spikes, from the tally of a writer's file run against the graph."""
+        totals = spike_totals(tally.layers)
+        return cls(step=step, label=label, spike_agreement=totals["spike_agreement"], clips=clips,
+                   target="identical spikes", passed=totals["flips"] == 0, spikes=totals,
+                   detail=f"{what}: {totals['flips']} flips of {totals['spikes_ref']} spikes")
 
     @classmethod
     def from_report(cls, step: str, r: FidelityReport) -> FidelityRow:
         return cls(step=step, label=r.label, max_abs_diff=r.max_abs_logit_diff,
                    spike_agreement=r.spike_agreement if r.positions else None, top1_agreement=r.top1_agreement,
                    clips=r.clips, target=r.target, passed=r.passed,
+                   spikes=spike_totals(r.layers) if r.positions else None,
                    detail=f"{r.flips} spike flips of {r.spikes_ref} spikes ({r.dtype})")
 
     @classmethod
@@ -395,7 +405,7 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
                  targets: tuple[str, ...], quantized: bool, step: Callable[[str], None],
                  warnings: list[str]) -> ExportResult:
     from .writers.netx_writer import LAVA_ALIGNED, netx_issue, netx_net, simulate_netx, write_netx
-    from .writers.nir_writer import nir_part_issue, read_nir_ir, spikingjelly_part_check, write_nir, write_nir_part
+    from .writers.nir_writer import nir_part_issue, read_nir_ir, run_spikingjelly_part, write_nir, write_nir_part
     from .writers.onnx_writer import FLOAT32_WHY, check_onnx, write_onnx
 
     step("prepare inputs")
@@ -467,7 +477,7 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
             nir_parts = len(written)
             if few is not None and written:
                 step("check NIR parts")
-                rows.append(_nir_parts_row(float_graph, written, w.tmp, few, spikingjelly_part_check))
+                rows.append(_nir_parts_row(float_graph, written, w.tmp, few, run_spikingjelly_part))
 
     if "onnx" in targets:
         # quantized: one file, the fake-quantized graph (exact; the unrolled export is slow). Float: model.onnx in
@@ -493,7 +503,7 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
     if "netx" in targets and qg is not None:
         step("write netx")
         rec = _record(qg, few, "fixed", part_names) if few is not None and part.parts else None
-        flips = positions = spikes = 0
+        tally = SpikeTally()
         for p in part.parts:
             issue = netx_issue(qg, p)
             if issue is not None:
@@ -508,16 +518,12 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
             if rec is not None:
                 x, outs = record_part_io(qg, p, rec)
                 got = simulate_netx(net, x)[0]
-                for a, b in zip(got, outs, strict=True):
-                    flips += int(((a != 0) != (b != 0)).sum())
-                    positions += a.numel()
-                    spikes += int((b != 0).sum())
+                for la, a, b in zip(p.layers, got, outs, strict=True):
+                    tally.add(f"part {p.index} {la.neuron}", b, a)
         if netx_files and rec is not None:
-            rows.append(FidelityRow(step="netx", label=f"netx {netx_files} part files (Lava CUBA integer model)",
-                                    spike_agreement=1 - flips / max(positions, 1), clips=int(few.shape[1]),
-                                    target="identical spikes", passed=flips == 0,
-                                    detail=f"{flips} flips of {spikes} spikes: netx files run with Lava's fixed-point "
-                                           "CUBA arithmetic vs the quantized graph"))
+            rows.append(FidelityRow.from_spikes(
+                "netx", f"netx {netx_files} part files (Lava CUBA integer model)", tally, int(few.shape[1]),
+                "netx files run with Lava's fixed-point CUBA arithmetic vs the quantized graph"))
         if not netx_files:
             why = "no sequential conv/dense + neuron chain" if not part.parts else \
                 "no chain meets the exact-integer conditions (manifest partition.parts[].netx_issue)"
@@ -577,24 +583,15 @@ def _nir_parts_row(g: nx.DiGraph, parts: list[Part], root: Path, x: torch.Tensor
 
     names = {n for p in parts for n in [p.source, *p.nodes]}
     rec = _record(g, x, "float", names)
-    flips = positions = spikes = 0
-    try:
-        import nirtorch  # noqa: F401
-    except ImportError:
-        for p in parts:
-            nir.read(root / f"nir/part_{p.index}.nir")
-        return FidelityRow(step="nir", label=f"nir {len(parts)} standard part files", target="nir.read",
-                           passed=True, detail="read by plain nir.read; SpikingJelly run skipped (nirtorch missing)")
+    tally = SpikeTally()
     for p in parts:
         path = root / f"nir/part_{p.index}.nir"
         nir.read(path)  # plain reader, type-checked
         xi, outs = record_part_io(g, p, rec)
-        r = run_sj(path, xi, outs[-1])
-        flips, positions, spikes = flips + r["flips"], positions + r["positions"], spikes + r["spikes_ref"]
-    return FidelityRow(step="nir", label=f"nir {len(parts)} standard part files (SpikingJelly)",
-                       spike_agreement=1 - flips / max(positions, 1), clips=int(x.shape[1]), target="identical spikes",
-                       passed=flips == 0, detail=f"plain nir.read + SpikingJelly import_from_nir: {flips} flips of "
-                                                 f"{spikes} spikes vs the float32 graph")
+        tally.add(f"part {p.index} {p.layers[-1].neuron}", outs[-1], run_sj(path, xi))
+    return FidelityRow.from_spikes("nir", f"nir {len(parts)} standard part files (SpikingJelly)", tally,
+                                   int(x.shape[1]), "plain nir.read + SpikingJelly import_from_nir vs the float32 "
+                                                    "graph")
 
 
 def raise_on_miss(result: ExportResult) -> None:

@@ -230,8 +230,8 @@ class InputSpec:
         from .video import read_views
 
         pairs = self.kind == "video-events"  # T + 1 frames in [0, 1] give T luma-change frames
-        cv = read_views(path, time_steps=self.time_steps + (1 if pairs else 0), size=self.size, temporal_views=temporal_views,
-                        spatial_crops=spatial_crops, frame_stride=self.frame_stride,
+        cv = read_views(path, time_steps=self.time_steps + (1 if pairs else 0), size=self.size,
+                        temporal_views=temporal_views, spatial_crops=spatial_crops, frame_stride=self.frame_stride,
                         mean=0.0 if pairs else self.mean, std=1.0 if pairs else self.std)
         tensor = torch.stack([video_to_event_frames(v) for v in cv.tensor]) if pairs else cv.tensor
         details = {"width": cv.info.width, "height": cv.info.height, "fps": cv.info.fps, "frames": cv.info.frames,

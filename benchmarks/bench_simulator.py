@@ -368,9 +368,7 @@ def trained_fidelity(checkpoint: Path, folder: Path, limit: int) -> None:
 
     model, ck = load_model(checkpoint)
     model.eval()
-    p = ck.preprocessing
-    spec = InputSpec(kind="events", time_steps=int(p["time_steps"]), size=int(p["size"]),
-                     split=p.get("split", "number"), fit=p.get("fit", "auto"))
+    spec = InputSpec.from_preprocessing(ck.preprocessing, ck.config)
     test = nmnist_dataset(folder, "test", spec)
     train = nmnist_dataset(folder, "train", spec)
     calib = torch.stack([train[i][0] for i in range(16)], dim=1)

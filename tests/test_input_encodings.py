@@ -137,3 +137,10 @@ def test_each_input_encoding_trains_exports_and_simulates(case: str, tmp_path: P
         want = ckpt.build_model().double().forward_sequence(x[:, None].double())[0]
     np.testing.assert_allclose(doc["logits"], want.numpy(), atol=1e-4)
 
+    # the folder command finds the files of the model's input kind (video files for video-events)
+    folder = clip.parent if case.startswith("nmnist") else clip.parent.parent
+    files = [p for p in folder.rglob("*") if p.suffix in ((".mp4",) if file_kind == "video" else (".npy", ".bs2"))]
+    code, out, err = cli(capsys, "energy-report", "--videos", folder, "--model", tmp_path / "m.svfd", "--workers", "1",
+                         "--runs", tmp_path / "batch", "--json")
+    assert code == 0, err
+    assert f"simulated {len(files)} clip(s), 0 from earlier runs, 0 failed" in err and len(files) >= 2

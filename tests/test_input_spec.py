@@ -76,3 +76,17 @@ def test_event_arrays_load_as_count_frames_with_one_view(tmp_path: Path) -> None
     assert views.shape == (1, 4, 2, 8, 8) and indices == [None] and details["events_framed"] == 40
     with pytest.raises(SVFormerError, match="one view"):
         spec.load_views(tmp_path / "r.npy", 2, 1)
+
+
+def test_calibration_folders_of_event_arrays_are_framed_by_the_spec(tmp_path: Path) -> None:
+    from svformer_deploy.export.passes.quantize import load_calibration
+
+    ev = np.zeros(40, EVENT_DTYPE)
+    ev["x"], ev["y"], ev["t"], ev["p"] = np.arange(40) % 8, 3, np.arange(40) * 10, 1
+    for i in range(3):
+        np.save(tmp_path / f"{i}.npy", ev)
+    np.save(tmp_path / "frames.npy", np.zeros((4, 2, 8, 8), np.float32))  # a tensor file stays a tensor
+    spec = InputSpec("events", time_steps=4, size=8)
+    x = load_calibration(tmp_path, spec)
+    assert x.shape == (4, 4, 2, 8, 8)
+    assert torch.equal(x[:, 0], spec.load_clip(tmp_path / "0.npy")) and x[:, 3].sum() == 0

@@ -238,6 +238,7 @@ def phase(name: str, work: Path, repeat: int) -> dict:
     elif name == "fidelity":  # spikes and logits of the simulator vs the PyTorch model, float64 and float32
         from spikingjelly.activation_based import neuron as sj_neuron
         from svformer_deploy.export import ir
+        from svformer_deploy.export.fidelity import compare_spikes
         from svformer_deploy.simulators.executor import Simulator
 
         model = load_model(work)
@@ -256,9 +257,10 @@ def phase(name: str, work: Path, repeat: int) -> dict:
             t0 = time.perf_counter()
             r = Simulator(graph, "float", dtype).run(clip, record_spikes=True)
             times.append(time.perf_counter() - t0)
-            flips = sum(int((r.spikes[n] != spikes[n]).sum()) for n in spikes)
-            total = sum(int(spikes[n].sum()) for n in spikes)
-            res[label] = {"flips": flips, "spikes": total, "max_abs_dlogit": float(np.abs(r.logits - ref).max()),
+            cmp = compare_spikes(spikes, r.spikes)
+            res[label] = {"flips": cmp["flips"], "spikes": cmp["spikes_ref"], "recall": cmp["recall"],
+                          "precision": cmp["precision"], "first_divergence": cmp["first_divergence"],
+                          "max_abs_dlogit": float(np.abs(r.logits - ref).max()),
                           "max_abs_logit": float(np.abs(ref).max()),
                           "top1_same": int(np.argmax(r.logits)) == int(np.argmax(ref))}
             del spikes
@@ -357,6 +359,7 @@ def trained_fidelity(checkpoint: Path, folder: Path, limit: int) -> None:
     import numpy as np
     import torch
     from spikingjelly.activation_based import neuron as sj_neuron
+    from svformer_deploy.export.fidelity import compare_spikes
     from svformer_deploy.export.passes.quantize import QuantConfig
     from svformer_deploy.export.pipeline import run_pipeline
     from svformer_deploy.simulators.executor import Simulator
@@ -365,9 +368,7 @@ def trained_fidelity(checkpoint: Path, folder: Path, limit: int) -> None:
 
     model, ck = load_model(checkpoint)
     model.eval()
-    p = ck.preprocessing
-    spec = InputSpec(kind="events", time_steps=int(p["time_steps"]), size=int(p["size"]),
-                     split=p.get("split", "number"), fit=p.get("fit", "auto"))
+    spec = InputSpec.from_preprocessing(ck.preprocessing, ck.config)
     test = nmnist_dataset(folder, "test", spec)
     train = nmnist_dataset(folder, "train", spec)
     calib = torch.stack([train[i][0] for i in range(16)], dim=1)
@@ -392,8 +393,9 @@ def trained_fidelity(checkpoint: Path, folder: Path, limit: int) -> None:
             for k in targets:
                 r = sims[k].run(clip, record_spikes=True)
                 st = stats[k]
-                st["flips"] += sum(int((r.spikes[name] != spikes[name]).sum()) for name in spikes)
-                st["spikes"] += sum(int(spikes[name].sum()) for name in spikes)
+                cmp = compare_spikes(spikes, r.spikes)
+                st["flips"] += cmp["flips"]
+                st["spikes"] += cmp["spikes_ref"]
                 st["dlogit"] = max(st["dlogit"], float(np.abs(r.logits - ref).max()))
                 st["agree"] += int(np.argmax(r.logits) == np.argmax(ref))
                 st["correct"] += int(np.argmax(r.logits) == label)

@@ -104,9 +104,7 @@ def trained_figures(checkpoint: Path, nmnist: Path, cal_stride: int) -> None:
     from svformer_deploy.svformer.data.datasets import InputSpec, nmnist_dataset
 
     model, ck = load_model(checkpoint)
-    p = ck.preprocessing
-    spec = InputSpec(kind="events", time_steps=p["time_steps"], size=p["size"], split=p.get("split", "number"),
-                     fit=p.get("fit", "auto"))
+    spec = InputSpec.from_preprocessing(ck.preprocessing, ck.config)
     train, test = nmnist_dataset(nmnist, "train", spec), nmnist_dataset(nmnist, "test", spec)
     cal_idx = set(range(0, len(train), cal_stride))
     cal = torch.stack([train[i][0] for i in sorted(cal_idx)], dim=1)

@@ -42,9 +42,9 @@ from svformer_deploy.svformer.train import TrainConfig, format_epoch, train_mode
 
 def confusion(checkpoint: str, root: Path, kind: str) -> tuple[list[str], torch.Tensor]:
     model, ckpt = load_model(checkpoint)
-    pre = ckpt.preprocessing
-    test = synthetic_dataset(root, "test", InputSpec(kind=kind, time_steps=pre["time_steps"], size=pre["size"],
-                                                     frame_stride=pre["frame_stride"]))
+    spec = InputSpec.from_preprocessing(ckpt.preprocessing, ckpt.config)
+    assert spec.kind == kind, (spec.kind, kind)
+    test = synthetic_dataset(root, "test", spec)
     n = len(ckpt.class_names)
     cm = torch.zeros(n, n, dtype=torch.long)
     with torch.no_grad():

@@ -73,9 +73,10 @@ def simulate_folder(videos: str | Path, model: str | Path, out_dir: str | Path |
     each clip (progress display). Returns the records of all clips, including resumed ones.
     """
     from svformer_deploy.export.bundle import load_bundle
+    from svformer_deploy.simulators.run import bundle_input_spec
 
     bundle = load_bundle(model)
-    kind = "events" if bundle.manifest["input"].get("encoding") == "events" else "video"
+    kind = bundle_input_spec(bundle).file_kind  # video-events models read video files
     root = Path(videos)
     clips = find_clips(root, kind)
     out = Path(out_dir) if out_dir is not None else Path("runs") / f"batch-{bundle.model_hash[:12]}"

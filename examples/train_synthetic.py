@@ -25,7 +25,6 @@ import torch
 from svformer_deploy.svformer.checkpoint import load_model
 from svformer_deploy.svformer.data.datasets import InputSpec, synthetic_dataset
 from svformer_deploy.svformer.data.synthetic import generate_dataset
-from svformer_deploy.svformer.data.video import load_clip
 from svformer_deploy.svformer.demo_config import (  # the demo's configuration, measured by the benchmark
     ARCH,
     DATA,
@@ -49,17 +48,14 @@ def main(out: Path) -> None:
 
     # 3. the checkpoint is self-describing: config, class names and preprocessing travel with the weights
     model, ckpt = load_model(result.checkpoint)
-    pre = ckpt.preprocessing
-    assert pre["input"] == "video"
-    test = synthetic_dataset(root, "test", InputSpec(kind="video", time_steps=pre["time_steps"], size=pre["size"],
-                                                     frame_stride=pre["frame_stride"], mean=pre["mean"][0],
-                                                     std=pre["std"][0]))
+    spec = InputSpec.from_preprocessing(ckpt.preprocessing, ckpt.config)
+    assert spec.kind == "video"
+    test = synthetic_dataset(root, "test", spec)
     print("re-evaluated from the file:", evaluate(model, test))
 
     # 4. one clip, prepared exactly as the checkpoint says (centred window and crop, normalised RGB)
     path, label = test.samples[0]
-    clip = load_clip(path, time_steps=pre["time_steps"], size=pre["size"], frame_stride=pre["frame_stride"],
-                     mean=pre["mean"], std=pre["std"])
+    clip = spec.load_clip(path)
     with torch.no_grad():
         logits = model(clip.permute(1, 0, 2, 3)[None])  # [T, 3, H, W] -> [1, 3, T, H, W]
     print(f"{Path(path).name}: predicted {ckpt.class_names[int(logits.argmax())]}, true {ckpt.class_names[label]}")

@@ -32,11 +32,12 @@ import numpy as np
 import torch
 from svformer_deploy.svformer.checkpoint import Checkpoint, load_checkpoint
 from svformer_deploy.svformer.checkpoint import versions as checkpoint_versions
+from svformer_deploy.svformer.data.datasets import InputSpec
 from svformer_deploy.svformer.errors import CheckFailed, SVFormerError
 
 from . import ir
 from .bundle import BundleWriter, default_bundle_path, sha256_file
-from .fidelity import FidelityReport
+from .fidelity import FidelityReport, SpikeTally, spike_totals
 from .passes.quantize import QuantConfig, load_calibration, quantize
 from .passes.quantize import check as quant_check
 from .pipeline import run_pipeline
@@ -79,15 +80,25 @@ class FidelityRow:
     target: str | None = None
     passed: bool | None = None
     detail: str = ""
+    spikes: dict[str, Any] | None = None  # :func:`export.fidelity.spike_totals` of the spike comparison
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_spikes(cls, step: str, label: str, tally: SpikeTally, clips: int, what: str) -> FidelityRow:
+        """A row whose target is identical spikes, from the tally of a writer's file run against the graph."""
+        totals = spike_totals(tally.layers)
+        return cls(step=step, label=label, spike_agreement=totals["spike_agreement"], clips=clips,
+                   target="identical spikes", passed=totals["flips"] == 0, spikes=totals,
+                   detail=f"{what}: {totals['flips']} flips of {totals['spikes_ref']} spikes")
 
     @classmethod
     def from_report(cls, step: str, r: FidelityReport) -> FidelityRow:
         return cls(step=step, label=r.label, max_abs_diff=r.max_abs_logit_diff,
                    spike_agreement=r.spike_agreement if r.positions else None, top1_agreement=r.top1_agreement,
                    clips=r.clips, target=r.target, passed=r.passed,
+                   spikes=spike_totals(r.layers) if r.positions else None,
                    detail=f"{r.flips} spike flips of {r.spikes_ref} spikes ({r.dtype})")
 
     @classmethod
@@ -167,20 +178,9 @@ def resolve_targets(targets: tuple[str, ...] | None, quantized: bool) -> tuple[s
 # ---------------------------------------------------------------------------------------------
 # fidelity inputs
 # ---------------------------------------------------------------------------------------------
-def input_spec(ckpt: Checkpoint) -> Any:
-    """The :class:`svformer.data.datasets.InputSpec` described by the checkpoint's preprocessing."""
-    from svformer_deploy.svformer.data.datasets import InputSpec
-
-    cfg, prep = ckpt.config, dict(ckpt.preprocessing or {})
-    kind = prep.get("input", "events" if cfg.in_channels == 2 else "video")
-    mean, std = prep.get("mean", 0.45), prep.get("std", 0.225)
-    sensor = prep.get("sensor_size")
-    return InputSpec(kind=kind, time_steps=cfg.time_steps, size=cfg.img_size,
-                     frame_stride=int(prep.get("frame_stride", 4)),
-                     mean=float(mean[0] if isinstance(mean, list | tuple) else mean),
-                     std=float(std[0] if isinstance(std, list | tuple) else std),
-                     split=str(prep.get("split", "number")), fit=str(prep.get("fit", "auto")),
-                     sensor_size=tuple(sensor) if sensor else None)
+def input_spec(ckpt: Checkpoint) -> InputSpec:
+    """The checkpoint's :class:`InputSpec`: its ``preprocessing``, checked against its config."""
+    return InputSpec.from_preprocessing(ckpt.preprocessing, ckpt.config, where=ckpt.source or "checkpoint")
 
 
 def _clips_from(dataset: Any, n: int, spread: bool) -> list[torch.Tensor]:
@@ -194,7 +194,7 @@ def _clips_from(dataset: Any, n: int, spread: bool) -> list[torch.Tensor]:
     return out
 
 
-def training_data(ckpt: Checkpoint, spec: Any) -> tuple[Any, Any, str] | None:
+def training_data(ckpt: Checkpoint, spec: InputSpec) -> tuple[Any, Any, str] | None:
     """(train, test, description) datasets named by the checkpoint's training record, if still on disk."""
     stored = (ckpt.training or {}).get("config")
     if not isinstance(stored, dict) or not stored.get("source"):
@@ -233,10 +233,10 @@ def training_data(ckpt: Checkpoint, spec: Any) -> tuple[Any, Any, str] | None:
         return None
 
 
-def random_clips(spec: Any, channels: int, n: int, seed: int) -> torch.Tensor:
+def random_clips(spec: InputSpec, n: int, seed: int) -> torch.Tensor:
     """Random frames ``[T, n, C, S, S]`` shaped like the preprocessing's output (the fallback inputs)."""
     g = torch.Generator().manual_seed(seed)
-    shape = (spec.time_steps, n, channels, spec.size, spec.size)
+    shape = (spec.time_steps, n, spec.channels, spec.size, spec.size)
     if spec.kind == "events":
         return torch.poisson(torch.full(shape, 0.2), generator=g)
     if spec.kind == "video-events":
@@ -291,10 +291,10 @@ def resolve_inputs(ckpt: Checkpoint, opts: ExportOptions, quantized: bool) -> In
         check, desc["check"] = rest[:, :n_check], f"{opts.calibration} (the clips after the calibration ones)"
     channels = ckpt.config.in_channels
     if quantized and cal is None:
-        cal = random_clips(spec, channels, n_cal, opts.seed)
+        cal = random_clips(spec, n_cal, opts.seed)
         desc["calibration"] = "random (no --calibration and no training data found)"
     if check is None and n_check > 0:
-        check = random_clips(spec, channels, n_check, opts.seed + 1)
+        check = random_clips(spec, n_check, opts.seed + 1)
         desc["check"] = "random (no --check-data, --calibration or training data found)"
     for name, x in (("calibration", cal), ("check", check)):
         if x is not None:
@@ -405,7 +405,7 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
                  targets: tuple[str, ...], quantized: bool, step: Callable[[str], None],
                  warnings: list[str]) -> ExportResult:
     from .writers.netx_writer import LAVA_ALIGNED, netx_issue, netx_net, simulate_netx, write_netx
-    from .writers.nir_writer import nir_part_issue, read_nir_ir, spikingjelly_part_check, write_nir, write_nir_part
+    from .writers.nir_writer import nir_part_issue, read_nir_ir, run_spikingjelly_part, write_nir, write_nir_part
     from .writers.onnx_writer import FLOAT32_WHY, check_onnx, write_onnx
 
     step("prepare inputs")
@@ -477,13 +477,13 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
             nir_parts = len(written)
             if few is not None and written:
                 step("check NIR parts")
-                rows.append(_nir_parts_row(float_graph, written, w.tmp, few, spikingjelly_part_check))
+                rows.append(_nir_parts_row(float_graph, written, w.tmp, few, run_spikingjelly_part))
 
     if "onnx" in targets:
         # quantized: one file, the fake-quantized graph (exact; the unrolled export is slow). Float: model.onnx in
         # float64 (the verified file: float32 rounding can flip a spike near a threshold) and model_fp32.onnx
         # (float32, what most runtimes take; checked and reported, not enforced).
-        example = check if check is not None else random_clips(input_spec(ckpt), ckpt.config.in_channels, 2, 0)
+        example = check if check is not None else random_clips(input_spec(ckpt), 2, 0)
         files = [(role, rel, float_graph if qg is None else qg, mode) for role, rel, mode in onnx_files]
         onnx_info = {"graph": "fake-quantized (the fixed-point spec in float64, float32 weights)" if qg is not None
                      else "float (folded graph) in float64; convolutions as gather + MatMul (onnxruntime has no "
@@ -503,7 +503,7 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
     if "netx" in targets and qg is not None:
         step("write netx")
         rec = _record(qg, few, "fixed", part_names) if few is not None and part.parts else None
-        flips = positions = spikes = 0
+        tally = SpikeTally()
         for p in part.parts:
             issue = netx_issue(qg, p)
             if issue is not None:
@@ -518,16 +518,12 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
             if rec is not None:
                 x, outs = record_part_io(qg, p, rec)
                 got = simulate_netx(net, x)[0]
-                for a, b in zip(got, outs, strict=True):
-                    flips += int(((a != 0) != (b != 0)).sum())
-                    positions += a.numel()
-                    spikes += int((b != 0).sum())
+                for la, a, b in zip(p.layers, got, outs, strict=True):
+                    tally.add(f"part {p.index} {la.neuron}", b, a)
         if netx_files and rec is not None:
-            rows.append(FidelityRow(step="netx", label=f"netx {netx_files} part files (Lava CUBA integer model)",
-                                    spike_agreement=1 - flips / max(positions, 1), clips=int(few.shape[1]),
-                                    target="identical spikes", passed=flips == 0,
-                                    detail=f"{flips} flips of {spikes} spikes: netx files run with Lava's fixed-point "
-                                           "CUBA arithmetic vs the quantized graph"))
+            rows.append(FidelityRow.from_spikes(
+                "netx", f"netx {netx_files} part files (Lava CUBA integer model)", tally, int(few.shape[1]),
+                "netx files run with Lava's fixed-point CUBA arithmetic vs the quantized graph"))
         if not netx_files:
             why = "no sequential conv/dense + neuron chain" if not part.parts else \
                 "no chain meets the exact-integer conditions (manifest partition.parts[].netx_issue)"
@@ -587,24 +583,15 @@ def _nir_parts_row(g: nx.DiGraph, parts: list[Part], root: Path, x: torch.Tensor
 
     names = {n for p in parts for n in [p.source, *p.nodes]}
     rec = _record(g, x, "float", names)
-    flips = positions = spikes = 0
-    try:
-        import nirtorch  # noqa: F401
-    except ImportError:
-        for p in parts:
-            nir.read(root / f"nir/part_{p.index}.nir")
-        return FidelityRow(step="nir", label=f"nir {len(parts)} standard part files", target="nir.read",
-                           passed=True, detail="read by plain nir.read; SpikingJelly run skipped (nirtorch missing)")
+    tally = SpikeTally()
     for p in parts:
         path = root / f"nir/part_{p.index}.nir"
         nir.read(path)  # plain reader, type-checked
         xi, outs = record_part_io(g, p, rec)
-        r = run_sj(path, xi, outs[-1])
-        flips, positions, spikes = flips + r["flips"], positions + r["positions"], spikes + r["spikes_ref"]
-    return FidelityRow(step="nir", label=f"nir {len(parts)} standard part files (SpikingJelly)",
-                       spike_agreement=1 - flips / max(positions, 1), clips=int(x.shape[1]), target="identical spikes",
-                       passed=flips == 0, detail=f"plain nir.read + SpikingJelly import_from_nir: {flips} flips of "
-                                                 f"{spikes} spikes vs the float32 graph")
+        tally.add(f"part {p.index} {p.layers[-1].neuron}", outs[-1], run_sj(path, xi))
+    return FidelityRow.from_spikes("nir", f"nir {len(parts)} standard part files (SpikingJelly)", tally,
+                                   int(x.shape[1]), "plain nir.read + SpikingJelly import_from_nir vs the float32 "
+                                                    "graph")
 
 
 def raise_on_miss(result: ExportResult) -> None:

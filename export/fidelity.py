@@ -1,9 +1,12 @@
 """Fidelity checks: compare two executions (IR graphs or the PyTorch model) on the same inputs.
 
 Figures reported (:class:`FidelityReport`): max |logit difference|, top-1 agreement, and per
-neuron layer the number of spike positions (neurons x steps x clips), the spikes of each side
-and the *flips* (positions where the two sides differ). Layers are matched by name, which works
-because the tracer names neuron nodes after their PyTorch modules and passes never rename them.
+neuron layer the number of spike positions (neurons x steps x clips), the spikes of each side,
+the *flips* (positions where the two sides differ), flips per reference spike, precision and recall
+of the new side's spikes, and the first (layer, step) where the two runs diverge. Every spike
+comparison in the project goes through :class:`SpikeTally` (:func:`compare_spikes` for one run).
+Layers are matched by name, which works because the tracer names neuron nodes after their PyTorch
+modules and passes never rename them.
 """
 
 from __future__ import annotations
@@ -28,13 +31,19 @@ Subject = nx.DiGraph | SVFormer
 
 @dataclass
 class LayerAgreement:
-    """Spike agreement of one neuron layer (counts over neurons x steps x clips)."""
+    """Spike agreement of one neuron layer (counts over neurons x steps x clips).
+
+    ``flips``: positions where exactly one side spikes; ``matched``: positions where both spike;
+    ``first_step``: the first time step with a flip (``None``: identical spikes).
+    """
 
     name: str
     positions: int
     spikes_ref: int
     spikes_new: int
     flips: int
+    matched: int = 0
+    first_step: int | None = None
 
     @property
     def agreement(self) -> float:
@@ -45,6 +54,83 @@ class LayerAgreement:
     def flip_rate(self) -> float:
         """Flips per reference spike."""
         return self.flips / max(self.spikes_ref, 1)
+
+    @property
+    def precision(self) -> float:
+        """Share of the new side's spikes that the reference also fires (1.0 when the new side is silent)."""
+        return self.matched / self.spikes_new if self.spikes_new else 1.0
+
+    @property
+    def recall(self) -> float:
+        """Share of the reference's spikes that the new side also fires (1.0 when the reference is silent)."""
+        return self.matched / self.spikes_ref if self.spikes_ref else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "agreement": self.agreement, "flip_rate": self.flip_rate,
+                "precision": self.precision, "recall": self.recall}
+
+
+class SpikeTally:
+    """The one spike comparison: accumulate per-layer agreement of two runs over batches.
+
+    :meth:`add` takes the spikes (any values; non-zero = spike) of one layer from both runs, time step
+    first (``[T, ...]``), and may be called repeatedly for the same layer (more clips). Layers keep the
+    order of their first :meth:`add` (network order), which decides the first divergence among layers
+    that diverge at the same step.
+    """
+
+    def __init__(self) -> None:
+        self._layers: dict[str, LayerAgreement] = {}
+
+    def add(self, name: str, ref: Tensor | Any, new: Tensor | Any) -> LayerAgreement:
+        a, b = torch.as_tensor(ref) != 0, torch.as_tensor(new) != 0
+        if a.shape != b.shape:
+            raise SVFormerError(f"neuron layer {name}: spike shapes differ ({list(a.shape)} vs {list(b.shape)})")
+        la = self._layers.setdefault(name, LayerAgreement(name, 0, 0, 0, 0))
+        diff = a != b
+        la.positions += a.numel()
+        la.spikes_ref += int(a.sum())
+        la.spikes_new += int(b.sum())
+        la.flips += int(diff.sum())
+        la.matched += int((a & b).sum())
+        if a.dim() > 0 and bool(diff.any()):
+            step = int(diff.reshape(diff.shape[0], -1).any(1).nonzero()[0, 0])
+            la.first_step = step if la.first_step is None else min(la.first_step, step)
+        return la
+
+    @property
+    def layers(self) -> list[LayerAgreement]:
+        return list(self._layers.values())
+
+
+def first_divergence(layers: Iterable[LayerAgreement]) -> dict[str, Any] | None:
+    """The earliest time step with a flip and the first layer (in network order) flipping then, or None."""
+    hits = [(la.first_step, i, la.name) for i, la in enumerate(layers) if la.first_step is not None]
+    if not hits:
+        return None
+    step, _, name = min(hits)
+    return {"layer": name, "step": step}
+
+
+def spike_totals(layers: Iterable[LayerAgreement]) -> dict[str, Any]:
+    """Totals over layers: positions, spikes of both sides, flips, flips per reference spike, agreement,
+    precision, recall and the first divergence."""
+    layers = list(layers)
+    total = LayerAgreement("total", *(sum(getattr(la, k) for la in layers)
+                                      for k in ("positions", "spikes_ref", "spikes_new", "flips", "matched")))
+    return {"positions": total.positions, "spikes_ref": total.spikes_ref, "spikes_new": total.spikes_new,
+            "flips": total.flips, "flip_rate": total.flip_rate, "spike_agreement": total.agreement,
+            "precision": total.precision, "recall": total.recall, "first_divergence": first_divergence(layers)}
+
+
+def compare_spikes(ref: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Compare two runs' spikes by layer name (``[T, ...]`` each; layers of ``ref`` missing in ``new`` are
+    skipped): :func:`spike_totals` plus ``layers``, the per-layer :meth:`LayerAgreement.to_dict` rows."""
+    tally = SpikeTally()
+    for name, a in ref.items():
+        if name in new:
+            tally.add(name, a, new[name])
+    return {**spike_totals(tally.layers), "layers": [la.to_dict() for la in tally.layers]}
 
 
 @dataclass
@@ -78,6 +164,11 @@ class FidelityReport:
         return 1.0 - self.flips / self.positions if self.positions else 1.0
 
     @property
+    def first_divergence(self) -> dict[str, Any] | None:
+        """``{"layer", "step"}``: where the two runs first differ (earliest step, then network order)."""
+        return first_divergence(self.layers)
+
+    @property
     def flip_rate(self) -> float:
         """Flips per reference spike, over all layers."""
         return self.flips / max(self.spikes_ref, 1)
@@ -99,9 +190,8 @@ class FidelityReport:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["layers"] = [{**asdict(la), "agreement": la.agreement} for la in self.layers]
-        d.update(positions=self.positions, spikes_ref=self.spikes_ref, flips=self.flips,
-                 spike_agreement=self.spike_agreement, flip_rate=self.flip_rate)
+        d["layers"] = [la.to_dict() for la in self.layers]
+        d.update(spike_totals(self.layers))
         return d
 
 
@@ -164,7 +254,7 @@ def compare(ref: Subject, new: Subject, inputs: Tensor | Iterable[Tensor], dtype
     """
     ra, rb = _Runner(ref, dtype, ref_mode), _Runner(new, dtype, new_mode)
     names = [n for n in ra.neurons if n in rb.neurons]
-    acc = {n: [0, 0, 0, 0] for n in names}
+    tally = SpikeTally()
     max_diff, agree, clips = 0.0, 0, 0
     for x in batches(inputs, batch_size):
         la, sa = ra(x)
@@ -173,16 +263,8 @@ def compare(ref: Subject, new: Subject, inputs: Tensor | Iterable[Tensor], dtype
         agree += int((la.argmax(-1) == lb.argmax(-1)).sum())
         clips += x.shape[1]
         for n in names:
-            a, b = sa.pop(n), sb.pop(n)
-            if a.shape != b.shape:
-                raise SVFormerError(f"neuron layer {n}: spike shapes differ ({list(a.shape)} vs {list(b.shape)})")
-            c = acc[n]
-            c[0] += a.numel()
-            c[1] += int(a.sum())
-            c[2] += int(b.sum())
-            c[3] += int((a != b).sum())
+            tally.add(n, sa.pop(n), sb.pop(n))
     if clips == 0:
         raise SVFormerError("fidelity check needs at least one input clip")
-    layers = [LayerAgreement(n, *acc[n]) for n in names]
     return FidelityReport(label=label, dtype=str(dtype).replace("torch.", ""), clips=clips,
-                          max_abs_logit_diff=max_diff, top1_agreement=agree / clips, layers=layers)
+                          max_abs_logit_diff=max_diff, top1_agreement=agree / clips, layers=tally.layers)

@@ -1,9 +1,10 @@
 """Simulate a video or event file with an export bundle: the library behind ``svformer-deploy simulate``.
 
 :func:`simulate_file` opens the bundle (``--model DIR``, or the newest ``*.svfd`` in the current
-folder), prepares the input exactly as the bundle's ``preprocessing`` says (video: T frames over a
-window of T·frame_stride frames, short side resized, crops, mean/std; events: T slices of 2
-polarity count frames), runs every view through :class:`simulators.executor.Simulator` (float or
+folder), prepares the input exactly as the bundle's ``preprocessing`` says (one
+:class:`svformer.data.datasets.InputSpec`: video: T frames over a window of T·frame_stride frames,
+short side resized, crops, mean/std; video-events: luma changes of T + 1 such frames; events: T
+slices of 2 polarity count frames), runs every view through :class:`simulators.executor.Simulator` (float or
 integer executor), sums the views' logits (the authors' multi-view test) and writes one run
 record per view. All user-fixable problems raise :class:`SVFormerError` naming the file; no
 record is written unless every view succeeded.
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from svformer_deploy.export.bundle import Bundle, find_latest_bundle, load_bundle
+from svformer_deploy.svformer.data.datasets import InputSpec
 from svformer_deploy.svformer.errors import SVFormerError
 
 from .counting import COUNT_KEYS, firing_rate
@@ -33,7 +35,7 @@ EXECUTORS = ("float", "integer")
 class PreparedInput:
     """Model input views ``[V, T, C, S, S]`` (float32) and where they come from."""
 
-    kind: str  # "video" | "events"
+    kind: str  # the file given: "video" | "events" (details["encoding"] says how it was encoded)
     path: Path
     tensor: torch.Tensor
     frame_indices: list[list[int] | None]
@@ -86,6 +88,7 @@ class SimulationReport:
             "video": str(inp.path) if inp.kind == "video" else None,
             "events": str(inp.path) if inp.kind == "events" else None,
             "input_kind": inp.kind,
+            "input_encoding": inp.details.get("encoding"),
             "model": str(self.bundle.path),
             "model_hash": self.bundle.model_hash,
             "executor": self.executor,
@@ -110,69 +113,33 @@ def open_bundle(model: str | Path | None, cwd: str | Path = ".") -> Bundle:
     return load_bundle(model if model is not None else find_latest_bundle(cwd))
 
 
-def _preprocessing(bundle: Bundle) -> dict[str, Any]:
-    prep = bundle.manifest.get("preprocessing")
-    if isinstance(prep, dict) and prep:
-        return prep
-    from svformer_deploy.svformer.checkpoint import default_preprocessing
+def bundle_input_spec(bundle: Bundle) -> InputSpec:
+    """The bundle's :class:`InputSpec`: its manifest ``preprocessing`` (the config's default when absent),
+    checked against its config."""
     from svformer_deploy.svformer.config import SVFormerConfig
 
     try:
-        return default_preprocessing(SVFormerConfig.from_dict(bundle.manifest["config"]))
-    except (SVFormerError, TypeError, ValueError, KeyError) as e:
-        raise SVFormerError(f"{bundle.path}: the manifest has no preprocessing and an unusable config ({e})") from None
+        config = SVFormerConfig.from_dict(bundle.manifest["config"])
+    except (SVFormerError, TypeError, ValueError, KeyError, AttributeError) as e:
+        raise SVFormerError(f"{bundle.path}: the manifest has an unusable config ({e})") from None
+    return InputSpec.from_preprocessing(bundle.manifest.get("preprocessing") or None, config, where=str(bundle.path))
 
 
-def _expected(bundle: Bundle, graph_shape: tuple[int, int, int], T: int) -> dict[str, Any]:
-    """Preprocessing checked against the executed graph's input (T, channels, size)."""
-    prep = _preprocessing(bundle)
-    c, h, w = graph_shape
-    kind = "events" if prep.get("input") == "events" else "video"
-    size = int(prep.get("size", h))
-    steps = int(prep.get("time_steps", T))
-    if h != w or size != h or steps != T:
-        raise SVFormerError(f"{bundle.path}: preprocessing (T={steps}, size {size}) does not match the exported "
-                            f"graph's input (T={T}, {c}x{h}x{w}); re-export the model")
-    if (kind == "events") != (c == 2):
-        raise SVFormerError(f"{bundle.path}: preprocessing says {kind} input but the graph takes {c} channels")
-    return {**prep, "kind": kind, "channels": c, "size": size, "time_steps": T}
-
-
-def prepare_input(exp: dict[str, Any], video: str | Path | None, events: str | Path | None,
+def prepare_input(spec: InputSpec, video: str | Path | None, events: str | Path | None,
                   views: tuple[int, int], bundle_path: Path) -> PreparedInput:
-    """Decode/frame the input as the bundle's preprocessing says; refuse a mismatching kind."""
+    """Decode/frame the input as the bundle's input spec says; refuse a mismatching kind."""
     if (video is None) == (events is None):
         raise SVFormerError("give exactly one input: --video FILE or --events FILE")
-    T, size = exp["time_steps"], exp["size"]
-    if video is not None:
-        path = Path(video)
-        if exp["kind"] == "events":
-            raise SVFormerError(f"{path}: the model {bundle_path.name} takes event recordings ({exp['channels']} "
+    path = Path(video if video is not None else events)
+    given = "video" if video is not None else "events"
+    if given != spec.file_kind:
+        if spec.file_kind == "events":
+            raise SVFormerError(f"{path}: the model {bundle_path.name} takes event recordings ({spec.channels} "
                                 "polarity channels), not video; use --events FILE")
-        if exp["channels"] != 3:
-            raise SVFormerError(f"{path}: the model {bundle_path.name} takes {exp['channels']}-channel input; "
-                                "videos are decoded as 3-channel RGB")
-        from svformer_deploy.svformer.data.video import DEFAULT_MEAN, DEFAULT_STD, read_views
-
-        k, s = views
-        cv = read_views(path, time_steps=T, size=size, temporal_views=k, spatial_crops=s,
-                        frame_stride=int(exp.get("frame_stride", 4)), mean=exp.get("mean", DEFAULT_MEAN),
-                        std=exp.get("std", DEFAULT_STD))
-        details = {"width": cv.info.width, "height": cv.info.height, "fps": cv.info.fps, "frames": cv.info.frames,
-                   "codec": cv.info.codec, "crops": [list(c) for c in cv.crops]}
-        return PreparedInput("video", path, cv.tensor, [list(i) for i in cv.indices], views, details)
-    path = Path(events)
-    if exp["kind"] != "events":
-        raise SVFormerError(f"{path}: the model {bundle_path.name} takes {exp['channels']}-channel video, not event "
-                            "recordings (2 polarity channels); use --video FILE")
-    if views != (1, 1):
-        raise SVFormerError(f"--views {views[0]}x{views[1]}: event recordings give one view; use 1x1")
-    from svformer_deploy.svformer.data.events import load_event_clip
-
-    sensor = exp.get("sensor_size")
-    clip = load_event_clip(path, T, size, exp.get("split", "number"), exp.get("fit", "auto"),
-                           tuple(sensor) if sensor else None)
-    return PreparedInput("events", path, clip[None], [None], views, {"events_framed": int(clip.sum())})
+        raise SVFormerError(f"{path}: the model {bundle_path.name} takes {spec.kind} input ({spec.channels} channels "
+                            f"from a video file), not event recordings; use --video FILE")
+    tensor, indices, details = spec.load_views(path, *views)
+    return PreparedInput(given, path, tensor, indices, views, {"encoding": spec.kind, **details})
 
 
 def simulate_file(video: str | Path | None = None, events: str | Path | None = None,
@@ -196,8 +163,9 @@ def simulate_file(video: str | Path | None = None, events: str | Path | None = N
     graph = bundle.graph("ir_quantized" if executor == "integer" else "ir")
     sim = Simulator(graph, mode=executor, kernel=kernel)
     T = sim.time_steps
-    exp = _expected(bundle, sim.input_shape[1:], T)
-    prepared = prepare_input(exp, video, events, views, bundle.path)
+    spec = bundle_input_spec(bundle)
+    spec.check_shape(sim.input_shape[1:], T, where=str(bundle.path))
+    prepared = prepare_input(spec, video, events, views, bundle.path)
     class_names = bundle.class_names
     n_classes = sim.specs[sim.out_name].shape[0]
     if class_names and len(class_names) != n_classes:

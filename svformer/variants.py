@@ -31,20 +31,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
 }
 
-DESCRIPTIONS = {
-    "base": "SVFormer-base, S=[1,1,3,1] C=[128,256,384,512] (UCF101)",
-    "ss": "SVFormer-ss (shallower), S=[1,1,2,1]",
-    "st": "SVFormer-st (thinner), C=[64,128,256,512]",
-    "dp": "SVFormer-dp (deeper), S=[1,2,4,2]",
-    "wd": "SVFormer-wd (wider), C=[128,256,512,768]",
-    "3stg": "SVFormer-3stg for DVS, S=[1,2,1] C=[64,128,256], 2x128x128, no local pathway, 11 classes",
-}
-
-
-def list_variants() -> list[str]:
-    return list(VARIANTS)
-
-
 def variant_config(name: str, **overrides: Any) -> SVFormerConfig:
     """The config of a named variant with ablation/size overrides applied.
 

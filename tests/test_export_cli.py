@@ -67,6 +67,12 @@ def test_quantized_export_writes_a_complete_bundle_and_manifest(capsys, tiny_ckp
     assert fid["nir model.nir round trip"]["passed"]
     assert next(v for k, v in fid.items() if k.startswith("netx"))["passed"]
     assert next(v for k, v in fid.items() if k.startswith("nir") and "SpikingJelly" in k)["passed"]
+    for row in (v for k, v in fid.items() if k.startswith(("netx", "nir ")) and v["spikes"]):
+        s = row["spikes"]  # the shared spike comparison: identical spikes mean no divergence, full recall
+        assert s["flips"] == 0 and s["first_divergence"] is None and s["recall"] == s["precision"] == 1.0
+    q = fid["quantize int8"]["spikes"]
+    assert q["spikes_ref"] > 0 and 0 < q["recall"] <= 1 and 0 < q["precision"] <= 1
+    assert (q["first_divergence"] is None) == (q["flips"] == 0)
 
     bundle = load_bundle(out)
     m = bundle.manifest

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from fixtures_models import CASES, make_input, make_model, single_thread  # noqa: F401
+from nir_peers import PEERS, peer_part_check
 from svformer_deploy.export import ir
 from svformer_deploy.export.pipeline import run_pipeline
 from svformer_deploy.export.reference import ReferenceModel
@@ -72,7 +73,7 @@ def test_lif_parameters_make_peers_fire_like_spikingjelly() -> None:
     assert np.isclose(lif2.r[0], 4.0) and np.isclose(lif2.tau[0], 4.0 * nw.DT)
 
 
-@pytest.mark.parametrize("peer", nw.PEERS)
+@pytest.mark.parametrize("peer", PEERS)
 def test_standard_parts_are_plain_nir_and_run_identically_in_every_peer(tmp_path: Path, peer: str) -> None:
     pytest.importorskip("nirtorch", reason="SpikingJelly's NIR import needs nirtorch")
     if peer != "spikingjelly":
@@ -90,13 +91,13 @@ def test_standard_parts_are_plain_nir_and_run_identically_in_every_peer(tmp_path
         graph = nir.read(path)  # plain reader, type-checked
         assert {type(n).__name__ for n in graph.nodes.values()} <= {"Input", "Conv2d", "LIF", "Output"}
         xi, outs = record_part_io(g, p, rec)
-        r = nw.peer_part_check(path, xi, outs[-1], peer)
+        r = peer_part_check(path, xi, outs[-1], peer)
         assert r["flips"] == 0, (p.index, r)
         spikes += r["spikes_ref"]
     assert spikes > 100
 
 
-@pytest.mark.parametrize("peer", nw.PEERS)
+@pytest.mark.parametrize("peer", PEERS)
 def test_grouped_multi_layer_part_runs_in_every_peer_written_dense(tmp_path: Path, peer: str) -> None:
     pytest.importorskip("nirtorch", reason="SpikingJelly's NIR import needs nirtorch")
     if peer != "spikingjelly":
@@ -111,7 +112,7 @@ def test_grouped_multi_layer_part_runs_in_every_peer_written_dense(tmp_path: Pat
     with torch.no_grad():
         _, rec = ReferenceModel(g, torch.float32).run(event_clips(g, 3), record=True)
     xi, outs = record_part_io(g, p, rec)
-    r = nw.peer_part_check(path, xi, outs[-1], peer)
+    r = peer_part_check(path, xi, outs[-1], peer)
     assert r["flips"] == 0 and r["spikes_ref"] > 10
 
 

@@ -75,10 +75,11 @@ def _simulate_videos(videos_dir: Path, model_dir: Path, workers: int, runs_dir: 
     from svformer_deploy.deploy.batch import find_clips, simulate_folder
     from svformer_deploy.deploy.commands.probe import parse_views
     from svformer_deploy.export.bundle import load_bundle
+    from svformer_deploy.simulators.run import bundle_input_spec
     from svformer_deploy.svformer.progress import bar
 
     bundle = load_bundle(model_dir)
-    kind = "events" if bundle.manifest["input"].get("encoding") == "events" else "video"
+    kind = bundle_input_spec(bundle).file_kind  # video-events models read video files
     progress = bar(len(find_clips(videos_dir, kind)), "simulating clips", unit="clip")
 
     def on_clip(clip: str, err: str | None) -> None:

@@ -76,7 +76,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import networkx as nx
 import numpy as np
@@ -86,6 +86,9 @@ from svformer_deploy.svformer.errors import SVFormerError
 from .. import ir
 from ..fidelity import FidelityReport, batches, compare
 from ..reference import ReferenceModel
+
+if TYPE_CHECKING:
+    from svformer_deploy.svformer.data.datasets import InputSpec
 
 NAME = "quantize"
 SPEC_VERSION = 1
@@ -174,7 +177,7 @@ def calibrate(graph: nx.DiGraph, inputs: torch.Tensor | Iterable[torch.Tensor], 
     return Calibration(amax, integral, clips)
 
 
-def load_calibration(source: str | Path | torch.Tensor, spec: Any = None, limit: int = 32) -> torch.Tensor:
+def load_calibration(source: str | Path | torch.Tensor, spec: InputSpec | None = None, limit: int = 32) -> torch.Tensor:
     """Calibration frames ``[T, B, C, H, W]`` from a tensor, a ``.pt``/``.npy``/``.npz`` file (frames
     ``[T, B, C, H, W]`` or one clip ``[T, C, H, W]``), a video/event file, or a folder of those
     (searched recursively, sorted, at most ``limit`` clips). Video/event files need ``spec``, a
@@ -201,26 +204,22 @@ def load_calibration(source: str | Path | torch.Tensor, spec: Any = None, limit:
     return _load_one(path, spec)[:, :limit]
 
 
-def _load_one(path: Path, spec: Any) -> torch.Tensor:
+def _load_one(path: Path, spec: InputSpec | None) -> torch.Tensor:
     suffix = path.suffix.lower()
     try:
         if suffix == ".pt":
             obj = torch.load(path, weights_only=True, map_location="cpu")
         elif suffix == ".npy":
-            obj = torch.from_numpy(np.array(np.load(path, allow_pickle=False)))
+            arr = np.load(path, allow_pickle=False)
+            if spec is not None and spec.kind == "events" and (arr.dtype.names or arr.ndim == 2):
+                obj = spec.load_clip(path)  # an event array (x, y, t, p), not frames
+            else:
+                obj = torch.from_numpy(np.array(arr))
         elif suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 obj = torch.from_numpy(np.array(z[z.files[0]]))
         elif spec is not None and suffix in spec.extensions:
-            if spec.kind == "events":
-                from svformer_deploy.svformer.data.events import load_event_clip
-
-                obj = load_event_clip(path, spec.time_steps, spec.size, spec.split, spec.fit, spec.sensor_size)
-            else:
-                from svformer_deploy.svformer.data.video import load_clip
-
-                obj = load_clip(path, time_steps=spec.time_steps, size=spec.size, frame_stride=spec.frame_stride,
-                                mean=spec.mean, std=spec.std)
+            obj = spec.load_clip(path)
         else:
             raise SVFormerError(f"{path}: not a calibration file (.pt, .npy, .npz or a video/event file)")
     except SVFormerError:

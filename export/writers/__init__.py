@@ -13,7 +13,7 @@ from .nir_writer import (
     nir_to_ir,
     read_nir,
     read_nir_ir,
-    spikingjelly_part_check,
+    run_spikingjelly_part,
     write_nir,
     write_nir_part,
 )
@@ -22,6 +22,6 @@ from .partition import Part, Partition, partition
 
 __all__ = [
     "NIRFileError", "Part", "Partition", "check_onnx", "ir_to_nir", "netx_issue", "netx_net", "nir_part_issue",
-    "nir_to_ir", "partition", "read_netx", "read_nir", "read_nir_ir", "simulate_netx", "spikingjelly_part_check",
+    "nir_to_ir", "partition", "read_netx", "read_nir", "read_nir_ir", "simulate_netx", "run_spikingjelly_part",
     "write_netx", "write_nir", "write_nir_part", "write_onnx",
 ]

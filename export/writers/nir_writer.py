@@ -235,7 +235,6 @@ EXTENSIONS: dict[str, type[_Extension]] = {
     for cls in (SVFChannelAffine, SVFBatchNorm, SVFTokenLinear, SVFPositionalConv2d, SVFSplitHeads, SVFMergeHeads,
                 SVFToTokens, SVFToImage, SVFSpikeMatmulKV, SVFSpikeMatmulQKV, SVFConcat, SVFConv3dHead)
 }
-STANDARD = ("Input", "Output", "Conv2d", "Affine", "Linear", "LIF", "Scale", "Flatten")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -549,54 +548,14 @@ def write_nir_part(g: nx.DiGraph, part: Part, path: str | Path, dt: float = DT) 
     return _write(part_to_nir(g, part, dt), Path(path))
 
 
-PEERS = ("spikingjelly", "snntorch", "norse")
-
-
-def _flips(out: Any, expected: Any) -> dict[str, Any]:
-    return {"positions": int(out.numel()), "spikes_ref": int((expected != 0).sum()),
-            "spikes_new": int((out != 0).sum()), "flips": int(((out != 0) != (expected != 0)).sum())}
-
-
-def spikingjelly_part_check(path: str | Path, x: Any, expected: Any) -> dict[str, Any]:
+def run_spikingjelly_part(path: str | Path, x: Any) -> Any:
     """Run a standard part file in SpikingJelly (``import_from_nir``, float32, multi-step) on input spikes
-    ``x`` ``[T, B, C, H, W]`` and count output flips against ``expected`` (same layout)."""
+    ``x`` ``[T, B, C, H, W]``; returns its output spikes (same layout; compare with
+    :class:`export.fidelity.SpikeTally`)."""
     import torch
     from spikingjelly.activation_based.nir_exchange import import_from_nir
 
     gm = import_from_nir(str(path), dt=DT, step_mode="m", dtype=torch.float32)
     with torch.no_grad():
         out, _ = gm(x.to(torch.float32))
-    return _flips(out, expected)
-
-
-def peer_part_check(path: str | Path, x: Any, expected: Any, peer: str) -> dict[str, Any]:
-    """Run a standard part file in ``peer`` (one of :data:`PEERS`) from plain ``nir.read``, one time step per
-    call with the peer's own state, on input spikes ``x`` ``[T, B, C, H, W]``; count output flips against
-    ``expected``. snnTorch (``snntorch.import_nir.import_from_nir``) and Norse (``norse.torch.from_nir``,
-    dt = :data:`DT`) must be installed (dev extras)."""
-    import contextlib
-    import io
-
-    import nir
-    import torch
-
-    if peer == "spikingjelly":
-        return spikingjelly_part_check(path, x, expected)
-    graph = nir.read(str(path))
-    if peer == "snntorch":
-        from snntorch.import_nir import import_from_nir
-
-        with contextlib.redirect_stdout(io.StringIO()):  # snnTorch 1.0 prints the tau arrays it reads
-            net = import_from_nir(graph)
-    elif peer == "norse":
-        from norse.torch import from_nir
-
-        net = from_nir(graph, dt=DT)
-    else:
-        raise SVFormerError(f"unknown NIR peer {peer!r}; use one of {', '.join(PEERS)}")
-    outs, state = [], None
-    with torch.no_grad():
-        for frame in x.to(torch.float32):
-            y, state = net(frame) if state is None else net(frame, state)
-            outs.append(y)
-    return _flips(torch.stack(outs), expected)
+    return out

@@ -33,12 +33,9 @@ from typing import Any
 
 import networkx as nx
 import numpy as np
-import torch
 from torch import Tensor
 
 from .. import ir
-
-LAYOUTS = ("image", "tokens", "vector")
 
 # why an op never runs on a sequential spiking core (netx 0.6.0 / standard NIR 1.0.8)
 HOST_REASONS = {
@@ -123,12 +120,6 @@ class Partition:
 
     parts: list[Part]
     host: dict[str, str]
-
-    def part_of(self, node: str) -> Part | None:
-        for p in self.parts:
-            if node in p.nodes:
-                return p
-        return None
 
     def to_dict(self) -> dict[str, Any]:
         core = {n: p.index for p in self.parts for n in p.nodes}
@@ -338,7 +329,3 @@ def record_part_io(g: nx.DiGraph, part: Part, recorded: dict[str, Tensor]) -> tu
     x = to_part_layout(part, recorded[part.source], ir.spec(g, part.source).shape)
     outs = [to_part_layout(part, recorded[la.neuron], ir.spec(g, la.neuron).shape) for la in part.layers]
     return x, outs
-
-
-def as_bool(x: Tensor) -> Tensor:
-    return x != 0 if x.dtype != torch.bool else x

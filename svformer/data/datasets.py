@@ -28,7 +28,7 @@ from __future__ import annotations
 import csv
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -39,7 +39,15 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import SVFormerError
-from .events import EVENT_EXTENSIONS, load_event_clip, load_video_events, read_events
+from .events import (
+    EVENT_EXTENSIONS,
+    FIT_METHODS,
+    SPLIT_METHODS,
+    load_event_clip,
+    load_video_events,
+    read_events,
+    video_to_event_frames,
+)
 
 KINDS = ("video", "events", "video-events")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ogv")
@@ -47,21 +55,22 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".m
 
 @dataclass(frozen=True)
 class InputSpec:
-    """How a file becomes a model input ``[T, C, S, S]``.
+    """How a file becomes a model input ``[T, C, S, S]``: the one reading of a checkpoint's ``preprocessing``
+    (and an export bundle's), used by training, export, calibration, simulation and the folder commands.
 
-    ``kind`` is ``"video"`` (T frames, linspace over a window of T·``frame_stride`` frames, short side
-    resized to S, crop, normalised by ``mean``/``std``), ``"events"`` (events split into T slices by
-    ``split``, 2 polarity channels of event counts, sensor fitted to S by ``fit``) or ``"video-events"``
-    (video files turned into 2-channel luma-change frames, an event-camera emulation); see
-    :mod:`svformer.data.events`.
+    ``kind`` (the encoding) is ``"video"`` (T frames, linspace over a window of T·``frame_stride`` frames,
+    short side resized to S, crop, normalised by ``mean``/``std``: one value or one per channel),
+    ``"events"`` (event recordings, N-MNIST binaries included: events split into T slices by ``split``,
+    2 polarity channels of event counts, sensor fitted to S by ``fit``) or ``"video-events"`` (video files
+    turned into 2-channel luma-change frames, an event-camera emulation); see :mod:`svformer.data.events`.
     """
 
     kind: str = "video"
     time_steps: int = 16
     size: int = 224
     frame_stride: int = 4
-    mean: float = 0.45
-    std: float = 0.225
+    mean: float | tuple[float, ...] = 0.45
+    std: float | tuple[float, ...] = 0.225
     split: str = "number"
     fit: str = "auto"
     sensor_size: tuple[int, int] | None = None
@@ -71,14 +80,107 @@ class InputSpec:
             raise SVFormerError(f"input kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if self.time_steps < 1 or self.size < 1:
             raise SVFormerError("time_steps and size must be >= 1")
+        if self.frame_stride < 1:
+            raise SVFormerError(f"frame_stride must be >= 1, got {self.frame_stride}")
+        if self.split not in SPLIT_METHODS:
+            raise SVFormerError(f"event split must be one of {', '.join(SPLIT_METHODS)}, got {self.split!r}")
+        if self.fit not in FIT_METHODS:
+            raise SVFormerError(f"event fit must be one of {', '.join(FIT_METHODS)}, got {self.fit!r}")
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if isinstance(v, tuple) and len(v) not in (1, 3):
+                raise SVFormerError(f"{name} must be one value or one per RGB channel, got {len(v)} values")
+        if any(s <= 0 for s in _values(self.std)):
+            raise SVFormerError(f"std must be > 0, got {self.std}")
+        if self.sensor_size is not None and (len(self.sensor_size) != 2 or min(self.sensor_size) < 1):
+            raise SVFormerError(f"sensor_size must be (width, height) >= 1 pixel, got {self.sensor_size}")
+
+    @property
+    def encoding(self) -> str:
+        """The input encoding (same as ``kind``)."""
+        return self.kind
 
     @property
     def channels(self) -> int:
         return 3 if self.kind == "video" else 2
 
     @property
+    def file_kind(self) -> str:
+        """What files it reads: ``"events"`` (event recordings) or ``"video"`` (video files, also for video-events)."""
+        return "events" if self.kind == "events" else "video"
+
+    @property
     def extensions(self) -> tuple[str, ...]:
         return EVENT_EXTENSIONS if self.kind == "events" else VIDEO_EXTENSIONS
+
+    @classmethod
+    def from_preprocessing(cls, prep: Mapping[str, Any] | None, config: Any = None, where: str = "") -> InputSpec:
+        """Validate and read a ``preprocessing`` dict (:meth:`to_preprocessing`'s format).
+
+        ``config`` (an :class:`svformer.config.SVFormerConfig`) fills what ``prep`` leaves out (an empty or
+        missing ``prep`` means the config's default: events for 2 input channels, else video) and must agree
+        with it (time steps, size, channels). ``where`` prefixes error messages (e.g. the file). Raises
+        :class:`SVFormerError` for anything inconsistent or malformed.
+        """
+        at = f"{where}: " if where else ""
+        if prep is not None and not isinstance(prep, Mapping):
+            raise SVFormerError(f"{at}preprocessing must be a mapping, got {type(prep).__name__}")
+        p = dict(prep or {})
+        if "input" not in p and config is None:
+            raise SVFormerError(f"{at}preprocessing names no input kind ('input': {', '.join(KINDS)})")
+        kind = p.get("input", "events" if config is not None and config.in_channels == 2 else "video")
+        if kind not in KINDS:
+            raise SVFormerError(f"{at}preprocessing input {kind!r} is unknown; expected one of {', '.join(KINDS)}")
+
+        def integer(key: str, default: Any) -> int:
+            v = p.get(key, default)
+            if isinstance(v, bool) or not isinstance(v, int | float) or v != int(v) or v < 1:
+                raise SVFormerError(f"{at}preprocessing {key} must be a positive integer, got {v!r}")
+            return int(v)
+
+        def text(key: str, default: str) -> str:
+            v = p.get(key, default)
+            if not isinstance(v, str):
+                raise SVFormerError(f"{at}preprocessing {key} must be a string, got {v!r}")
+            return v
+
+        def numbers(key: str, default: float) -> float | tuple[float, ...]:
+            v = p.get(key, default)
+            vals = list(v) if isinstance(v, list | tuple) else [v]
+            if not vals or any(isinstance(x, bool) or not isinstance(x, int | float) or not np.isfinite(x)
+                               for x in vals):
+                raise SVFormerError(f"{at}preprocessing {key} must be a number or a list of numbers, got {v!r}")
+            vals = [float(x) for x in vals]
+            return vals[0] if len(set(vals)) == 1 else tuple(vals)
+
+        steps = integer("time_steps", config.time_steps if config is not None else None)
+        size = integer("size", config.img_size if config is not None else None)
+        sensor = p.get("sensor_size")
+        if sensor is not None:
+            if not isinstance(sensor, list | tuple) or len(sensor) != 2 or any(
+                    isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sensor):
+                raise SVFormerError(f"{at}preprocessing sensor_size must be [width, height], got {sensor!r}")
+            sensor = (int(sensor[0]), int(sensor[1]))
+        try:
+            spec = cls(kind=kind, time_steps=steps, size=size, frame_stride=integer("frame_stride", 4),
+                       mean=numbers("mean", 0.45), std=numbers("std", 0.225), split=text("split", "number"),
+                       fit=text("fit", "auto"), sensor_size=sensor)
+        except SVFormerError as e:
+            raise SVFormerError(f"{at}preprocessing: {e}") from None
+        if config is not None:
+            spec.check_shape((config.in_channels, config.img_size, config.img_size), config.time_steps, where)
+        return spec
+
+    def check_shape(self, shape: Sequence[int], time_steps: int, where: str = "") -> None:
+        """Refuse a model whose input ``shape`` ``(C, H, W)`` per step, over ``time_steps``, is not this spec's."""
+        at = f"{where}: " if where else ""
+        c, h, w = (int(v) for v in shape)
+        if h != w or self.size != h or self.time_steps != time_steps:
+            raise SVFormerError(f"{at}preprocessing (T={self.time_steps}, size {self.size}) does not match the "
+                                f"model's input (T={time_steps}, {c}x{h}x{w}); re-export the model")
+        if self.channels != c:
+            raise SVFormerError(f"{at}preprocessing says {self.kind} input ({self.channels} channels) but the "
+                                f"model takes {c} channels")
 
     def to_preprocessing(self) -> dict[str, Any]:
         """The checkpoint ``preprocessing`` dict for models trained on this input."""
@@ -93,7 +195,56 @@ class InputSpec:
                 out["sensor_size"] = list(self.sensor_size)
             return out
         return {"input": "video", "time_steps": self.time_steps, "size": self.size,
-                "frame_stride": self.frame_stride, "mean": [self.mean] * 3, "std": [self.std] * 3}
+                "frame_stride": self.frame_stride, "mean": _per_channel(self.mean), "std": _per_channel(self.std)}
+
+    def load_clip(self, path: str | os.PathLike, train: bool = False,
+                  rng: np.random.Generator | None = None) -> Tensor:
+        """One file as the model input ``[T, C, S, S]`` float32 (raises :class:`SVFormerError` for a bad file).
+
+        ``train`` with ``rng``: the decode-time random window and crop of a video (no flip; flips are
+        :class:`Augment`'s job); otherwise deterministic (centred window, centre crop).
+        """
+        train = train and rng is not None
+        if self.kind == "events":
+            return load_event_clip(path, self.time_steps, self.size, self.split, self.fit, self.sensor_size)
+        if self.kind == "video-events":
+            return load_video_events(path, self.time_steps, self.size, self.frame_stride, train=train, rng=rng)
+        from .video import load_clip
+
+        return load_clip(path, time_steps=self.time_steps, size=self.size, frame_stride=self.frame_stride,
+                         train=train, rng=rng, mean=self.mean, std=self.std, hflip=False)
+
+    def load_views(self, path: str | os.PathLike, temporal_views: int = 1,
+                   spatial_crops: int = 1) -> tuple[Tensor, list[list[int] | None], dict[str, Any]]:
+        """Test-time views ``[V, T, C, S, S]`` of one file, their frame indices and details of the source.
+
+        Videos (and video-events) give ``temporal_views x spatial_crops`` views decoded once; view
+        ``(0, 0)`` of a 1x1 request equals :meth:`load_clip`. Event recordings give exactly one view.
+        """
+        if self.kind == "events":
+            if (temporal_views, spatial_crops) != (1, 1):
+                raise SVFormerError(f"--views {temporal_views}x{spatial_crops}: event recordings give one view; "
+                                    "use 1x1")
+            clip = self.load_clip(path)
+            return clip[None], [None], {"events_framed": int(clip.sum())}
+        from .video import read_views
+
+        pairs = self.kind == "video-events"  # T + 1 frames in [0, 1] give T luma-change frames
+        cv = read_views(path, time_steps=self.time_steps + (1 if pairs else 0), size=self.size,
+                        temporal_views=temporal_views, spatial_crops=spatial_crops, frame_stride=self.frame_stride,
+                        mean=0.0 if pairs else self.mean, std=1.0 if pairs else self.std)
+        tensor = torch.stack([video_to_event_frames(v) for v in cv.tensor]) if pairs else cv.tensor
+        details = {"width": cv.info.width, "height": cv.info.height, "fps": cv.info.fps, "frames": cv.info.frames,
+                   "codec": cv.info.codec, "crops": [list(c) for c in cv.crops]}
+        return tensor, [list(i) for i in cv.indices], details
+
+
+def _values(v: float | tuple[float, ...]) -> tuple[float, ...]:
+    return v if isinstance(v, tuple) else (v,)
+
+
+def _per_channel(v: float | tuple[float, ...]) -> list[float]:
+    return list(v) if isinstance(v, tuple) and len(v) == 3 else [_values(v)[0]] * 3
 
 
 @dataclass(frozen=True)
@@ -186,17 +337,7 @@ class ClipDataset(Dataset):
 
     def load(self, path: str, rng: np.random.Generator | None) -> Tensor:
         """Load one file as a clip ``[T, C, S, S]`` (raises :class:`SVFormerError` for a bad file)."""
-        s = self.spec
-        if s.kind == "events":
-            return load_event_clip(path, s.time_steps, s.size, s.split, s.fit, s.sensor_size)
-        if s.kind == "video-events":
-            return load_video_events(path, s.time_steps, s.size, s.frame_stride, train=self.train and rng is not None,
-                                     rng=rng)
-        from .video import load_clip
-
-        return load_clip(path, time_steps=s.time_steps, size=s.size, frame_stride=s.frame_stride,
-                         train=self.train and rng is not None, rng=rng, mean=s.mean, std=s.std,
-                         hflip=False)  # flips are Augment's job (off where left/right carries the label)
+        return self.spec.load_clip(path, train=self.train, rng=rng)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int] | BadSample:
         path, label = self.samples[index]

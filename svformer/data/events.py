@@ -65,11 +65,6 @@ _AEDAT_MAGIC = b"#!AER-DAT"
 _NPY_MAGIC = b"\x93NUMPY"
 
 
-def is_event_file(path: str | os.PathLike) -> bool:
-    """True for the file extensions :func:`read_events` reads (``.aedat4``, ``.bin``, ``.bs2``, ``.npy``)."""
-    return Path(path).suffix.lower() in EVENT_EXTENSIONS
-
-
 def read_events(
     path: str | os.PathLike, sensor_size: tuple[int, int] | None = None
 ) -> tuple[np.ndarray, tuple[int, int]]:

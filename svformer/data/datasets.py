@@ -39,10 +39,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import SVFormerError
-from .events import EVENT_EXTENSIONS, load_event_clip, load_video_events, read_events
+from .events import load_event_clip, load_video_events, read_events
+from .media import EVENT_EXTENSIONS, VIDEO_EXTENSIONS
 
 KINDS = ("video", "events", "video-events")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ogv")
 
 
 @dataclass(frozen=True)

@@ -400,7 +400,12 @@ def _is_count(v: Any) -> bool:
 
 
 def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    """A finite number that converts to float (an int of 10^400 does not)."""
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, int):
+        return abs(v) <= 10**300
+    return isinstance(v, float) and math.isfinite(v)
 
 
 def _opt(v: Any, check: Callable[[Any], bool]) -> bool:
@@ -564,6 +569,7 @@ def _normalise(data: dict[str, Any], T: int) -> None:
     """Fill what the schema lets a writer leave out: zero counts, a silent layer's spikes, v1 origins."""
     for layer in data["layers"]:
         layer.setdefault("origin", _legacy_origin(layer["name"]))
+        layer.setdefault("input_kind", "real")
         counts = layer.setdefault("counts", {})
         for key in COUNT_KEYS:
             counts.setdefault(key, 0)

@@ -185,10 +185,13 @@ def _cancel(pool: ProcessPoolExecutor) -> None:
 
 
 def _call(args: tuple) -> tuple[list[str], str | None]:
+    """One clip in this process: ``(record paths, None)`` or ``([], reason)``, as the worker pool reports it."""
     try:
         return _simulate_one(*args), None
     except SVFormerError as e:
         return [], str(e)
+    except Exception as e:  # noqa: BLE001 - a crashing clip must not stop the batch (same as with workers)
+        return [], f"{type(e).__name__}: {e}"
 
 
 def _collect(result: BatchResult, clip: str, paths: list[str], err: str | None,

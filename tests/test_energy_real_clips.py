@@ -42,10 +42,11 @@ def _mixed_folder(root: Path) -> Path:
     return root
 
 
-def test_real_clips_of_mixed_quality_are_aggregated_and_the_bad_ones_reported(tmp_path, bundle, capsys):
+@pytest.mark.parametrize("workers", [2, 1])
+def test_real_clips_of_mixed_quality_are_aggregated_and_the_bad_ones_reported(tmp_path, bundle, capsys, workers):
     videos = _mixed_folder(tmp_path / "clips")
     runs = tmp_path / "runs"
-    args = ["energy-report", "--videos", videos, "--model", bundle, "--runs", runs, "--workers", "2", "--json"]
+    args = ["energy-report", "--videos", videos, "--model", bundle, "--runs", runs, "--workers", workers, "--json"]
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()
     assert code == 0, err

@@ -138,26 +138,33 @@ def test_runs_folder_that_cannot_be_created_is_one_error_before_any_simulation(t
     assert "skipped clip" not in err and "simulated" not in err  # no clip was tried
 
 
+def _unwritable_folder(tmp_path: Path) -> Path:
+    """An existing folder this process cannot create files in: a 0555 folder, or for root (who ignores
+    permission bits) ``/sys`` (sysfs refuses new files even for root)."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    runs.chmod(0o555)
+    for folder in (runs, Path("/sys")):
+        try:
+            (folder / ".probe").write_text("x")
+            (folder / ".probe").unlink()
+        except OSError:
+            return folder
+    pytest.skip("no folder this user cannot write into (root with a writable /sys)")
+
+
 def test_read_only_runs_folder_is_one_error_before_any_simulation(tmp_path, bundle, clip, capsys):
     videos = tmp_path / "videos"
     videos.mkdir()
     shutil.copy(clip, videos / "0.mp4")
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    runs.chmod(0o555)
     try:
-        probe = runs / "probe"
-        try:
-            probe.write_text("x")
-            probe.unlink()
-            pytest.skip("this user (root) can write into a read-only folder; the test above covers the check")
-        except PermissionError:
-            pass
+        runs = _unwritable_folder(tmp_path)
         code, out, err = cli(capsys, "energy-report", "--videos", videos, "--model", bundle, "--runs", runs)
-        assert code == 2 and len(error_lines(err)) == 1 and "cannot write run records" in err
-        assert "simulated" not in err
+        assert code == 2 and len(error_lines(err)) == 1 and "cannot write run records" in err, err
+        assert str(runs) in error_lines(err)[0]
+        assert "simulated" not in err and "skipped clip" not in err
     finally:
-        runs.chmod(0o755)
+        (tmp_path / "runs").chmod(0o755)
 
 
 # ------------------------------------------------------------------------------------------

@@ -10,17 +10,22 @@ that fails (corrupt, too short, wrong kind) is reported on stderr, skipped and c
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import re
+import signal
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from svformer_deploy.svformer.data.media import EVENT_EXTENSIONS, VIDEO_EXTENSIONS
 from svformer_deploy.svformer.errors import SVFormerError
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
-EVENT_SUFFIXES = (".aedat4", ".bin", ".bs2", ".npy")
+VIDEO_SUFFIXES = VIDEO_EXTENSIONS  # the one list (svformer.data.media), under the names this module had
+EVENT_SUFFIXES = EVENT_EXTENSIONS
 
 
 @dataclass
@@ -35,26 +40,69 @@ class BatchResult:
 
 
 def find_clips(root: str | Path, kind: str) -> list[tuple[Path, str | None]]:
-    """``(clip, class label)`` for every video (``kind="video"``) or event file below ``root``, sorted."""
+    """``(clip, class label)`` for every video (``kind="video"``) or event file below ``root``, sorted.
+
+    Hidden files (``.name``) are not clips.
+    """
     root = Path(root)
     if not root.is_dir():
         raise SVFormerError(f"{root}: not a folder of clips")
     suffixes = EVENT_SUFFIXES if kind == "events" else VIDEO_SUFFIXES
-    clips = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+    clips = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
+                   and p.suffix.lower() in suffixes)
     if not clips:
         raise SVFormerError(f"{root}: no {'event recordings' if kind == 'events' else 'videos'} "
                             f"({', '.join(suffixes)}) found")
     return [(p, p.parent.name if p.parent != root else None) for p in clips]
 
 
-def _slot(root: Path, clip: Path) -> str:
+def clip_slot(root: Path, clip: Path) -> str:
+    """The folder name of ``clip``'s records: a readable stem plus a hash of the whole relative path.
+
+    Injective (two clips never share a slot, e.g. ``cls/ñ.mp4`` and ``cls/é.mp4``) and stable, so
+    a rerun finds the records of clips simulated earlier.
+    """
     rel = clip.relative_to(root).as_posix()
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", rel)
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", rel).strip("._")[:80] or "clip"
+    return f"{readable}-{hashlib.sha256(rel.encode('utf-8', 'surrogateescape')).hexdigest()[:12]}"
+
+
+def check_writable(out: Path) -> None:
+    """Create ``out`` if needed and prove a file can be written in it; one clear error otherwise.
+
+    Done before any clip is simulated, so an unusable ``--runs`` folder costs nothing.
+    """
+    if out.exists() and not out.is_dir():
+        raise SVFormerError(f"{out}: exists and is not a folder (run records go into a folder)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise SVFormerError(f"{out}: cannot write run records there ({e.strerror or e})") from None
+
+
+_STOP = False  # set in a worker when the batch is cancelled: queued clips return at once
+
+
+def _worker_init() -> None:
+    """Workers leave Ctrl-C to the parent and turn its SIGTERM into a clean exit (records removed)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def stop(signum: int, frame: object) -> None:
+        global _STOP
+        _STOP = True
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _simulate_one(clip: str, kind: str, label: str | None, model: str, out: str, views: tuple[int, int],
                   executor: str, threads: int) -> list[str]:
     """Worker: simulate one clip into ``out``; SVFormerError propagates as the failure reason."""
+    if _STOP:
+        raise SystemExit(1)
     import torch
     from svformer_deploy.simulators.run import simulate_file
 
@@ -69,8 +117,10 @@ def simulate_folder(videos: str | Path, model: str | Path, out_dir: str | Path |
                     on_clip: Callable[[str, str | None], None] | None = None) -> BatchResult:
     """Simulate every clip below ``videos`` with the bundle ``model``.
 
-    ``out_dir`` defaults to ``runs/batch-<model hash[:12]>``. ``on_clip(clip, error)`` is called after
-    each clip (progress display). Returns the records of all clips, including resumed ones.
+    ``out_dir`` defaults to ``runs/batch-<model hash[:12]>``; it is checked for writability before
+    any clip is simulated. ``on_clip(clip, error)`` is called after each clip (progress display).
+    Returns the records of all clips, including resumed ones. Ctrl-C (KeyboardInterrupt) cancels
+    the queued clips, stops the running ones (their records are not written) and propagates.
     """
     from svformer_deploy.export.bundle import load_bundle
     from svformer_deploy.simulators.run import bundle_input_spec
@@ -80,10 +130,11 @@ def simulate_folder(videos: str | Path, model: str | Path, out_dir: str | Path |
     root = Path(videos)
     clips = find_clips(root, kind)
     out = Path(out_dir) if out_dir is not None else Path("runs") / f"batch-{bundle.model_hash[:12]}"
+    check_writable(out)
     result = BatchResult(out_dir=out)
     todo = []
     for clip, label in clips:
-        slot = out / _slot(root, clip)
+        slot = out / clip_slot(root, clip)
         done = sorted(slot.glob("*.json")) if slot.is_dir() else []
         if done:
             result.records += done
@@ -100,7 +151,8 @@ def simulate_folder(videos: str | Path, model: str | Path, out_dir: str | Path |
         for clip, (paths, err) in outcomes:
             _collect(result, clip, paths, err, on_clip)
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init)
+        try:
             futures = {pool.submit(_simulate_one, *a): a[0] for a in args}
             for fut in as_completed(futures):
                 clip = futures[fut]
@@ -111,15 +163,36 @@ def simulate_folder(videos: str | Path, model: str | Path, out_dir: str | Path |
                 except Exception as e:  # noqa: BLE001 - a crashing clip must not stop the batch
                     paths, err = [], f"{type(e).__name__}: {e}"
                 _collect(result, clip, paths, err, on_clip)
+        except BaseException:
+            _cancel(pool)
+            raise
+        pool.shutdown(wait=True)
     result.records.sort()
     return result
 
 
+def _cancel(pool: ProcessPoolExecutor) -> None:
+    """Drop the queued clips and stop the running ones; wait until the workers have cleaned up."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in processes:
+        with contextlib.suppress(ProcessLookupError, OSError):
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGTERM)
+    for p in processes:
+        p.join(30)
+        if p.is_alive():
+            p.kill()
+
+
 def _call(args: tuple) -> tuple[list[str], str | None]:
+    """One clip in this process: ``(record paths, None)`` or ``([], reason)``, as the worker pool reports it."""
     try:
         return _simulate_one(*args), None
     except SVFormerError as e:
         return [], str(e)
+    except Exception as e:  # noqa: BLE001 - a crashing clip must not stop the batch (same as with workers)
+        return [], f"{type(e).__name__}: {e}"
 
 
 def _collect(result: BatchResult, clip: str, paths: list[str], err: str | None,

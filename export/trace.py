@@ -1,12 +1,14 @@
 """Tracer: an :class:`~svformer.model.SVFormer` (any variant or ablation) -> IR graph.
 
 The model's module structure is regular, so the tracer walks it (stages, blocks, local pathway,
-head) instead of fx-tracing SpikingJelly internals. Node names are the PyTorch module paths
-(``blocks3.1.attn.q_lif``); ops without a module get derived names (``blocks1.0.add1`` for the
-first membrane shortcut of a block, ``blocks3.0.to_tokens``, ``blocks3.0.attn.q`` for the split of
-the q part, ``blocks3.0.attn.kv`` / ``.qkv_out`` for the two attention products, ``concat``,
-``flatten``). The graph describes inference: BN uses running statistics and drop-path is the
-identity, whatever mode the module is in. Parameters are copied exactly (float32 stays float32).
+head) instead of fx-tracing SpikingJelly internals. Every node carries the ``stage`` being traced
+(``PE<i>``, ``S<i>``, ``LP``, ``CH``), so nothing downstream parses names. Node names are the
+PyTorch module paths (``blocks3.1.attn.q_lif``); ops without a module get derived names
+(``blocks1.0.add1`` for the first membrane shortcut of a block, ``blocks3.0.to_tokens``,
+``blocks3.0.attn.q`` for the split of the q part, ``blocks3.0.attn.kv`` / ``.qkv_out`` for the two
+attention products, ``concat``, ``flatten``). The graph describes inference: BN uses running
+statistics and drop-path is the identity, whatever mode the module is in. Parameters are copied
+exactly (float32 stays float32).
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ class _Tracer:
         self.cfg = model.cfg
         self.T = int(self.cfg.time_steps)
         self.g = ir.new_graph(self.T, self.cfg.to_dict(), source="svformer")
+        self.stage = "PE1"  # the part of the network being traced: PE<i>, S<i>, LP or CH
 
     def add(self, name: str, op: ir.Node, inputs: list[str]) -> str:
-        return ir.add_op(self.g, name, op, inputs)
+        return ir.add_op(self.g, name, op, inputs, stage=self.stage)
 
     # -- leaf modules -------------------------------------------------------------------
     def neuron(self, name: str, m: nn.Module, x: str) -> str:
@@ -133,15 +136,18 @@ class _Tracer:
         x_lp = None
         for i, pe, blocks in model.stages():
             p = f"patch_embed{i}"
+            self.stage = f"PE{i}"
             if hasattr(pe, "in_lif"):
                 x = self.neuron(f"{p}.in_lif", pe.in_lif, x)
             x = self.conv(f"{p}.proj", pe.proj, x)
             x = self.bn(f"{p}.norm", pe.norm, x, axis=0)
             if i == n - 1 and cfg.local_pathway:
+                self.stage = "LP"
                 y = self.neuron("lplif", model.lplif, x)
                 y = self.conv("lpDWConv", model.lpDWConv, y)
                 y = self.conv("lpPWConv", model.lpPWConv, y)
                 x_lp = self.bn("lpBN", model.lpBN, y, axis=0)
+            self.stage = f"S{i}"
             for j, blk in enumerate(blocks):
                 b = f"blocks{i}.{j}"
                 if isinstance(blk, CBlock):
@@ -150,6 +156,7 @@ class _Tracer:
                     x = self.gsa(b, blk, x)
                 else:
                     raise SVFormerError(f"{b}: unsupported block type {type(blk).__name__}")
+        self.stage = "CH"
         if x_lp is not None:
             x = self.add("concat", ir.Concat(axis=0), [x_lp, x])
         x = self.neuron("lif_bf_head", model.lif_bf_head, x)

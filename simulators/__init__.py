@@ -3,22 +3,29 @@
 - :class:`Simulator` (``simulators.executor``): float (float32/float64) and integer fixed-point
   executors of an IR graph, one frame per time step, spikes as events;
 - ``simulators.counting``: what is counted and how (AC, MAC, mul/add, neuron updates, spikes,
-  memory words), ``COUNT_KEYS``;
+  memory words);
 - ``simulators.fixed``: the integer arithmetic of the fixed-point spec;
 - ``simulators.kernels``: event-driven and dense accumulation kernels;
-- ``simulators.record``: run records (``docs/run-record.md``);
+- ``simulators.record``: the run-record schema (``docs/run-record.md``), ``COUNT_KEYS``;
 - ``simulators.run``: :func:`simulate_file`, the library behind ``svformer-deploy simulate``.
 
 Full description: ``docs/simulator.md``.
 """
 
-from .counting import COUNT_KEYS, LayerInfo, layer_infos
-from .executor import MODES, SimResult, Simulator, simulate
-from .kernels import KernelPolicy
-from .record import build_record, write_records
-from .run import SimulationReport, simulate_file
+import importlib
+from typing import Any
 
-__all__ = [
-    "COUNT_KEYS", "LayerInfo", "layer_infos", "MODES", "SimResult", "Simulator", "simulate", "KernelPolicy",
-    "build_record", "write_records", "SimulationReport", "simulate_file",
-]
+# name -> submodule; imported on first use, so reading run records (``simulators.record``) does
+# not import torch and the executor.
+_EXPORTS = {
+    "COUNT_KEYS": "record", "LayerInfo": "counting", "layer_infos": "counting", "MODES": "executor",
+    "SimResult": "executor", "Simulator": "executor", "simulate": "executor", "KernelPolicy": "kernels",
+    "build_record": "record", "write_records": "record", "SimulationReport": "run", "simulate_file": "run",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

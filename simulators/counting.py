@@ -30,8 +30,6 @@ Definitions (``docs/simulator.md`` has the full text; ``docs/run-record.md`` the
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -40,8 +38,10 @@ import torch
 from svformer_deploy.export import ir
 from torch import Tensor
 
-COUNT_KEYS = ("ac", "mac", "mul", "add", "neuron_updates", "spikes_in", "spikes_out",
-              "weight_reads", "state_reads", "state_writes")
+from .record import COUNT_KEYS, firing_rate  # the run-record schema owns the count keys
+
+__all__ = ["COUNT_KEYS", "K", "WORK_OPS", "LayerCounter", "LayerInfo", "build_counters", "conv_fanout",
+           "conv_fanout_map", "firing_rate", "input_neurons", "layer_infos", "work_nodes"]
 K = {k: i for i, k in enumerate(COUNT_KEYS)}
 WORK_OPS = ("conv2d", "linear", "conv3d", "affine", "batchnorm", "neuron", "add", "spike_matmul_kv",
             "spike_matmul_q_kv")
@@ -68,22 +68,6 @@ def conv_fanout_map(in_hw: tuple[int, int], kernel: tuple[int, int], stride: tup
 # --------------------------------------------------------------------------------------------
 # layer metadata
 # --------------------------------------------------------------------------------------------
-def stage_of(name: str) -> str:
-    """PE<i>, S<i>, LP or CH from an IR node name (module path; fused names ``a+b`` use ``a``)."""
-    head = name.split("+")[0].split(".")[0]
-    m = re.fullmatch(r"patch_embed(\d+)", head)
-    if m:
-        return f"PE{m.group(1)}"
-    m = re.fullmatch(r"blocks(\d+)", head)
-    if m:
-        return f"S{m.group(1)}"
-    if head == "input":
-        return "PE1"
-    if head.startswith("lp"):
-        return "LP"
-    return "CH"
-
-
 def input_neurons(g: nx.DiGraph) -> dict[str, list[str]]:
     """For every node: the nearest upstream neuron layers feeding it through non-neuron ops (port order)."""
     nearest: dict[str, list[str]] = {}
@@ -109,7 +93,7 @@ class LayerInfo:
     """Static description of one counted layer (what the run record needs besides the counts)."""
 
     name: str
-    stage: str
+    stage: str  # the IR node's stage (PE<i>, S<i>, LP, CH)
     op: str
     input_kind: str
     input_neurons: list[str]
@@ -119,6 +103,7 @@ class LayerInfo:
     tau: float | None = None
     v_threshold: float | None = None
     word_bits: int = 32
+    origin: list[str] = field(default_factory=list)  # module paths the node implements (IR ``origin``)
     extra: dict = field(default_factory=dict)
 
 
@@ -132,8 +117,9 @@ def layer_infos(g: nx.DiGraph, mode: str = "float", dtype: torch.dtype = torch.f
         op = ir.op_of(g, n)
         cost = ir.node_cost(g, n)
         first = ir.inputs_of(g, n)[0]
-        info = LayerInfo(name=n, stage=stage_of(n), op=op.op, input_kind=ir.spec(g, first).kind,
-                         input_neurons=list(feeding[n]), dense_macs=int(cost["macs"]), params=int(cost["params"]))
+        info = LayerInfo(name=n, stage=ir.stage_of(g, n), op=op.op, input_kind=ir.spec(g, first).kind,
+                         input_neurons=list(feeding[n]), dense_macs=int(cost["macs"]), params=int(cost["params"]),
+                         origin=list(g.nodes[n]["origin"]))
         if mode == "integer":
             if op.op in ir.WEIGHTED:
                 info.word_bits = int(quant.get("weight_bits", 8))
@@ -279,8 +265,3 @@ class LayerCounter:
 def build_counters(g: nx.DiGraph) -> dict[str, LayerCounter]:
     """One :class:`LayerCounter` per work node of ``g``."""
     return {n: LayerCounter(g, n) for n in work_nodes(g)}
-
-
-def firing_rate(spikes: int, neurons: int, steps: int) -> float:
-    """spikes / (neurons x steps)."""
-    return spikes / (neurons * steps) if neurons and steps else math.nan

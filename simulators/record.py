@@ -1,32 +1,64 @@
-"""Run records (``docs/run-record.md``, ``svformer-deploy/run-record`` version 1): build and write them.
+"""Run records (``docs/run-record.md``): THE schema, with building, writing, reading and validation.
 
 One record per simulated clip view: the model (bundle hash, config, executor), the input, the
-prediction, the timing and, per work node of the executed graph, its exact counts over the clip
-and per time step (:mod:`simulators.counting`). Records are written atomically; a set of records
-(the views of one clip) appears completely or not at all.
+prediction, the timing and, per work node of the executed graph, its origin, stage and exact
+counts over the clip and per time step (:mod:`simulators.counting`). The simulator writes records
+with :func:`build_record` / :func:`write_records`; the energy report and the tests read them only
+through :func:`read_record` / :func:`validate_record` and build them with :func:`layer_record` /
+:func:`assemble_record`. Nothing else defines the format.
+
+Records are written atomically; a set of records (the views of one clip) appears completely or
+not at all, under names no other writer can take at the same time (``O_EXCL`` create).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
+import math
+import os
 import re
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from svformer_deploy.svformer.errors import SVFormerError
-from svformer_deploy.svformer.fileio import write_text_atomic
 
-from .counting import COUNT_KEYS, LayerInfo, firing_rate
-from .executor import SimResult, Simulator
+if TYPE_CHECKING:
+    from .counting import LayerInfo
+    from .executor import SimResult, Simulator
 
 FORMAT = "svformer-deploy/run-record"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 DEFAULT_RUNS_DIR = "runs"
+COUNT_KEYS = ("ac", "mac", "mul", "add", "neuron_updates", "spikes_in", "spikes_out",
+              "weight_reads", "state_reads", "state_writes")
+MEMORY_KEYS = ("weight_reads", "state_reads", "state_writes")
+TOTAL_KEYS = (*COUNT_KEYS, "spikes")  # ``totals``: every count key plus ``spikes`` (= spikes_out)
+STAGE_PATTERN = re.compile(r"PE[1-9][0-9]*|S[1-9][0-9]*|LP|CH")
+
+# limits of the reader (a record is untrusted input)
+MAX_RECORD_BYTES = 256 << 20  # bytes of one record file
+MAX_JSON_DEPTH = 64  # nesting of arrays/objects (real records nest 5 deep)
+MAX_COUNT = 2**63 - 1  # any count, size or MAC figure (int64, what the simulator counts in)
+MAX_TIME_STEPS = 4096
+MAX_LAYER_STEPS = 50_000_000  # layers x time steps held in memory after normalising
+
+
+class CorruptRecord(SVFormerError):
+    """A file that claims to be (or must be) a run record but cannot be used."""
+
+
+def firing_rate(spikes: int, neurons: int, steps: int) -> float:
+    """spikes / (neurons x steps) (a fraction; NaN without neurons or steps)."""
+    return spikes / (neurons * steps) if neurons and steps else math.nan
 
 
 def utc_now() -> str:
@@ -54,21 +86,62 @@ def top_k(logits: np.ndarray, class_names: Sequence[str], k: int = 5) -> list[li
     return [[names[i] if i < len(names) else f"class_{i}", float(logits[i])] for i in order]
 
 
+# ------------------------------------------------------------------------------------------
+# building
+# ------------------------------------------------------------------------------------------
+def layer_record(*, name: str, stage: str, op: str, origin: Sequence[str], input_kind: str,
+                 input_neurons: Sequence[str], dense_macs: int, params: int,
+                 per_step: Mapping[str, Sequence[int]], time_steps: int, neurons: int | None = None,
+                 tau: float | None = None, v_threshold: float | None = None, word_bits: int | None = 32,
+                 dense_bias_adds: int | None = None) -> dict[str, Any]:
+    """One LAYER object from per-step counts (``{key: [T ints]}``; absent keys are zero).
+
+    ``counts`` are the per-step sums. Keys that are zero over the clip are left out, except that a
+    neuron layer always carries ``spikes_out`` (a silent layer has ``[0] * T``).
+    """
+    steps = {k: [int(v) for v in per_step[k]] for k in COUNT_KEYS if k in per_step and any(per_step[k])}
+    if op == "neuron":
+        steps.setdefault("spikes_out", [0] * time_steps)
+    entry: dict[str, Any] = {
+        "name": name, "stage": stage, "op": op, "origin": list(origin), "input_kind": input_kind,
+        "input_neurons": list(input_neurons), "dense_macs": int(dense_macs), "params": int(params),
+    }
+    if dense_bias_adds is not None:
+        entry["dense_bias_adds"] = int(dense_bias_adds)
+    counts = {k: sum(v) for k, v in steps.items()}
+    entry.update(counts=counts, per_step=steps)
+    if op == "neuron":
+        if neurons is None:
+            raise ValueError(f"{name}: a neuron layer needs its neuron count")
+        entry.update(neurons=int(neurons), firing_rate=firing_rate(counts["spikes_out"], neurons, time_steps),
+                     tau=tau, v_threshold=v_threshold)
+    if word_bits is not None:
+        entry["word_bits"] = int(word_bits)
+    return entry
+
+
+def assemble_record(layers: Sequence[dict[str, Any]], *, time_steps: int, model: Mapping[str, Any],
+                    input: Mapping[str, Any], executor: str, prediction: Mapping[str, Any],
+                    timing: Mapping[str, Any], created: str | None = None, tool: Mapping[str, str] | None = None,
+                    **extra: Any) -> dict[str, Any]:
+    """A complete record around ``layers`` (from :func:`layer_record`); ``totals`` are derived."""
+    totals = {k: sum(layer["counts"].get(k, 0) for layer in layers) for k in COUNT_KEYS}
+    totals["spikes"] = totals["spikes_out"]
+    return {
+        "format": FORMAT, "version": VERSION, "created": created or utc_now(),
+        "tool": dict(tool) if tool is not None else tool_versions(),
+        "model": dict(model), "input": dict(input), "executor": executor, **extra, "time_steps": int(time_steps),
+        "prediction": dict(prediction), "timing": dict(timing), "layers": list(layers), "totals": totals,
+    }
+
+
 def layer_entry(info: LayerInfo, table: np.ndarray, time_steps: int) -> dict[str, Any]:
     """One LAYER object of the record from a layer's static info and its ``[keys, T]`` count table."""
-    counts = {k: int(table[i].sum()) for i, k in enumerate(COUNT_KEYS) if table[i].any()}
-    per_step = {k: [int(v) for v in table[i]] for i, k in enumerate(COUNT_KEYS) if table[i].any()}
-    entry: dict[str, Any] = {
-        "name": info.name, "stage": info.stage, "op": info.op, "input_kind": info.input_kind,
-        "input_neurons": list(info.input_neurons), "dense_macs": info.dense_macs, "params": info.params,
-        "counts": counts, "per_step": per_step,
-    }
-    if info.op == "neuron":
-        entry.update(neurons=info.neurons,
-                     firing_rate=firing_rate(counts.get("spikes_out", 0), info.neurons, time_steps),
-                     tau=info.tau, v_threshold=info.v_threshold)
-    entry["word_bits"] = info.word_bits
-    return entry
+    return layer_record(
+        name=info.name, stage=info.stage, op=info.op, origin=info.origin, input_kind=info.input_kind,
+        input_neurons=info.input_neurons, dense_macs=info.dense_macs, params=info.params,
+        per_step={k: table[i].tolist() for i, k in enumerate(COUNT_KEYS)}, time_steps=time_steps,
+        neurons=info.neurons, tau=info.tau, v_threshold=info.v_threshold, word_bits=info.word_bits)
 
 
 def build_record(sim: Simulator, result: SimResult, *, model: dict[str, Any], input: dict[str, Any],
@@ -83,32 +156,23 @@ def build_record(sim: Simulator, result: SimResult, *, model: dict[str, Any], in
     T = sim.time_steps
     quant = sim.graph.graph.get("quant") or {}
     layers = [layer_entry(info, result.counts[info.name], T) for info in sim.layers]
-    totals = {k: sum(layer["counts"].get(k, 0) for layer in layers) for k in COUNT_KEYS}
-    totals["spikes"] = totals["spikes_out"]
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "created": utc_now(),
-        "tool": tool_versions(),
-        "model": {
-            "class_names": list(class_names),
-            "quantized": sim.mode == "integer",
-            "weight_bits": int(quant["weight_bits"]) if sim.mode == "integer" and "weight_bits" in quant else None,
-            "passes": list(sim.graph.graph.get("passes", [])),
-            **model,
-        },
-        "input": input,
-        "executor": sim.mode,
-        "dtype": str(sim.dtype).replace("torch.", "") if sim.mode == "float" else "int64",
-        "kernel": sim.policy.mode,
-        "time_steps": T,
-        "prediction": {"logits": [float(v) for v in result.logits], "top5": top_k(result.logits, class_names)},
-        "timing": {"wall_s": result.wall_s, "per_step_s": list(result.step_seconds)},
-        "layers": layers,
-        "totals": totals,
+    model_doc = {
+        "class_names": list(class_names),
+        "quantized": sim.mode == "integer",
+        "weight_bits": int(quant["weight_bits"]) if sim.mode == "integer" and "weight_bits" in quant else None,
+        "passes": list(sim.graph.graph.get("passes", [])),
+        **model,
     }
+    return assemble_record(
+        layers, time_steps=T, model=model_doc, input=input, executor=sim.mode,
+        dtype=str(sim.dtype).replace("torch.", "") if sim.mode == "float" else "int64", kernel=sim.policy.mode,
+        prediction={"logits": [float(v) for v in result.logits], "top5": top_k(result.logits, class_names)},
+        timing={"wall_s": result.wall_s, "per_step_s": list(result.step_seconds)})
 
 
+# ------------------------------------------------------------------------------------------
+# writing
+# ------------------------------------------------------------------------------------------
 def dumps(record: dict[str, Any]) -> str:
     """The record as JSON text: indented, one line per layer (records of big models stay readable)."""
     head = {k: v for k, v in record.items() if k != "layers"}
@@ -127,16 +191,58 @@ def record_name(stem: str, view: int, created: str | None = None) -> str:
     return f"{stamp}_{_safe(stem)}_v{view}.json"
 
 
+def _claim(out: Path, name: str, text: bytes) -> Path:
+    """Write ``text`` to a temporary file, then hard-link it to the first free ``name`` / ``name-<n>``.
+
+    ``os.link`` fails with EEXIST when the name is taken, so two writers never get the same file
+    and a reader never sees a partial one (the fallback without hard links: ``O_EXCL`` create).
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        n = 0
+        while True:
+            path = out / (name if n == 0 else name.replace(".json", f"-{n}.json"))
+            try:
+                os.link(tmp, path)
+                return path
+            except FileExistsError:
+                n += 1
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                    raise
+                try:
+                    fd2 = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+                except FileExistsError:
+                    n += 1
+                    continue
+                try:
+                    with os.fdopen(fd2, "wb") as f:
+                        f.write(text)
+                except BaseException:
+                    path.unlink(missing_ok=True)
+                    raise
+                return path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 def write_records(records: Sequence[dict[str, Any]], out_dir: str | Path, stem: str) -> list[Path]:
     """Write the records of one clip's views into ``out_dir`` (created if needed), atomically, all or none.
 
     File names follow :func:`record_name`; an existing file is never overwritten (a ``-<n>`` suffix is
-    added). If any write fails, the records already written by this call are removed.
+    taken, atomically, so concurrent writers into one folder get distinct names). If any write
+    fails, the records already written by this call are removed.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise SVFormerError(f"{out}: exists and is not a folder (run records go into a folder)")
-    texts = [dumps(rec) for rec in records]  # serialisation errors surface before anything is written
+    texts = [dumps(rec).encode("utf-8") for rec in records]  # serialisation errors surface before any write
     created = [p for p in (out, *out.parents) if not p.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -146,12 +252,7 @@ def write_records(records: Sequence[dict[str, Any]], out_dir: str | Path, stem: 
     try:
         for rec, text in zip(records, texts, strict=True):
             name = record_name(stem, int(rec["input"].get("view", 0)), rec.get("created"))
-            path, n = out / name, 1
-            while path.exists() or path in written:
-                path = out / name.replace(".json", f"-{n}.json")
-                n += 1
-            write_text_atomic(path, text)
-            written.append(path)
+            written.append(_claim(out, name, text))
     except BaseException:
         for p in written:
             p.unlink(missing_ok=True)
@@ -160,3 +261,327 @@ def write_records(records: Sequence[dict[str, Any]], out_dir: str | Path, stem: 
                 d.rmdir()
         raise
     return written
+
+
+# ------------------------------------------------------------------------------------------
+# reading
+# ------------------------------------------------------------------------------------------
+@dataclass
+class RunRecord:
+    """One validated, normalised run record (one clip view) and the file it came from.
+
+    Normalised: every layer has ``origin`` and all :data:`COUNT_KEYS` in ``counts`` (zeros for
+    absent keys), and every neuron layer has ``per_step.spikes_out`` (zeros when it never fired).
+    """
+
+    path: Path
+    data: dict[str, Any]
+
+    @property
+    def layers(self) -> list[dict[str, Any]]:
+        return self.data["layers"]
+
+    @property
+    def model(self) -> dict[str, Any]:
+        return self.data["model"]
+
+    @property
+    def model_hash(self) -> str:
+        return self.data["model"]["hash"]
+
+    @property
+    def time_steps(self) -> int:
+        return int(self.data["time_steps"])
+
+    @property
+    def executor(self) -> str:
+        return str(self.data.get("executor", "float"))
+
+    @property
+    def input(self) -> dict[str, Any]:
+        return self.data.get("input") or {}
+
+    @property
+    def top1(self) -> str | None:
+        top5 = (self.data.get("prediction") or {}).get("top5") or []
+        return str(top5[0][0]) if top5 else None
+
+    @property
+    def label(self) -> str:
+        """The clip's class: ``input.label`` when present, else the predicted top-1 class."""
+        lab = self.input.get("label")
+        if isinstance(lab, str) and lab:
+            return lab
+        return self.top1 or "unknown"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+_BRACKETS = re.compile(rb"[\[\]{}]")
+
+
+def json_depth(raw: bytes) -> int:
+    """Deepest array/object nesting of the JSON text ``raw`` (strings skipped), without parsing it."""
+    depth = deepest = 0
+    for m in _BRACKETS.finditer(_STRINGS.sub(b"", raw)):
+        if m.group() in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def parse_record_json(raw: bytes, source: str | Path) -> Any:
+    """Parse record bytes with limits (size, nesting depth, no NaN/Infinity); :class:`CorruptRecord` else."""
+    def bad(msg: str) -> CorruptRecord:
+        return CorruptRecord(f"{source}: corrupt run record: {msg}")
+
+    if len(raw) > MAX_RECORD_BYTES:
+        raise bad(f"{len(raw)} bytes, more than the {MAX_RECORD_BYTES} a run record may have")
+    if json_depth(raw) > MAX_JSON_DEPTH:
+        raise bad(f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad("not UTF-8 text") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as e:
+        raise bad(f"invalid JSON ({e.msg} at line {e.lineno})") from None
+    except (ValueError, RecursionError) as e:  # NaN/Infinity, integers of > 4300 digits, nesting
+        raise bad(f"invalid JSON ({' '.join(str(e).split()) or type(e).__name__})") from None
+
+
+def load_record_json(path: str | Path) -> Any:
+    """The parsed JSON of a file that should be a run record (not yet validated)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_RECORD_BYTES:
+            raise CorruptRecord(f"{path}: corrupt run record: {size} bytes, more than the {MAX_RECORD_BYTES} "
+                                "a run record may have")
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SVFormerError(f"{path}: run record not found") from None
+    except IsADirectoryError:
+        raise SVFormerError(f"{path}: is a folder, not a run record file") from None
+    except OSError as e:
+        raise SVFormerError(f"{path}: cannot read run record ({e.strerror})") from None
+    return parse_record_json(raw, path)
+
+
+def is_record_json(data: Any) -> bool:
+    """True when ``data`` claims to be a run record (its ``format``), valid or not."""
+    return isinstance(data, dict) and data.get("format") == FORMAT
+
+
+def read_record(path: str | Path) -> RunRecord:
+    """Read, validate and normalise one run record file (errors name the file and the reason)."""
+    path = Path(path)
+    if path.is_dir():
+        raise SVFormerError(f"{path}: is a folder, not a run record file")
+    data = load_record_json(path)
+    return RunRecord(path=path, data=validate_record(data, path))
+
+
+# ------------------------------------------------------------------------------------------
+# validation
+# ------------------------------------------------------------------------------------------
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_count(v: Any) -> bool:
+    return _is_int(v) and 0 <= v <= MAX_COUNT
+
+
+def _is_num(v: Any) -> bool:
+    """A finite number that converts to float (an int of 10^400 does not)."""
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, int):
+        return abs(v) <= 10**300
+    return isinstance(v, float) and math.isfinite(v)
+
+
+def _opt(v: Any, check: Callable[[Any], bool]) -> bool:
+    return v is None or check(v)
+
+
+def _str_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _legacy_origin(name: str) -> list[str]:
+    """Version 1 records had no ``origin``: a fused layer was named ``a+b`` with ``b`` relative to
+    ``a``'s parent module (``blocks1.0.conv1+attn``). Derived once here, when a v1 record is read."""
+    parts = name.split("+")
+    prefix = parts[0].rsplit(".", 1)[0] + "." if "." in parts[0] else ""
+    return [parts[0]] + [p if "." in p or not prefix else prefix + p for p in parts[1:]]
+
+
+def validate_record(data: Any, source: str | Path) -> dict[str, Any]:
+    """Check ``data`` against the schema and return it normalised (see :class:`RunRecord`).
+
+    Raises :class:`CorruptRecord` naming ``source`` and the first problem found. Version 1
+    records are accepted: their layers get ``origin`` from their names (see :func:`_legacy_origin`).
+    """
+
+    def bad(msg: str) -> CorruptRecord:
+        return CorruptRecord(f"{source}: corrupt run record: {msg}")
+
+    if not isinstance(data, dict):
+        raise bad("the document is not a JSON object")
+    if data.get("format") != FORMAT:
+        raise bad(f"format is {_short(data.get('format'))}, expected {FORMAT!r}")
+    version = data.get("version")
+    if not _is_int(version) or version not in READABLE_VERSIONS:
+        raise bad(f"unsupported version {_short(version)} (this report reads versions "
+                  f"{', '.join(map(str, READABLE_VERSIONS))})")
+    model = data.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("hash"), str) or not model["hash"]:
+        raise bad("model.hash is missing")
+    for key, check in (("arch", lambda v: isinstance(v, str)), ("bundle", lambda v: isinstance(v, str)),
+                       ("quantized", lambda v: isinstance(v, bool)), ("passes", _str_list),
+                       ("weight_bits", lambda v: _is_int(v) and 1 <= v <= 64),
+                       ("config", lambda v: isinstance(v, dict)), ("class_names", _str_list)):
+        if not _opt(model.get(key), check):
+            raise bad(f"model.{key} has the wrong type ({type(model[key]).__name__})")
+    if not isinstance(data.get("executor", "float"), str):
+        raise bad("executor must be a string")
+    T = data.get("time_steps")
+    if not _is_int(T) or not 1 <= T <= MAX_TIME_STEPS:
+        raise bad(f"time_steps must be a positive integer (at most {MAX_TIME_STEPS}), got {_short(T)}")
+    inp = data.get("input")
+    if inp is not None:
+        if not isinstance(inp, dict):
+            raise bad("input must be an object")
+        for key, check in (("path", lambda v: isinstance(v, str)), ("sha256", lambda v: isinstance(v, str)),
+                           ("label", lambda v: isinstance(v, str)), ("kind", lambda v: isinstance(v, str)),
+                           ("view", lambda v: _is_count(v))):
+            if not _opt(inp.get(key), check):
+                raise bad(f"input.{key} has the wrong type ({type(inp[key]).__name__})")
+    pred = data.get("prediction")
+    if pred is not None:
+        top5 = pred.get("top5") if isinstance(pred, dict) else None
+        if not isinstance(top5, list) or not all(isinstance(e, list) and len(e) == 2 and isinstance(e[0], str)
+                                                 and _is_num(e[1]) for e in top5):
+            raise bad("prediction.top5 must be a list of [label, score] pairs")
+    layers = data.get("layers")
+    if not isinstance(layers, list) or not layers:
+        raise bad("layers is missing or empty")
+    if len(layers) * T > MAX_LAYER_STEPS:
+        raise bad(f"{len(layers)} layers x {T} time steps is more than this reader holds ({MAX_LAYER_STEPS})")
+    names: set[str] = set()
+    neurons: set[str] = set()
+    sums = dict.fromkeys(COUNT_KEYS, 0)
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, dict):
+            raise bad(f"layer {i} is not an object")
+        where = f"layer {i}" + (f" ({layer['name']})" if isinstance(layer.get("name"), str) else "")
+        for key in ("name", "stage", "op"):
+            if not isinstance(layer.get(key), str) or not layer[key]:
+                raise bad(f"{where}: {key} is missing")
+        if not STAGE_PATTERN.fullmatch(layer["stage"]):
+            raise bad(f"{where}: stage must be PE<i>, S<i>, LP or CH, got {_short(layer['stage'])}")
+        if layer["name"] in names:
+            raise bad(f"duplicate layer name {_short(layer['name'])}")
+        names.add(layer["name"])
+        if "origin" in layer:
+            if not _str_list(layer["origin"]) or not layer["origin"]:
+                raise bad(f"{where}: origin must be a non-empty list of module paths")
+        elif version >= 2:
+            raise bad(f"{where}: origin is missing")
+        if layer.get("input_kind", "real") not in ("spike", "real"):
+            raise bad(f"{where}: input_kind must be 'spike' or 'real', got {_short(layer.get('input_kind'))}")
+        inn = layer.get("input_neurons")
+        if not _str_list(inn):
+            raise bad(f"{where}: input_neurons must be a list of layer names")
+        for key in ("dense_macs", "params", "dense_bias_adds"):
+            if key in layer and not _is_count(layer[key]):
+                raise bad(f"{where}: {key} must be a non-negative integer below 2^63, got {_short(layer[key])}")
+        if "dense_macs" not in layer:
+            raise bad(f"{where}: dense_macs is missing")
+        if layer["op"] in ("spike_matmul_kv", "spike_matmul_q_kv") and layer["dense_macs"] > 0 and not inn:
+            raise bad(f"{where}: attention product without input_neurons")
+        counts = layer.get("counts", {})
+        if not isinstance(counts, dict):
+            raise bad(f"{where}: counts must be an object")
+        for key, v in counts.items():
+            if key not in COUNT_KEYS:
+                raise bad(f"{where}: unknown counter {_short(key)} (known: {', '.join(COUNT_KEYS)})")
+            if not _is_count(v):
+                raise bad(f"{where}: counts.{key} must be a non-negative integer below 2^63, got {_short(v)}")
+            sums[key] += v
+        per_step = layer.get("per_step", {})
+        if not isinstance(per_step, dict):
+            raise bad(f"{where}: per_step must be an object")
+        for key, seq in per_step.items():
+            if key not in COUNT_KEYS:
+                raise bad(f"{where}: unknown per_step counter {_short(key)}")
+            if not isinstance(seq, list) or len(seq) != T or not all(_is_count(v) for v in seq):
+                raise bad(f"{where}: per_step.{key} must be {T} non-negative integers")
+            if sum(seq) != counts.get(key, 0):
+                raise bad(f"{where}: per_step.{key} sums to {sum(seq)}, counts.{key} is {counts.get(key, 0)}")
+        if layer.get("word_bits") is not None and (not _is_int(layer["word_bits"])
+                                                   or not 1 <= layer["word_bits"] <= 64):
+            raise bad(f"{where}: word_bits must be an integer in 1..64")
+        if layer["op"] == "neuron":
+            _validate_neuron(layer, where, T, counts, bad)
+            neurons.add(layer["name"])
+    for layer in layers:
+        missing = [n for n in layer["input_neurons"] if n not in neurons]
+        if missing:
+            raise bad(f"layer {layer['name']}: input_neurons {_short(missing)} are not neuron layers of this record")
+    totals = data.get("totals")
+    if totals is not None:
+        if not isinstance(totals, dict):
+            raise bad("totals must be an object")
+        for key, v in totals.items():
+            if key in sums and v != sums[key]:
+                raise bad(f"totals.{key} is {_short(v)} but the layers sum to {sums[key]}")
+    _normalise(data, T)
+    return data
+
+
+def _validate_neuron(layer: dict, where: str, T: int, counts: dict, bad: Callable[[str], CorruptRecord]) -> None:
+    n = layer.get("neurons")
+    if not _is_count(n) or n < 1:
+        raise bad(f"{where}: neurons must be a positive integer below 2^63")
+    fr = layer.get("firing_rate")
+    if not _is_num(fr) or not 0.0 <= fr <= 1.0:
+        raise bad(f"{where}: firing_rate must be a number in [0, 1], got {_short(fr)}")
+    expected = counts.get("spikes_out", 0) / (n * T)
+    if abs(fr - expected) > 1e-9 + 1e-6 * expected:
+        raise bad(f"{where}: firing_rate {fr} does not match spikes_out / (neurons x T) = {expected:.6g}")
+    for key in ("tau", "v_threshold"):
+        if layer.get(key) is not None and not _is_num(layer[key]):
+            raise bad(f"{where}: {key} must be a finite number")
+    if layer.get("tau") is not None and layer["tau"] <= 0:
+        raise bad(f"{where}: tau must be > 0")
+
+
+def _normalise(data: dict[str, Any], T: int) -> None:
+    """Fill what the schema lets a writer leave out: zero counts, a silent layer's spikes, v1 origins."""
+    for layer in data["layers"]:
+        layer.setdefault("origin", _legacy_origin(layer["name"]))
+        layer.setdefault("input_kind", "real")
+        counts = layer.setdefault("counts", {})
+        for key in COUNT_KEYS:
+            counts.setdefault(key, 0)
+        per_step = layer.setdefault("per_step", {})
+        if layer["op"] == "neuron":
+            per_step.setdefault("spikes_out", [0] * T)
+
+
+def _short(v: Any, limit: int = 60) -> str:
+    """``repr(v)`` cut to ``limit`` characters (error messages quote untrusted values)."""
+    try:
+        text = repr(v)
+    except ValueError:  # an int too long to print
+        text = f"<{type(v).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "..."

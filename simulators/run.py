@@ -24,9 +24,8 @@ from svformer_deploy.export.bundle import Bundle, find_latest_bundle, load_bundl
 from svformer_deploy.svformer.data.datasets import InputSpec
 from svformer_deploy.svformer.errors import SVFormerError
 
-from .counting import COUNT_KEYS, firing_rate
 from .executor import SimResult, Simulator
-from .record import DEFAULT_RUNS_DIR, build_record, sha256_file, top_k, write_records
+from .record import COUNT_KEYS, DEFAULT_RUNS_DIR, build_record, firing_rate, sha256_file, top_k, write_records
 
 EXECUTORS = ("float", "integer")
 

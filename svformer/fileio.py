@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -80,4 +81,75 @@ def atomic_directory(path: str | os.PathLike, force: bool = False) -> Iterator[P
             os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+class StagedOutputs:
+    """Files staged beside their final paths by :func:`staged_outputs`, moved into place together."""
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[Path, Path]] = []  # (temporary file, final path)
+        self._made_dirs: list[Path] = []
+
+    def text(self, path: str | os.PathLike, text: str) -> Path:
+        """Stage ``text`` (UTF-8) for ``path``; parent folders are created (and removed again on failure)."""
+        return self.data(path, text.encode("utf-8"))
+
+    def data(self, path: str | os.PathLike, data: bytes) -> Path:
+        """Stage ``data`` for ``path``; nothing appears at ``path`` before the whole set commits."""
+        path = Path(path)
+        missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._made_dirs += missing  # innermost first
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(path))
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        self._staged.append((Path(tmp), path))
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())
+        return path
+
+    def _commit(self) -> None:
+        done: list[tuple[Path, Path | None]] = []  # (final path, backup of what it replaced)
+        try:
+            for tmp, path in self._staged:
+                backup = None
+                if path.exists():
+                    backup = path.with_name(f".{path.name}.{os.getpid()}.bak")
+                    os.link(path, backup)
+                os.replace(tmp, path)
+                done.append((path, backup))
+        except BaseException:
+            for path, backup in reversed(done):  # undo: the old files come back, new ones go
+                if backup is not None:
+                    os.replace(backup, path)
+                else:
+                    path.unlink(missing_ok=True)
+            raise
+        for _, backup in done:
+            if backup is not None:
+                backup.unlink(missing_ok=True)
+
+    def _discard(self) -> None:
+        for tmp, _ in self._staged:
+            tmp.unlink(missing_ok=True)
+        for d in self._made_dirs:
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
+@contextlib.contextmanager
+def staged_outputs() -> Iterator[StagedOutputs]:
+    """Write several output files all or nothing: stage each inside the block, rename all at its end.
+
+    If the block (or any staging) raises, nothing is left at the final paths, and folders made for
+    them are removed; otherwise every file appears (an existing file is replaced).
+    """
+    staged = StagedOutputs()
+    try:
+        yield staged
+        staged._commit()
+    except BaseException:
+        staged._discard()
         raise

@@ -11,18 +11,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from svformer_deploy.simulators import record as schema
 from svformer_deploy.svformer.complexity import layer_costs
 from svformer_deploy.svformer.variants import variant_config
 
 HASH_A = "a" * 64
 HASH_B = "b" * 64
-COUNT_KEYS = ("ac", "mac", "mul", "add", "neuron_updates", "spikes_in", "spikes_out",
-              "weight_reads", "state_reads", "state_writes")
 
 
 def _split(total: int, T: int) -> list[int]:
@@ -34,68 +32,50 @@ def make_layer(name: str, stage: str, op: str, T: int, *, input_kind: str = "spi
                input_neurons: tuple[str, ...] = (), dense_macs: int = 0, params: int = 0,
                neurons: int | None = None, tau: float | None = None, v_threshold: float = 1.0,
                word_bits: int | None = 32, dense_bias_adds: int | None = None,
-               spikes_per_step: list[int] | None = None, **counts: int) -> dict[str, Any]:
-    """One record layer. For neuron layers give ``neurons`` and ``spikes_per_step`` (or ``spikes_out``)."""
-    layer: dict[str, Any] = {"name": name, "stage": stage, "op": op, "input_kind": input_kind,
-                             "input_neurons": list(input_neurons), "dense_macs": dense_macs, "params": params}
-    if dense_bias_adds is not None:
-        layer["dense_bias_adds"] = dense_bias_adds
-    c = {k: int(v) for k, v in counts.items() if v}
-    per_step = {k: _split(v, T) for k, v in c.items()}
+               spikes_per_step: list[int] | None = None, origin: list[str] | None = None,
+               **counts: int) -> dict[str, Any]:
+    """One record layer (through :func:`simulators.record.layer_record`); counts are spread evenly over the T steps.
+
+    For neuron layers give ``neurons`` and ``spikes_per_step`` (or ``spikes_out``); their neuron
+    updates default to ``neurons x T``.
+    """
+    per_step = {k: _split(int(v), T) for k, v in counts.items()}
     if op == "neuron":
         assert neurons is not None
-        if spikes_per_step is None:
-            spikes_per_step = _split(c.get("spikes_out", 0), T)
-        c["spikes_out"] = sum(spikes_per_step)
-        c.setdefault("neuron_updates", neurons * T)
-        per_step["spikes_out"] = list(spikes_per_step)
-        per_step["neuron_updates"] = _split(c["neuron_updates"], T)
-        layer.update(neurons=neurons, firing_rate=c["spikes_out"] / (neurons * T), tau=tau if tau else 2.0,
-                     v_threshold=v_threshold)
-    c = {k: v for k, v in c.items() if v}
-    per_step = {k: v for k, v in per_step.items() if k in c}
-    layer["counts"] = c
-    layer["per_step"] = per_step
-    if word_bits is not None:
-        layer["word_bits"] = word_bits
-    return layer
+        per_step["spikes_out"] = list(spikes_per_step) if spikes_per_step is not None else per_step.get(
+            "spikes_out", [0] * T)
+        per_step.setdefault("neuron_updates", [neurons] * T)
+    return schema.layer_record(
+        name=name, stage=stage, op=op, origin=origin or [name], input_kind=input_kind,
+        input_neurons=input_neurons, dense_macs=dense_macs, params=params, per_step=per_step, time_steps=T,
+        neurons=neurons, tau=(tau if tau else 2.0) if op == "neuron" else None,
+        v_threshold=v_threshold if op == "neuron" else None, word_bits=word_bits, dense_bias_adds=dense_bias_adds)
 
 
 def make_record(layers: list[dict[str, Any]], *, T: int, model_hash: str = HASH_A, top1: str = "walk",
                 label: str | None = None, input_path: str = "/clips/clip.mp4", view: int = 0,
                 config: dict | None = None, arch: str = "hand", executor: str = "float",
                 class_names: list[str] | None = None) -> dict[str, Any]:
-    """A complete, valid run record holding ``layers`` (totals derived from them)."""
-    totals = {k: sum(layer["counts"].get(k, 0) for layer in layers) for k in
-              ("ac", "mac", "mul", "add", "neuron_updates", "spikes_out", "weight_reads", "state_reads",
-               "state_writes")}
-    totals["spikes"] = totals.pop("spikes_out")
-    rec: dict[str, Any] = {
-        "format": "svformer-deploy/run-record",
-        "version": 1,
-        "created": "2026-11-24T12:00:00Z",
-        "tool": {"svformer_deploy": "0.1.0", "torch": "2.13.0+cpu", "spikingjelly": "2.0.0"},
-        "model": {"hash": model_hash, "bundle": "/models/m.svfd", "arch": arch, "config": config or {},
-                  "class_names": class_names or ["walk", "run", "jump"], "quantized": False, "weight_bits": None,
-                  "passes": ["fold_bn"]},
-        "input": {"kind": "video", "path": input_path, "sha256": f"sha-{input_path}", "view": view,
-                  "views": [1, 1], "frame_indices": list(range(T))},
-        "executor": executor,
-        "time_steps": T,
-        "prediction": {"logits": [2.0, 1.0, 0.5], "top5": [[top1, 2.0], ["other", 1.0]]},
-        "timing": {"wall_s": 0.1, "per_step_s": [0.1 / T] * T},
-        "layers": layers,
-        "totals": totals,
-    }
+    """A complete, valid run record holding ``layers`` (through :func:`simulators.record.assemble_record`)."""
+    inp: dict[str, Any] = {"kind": "video", "path": input_path, "sha256": f"sha-{input_path}", "view": view,
+                           "views": [1, 1], "frame_indices": list(range(T))}
     if label is not None:
-        rec["input"]["label"] = label
-    return rec
+        inp["label"] = label
+    return schema.assemble_record(
+        layers, time_steps=T, executor=executor, input=inp, created="2026-11-24T12:00:00Z",
+        tool={"svformer_deploy": "0.1.0", "torch": "2.13.0+cpu", "spikingjelly": "2.0.0"},
+        model={"hash": model_hash, "bundle": "/models/m.svfd", "arch": arch, "config": config or {},
+               "class_names": class_names or ["walk", "run", "jump"], "quantized": False, "weight_bits": None,
+               "passes": ["fold_bn"]},
+        prediction={"logits": [2.0, 1.0, 0.5], "top5": [[top1, 2.0], ["other", 1.0]]},
+        timing={"wall_s": 0.1, "per_step_s": [0.1 / T] * T})
 
 
 def write_record(directory: str | Path, name: str, record: dict[str, Any]) -> Path:
+    """``record`` as ``directory/name`` (text of :func:`simulators.record.dumps`; the name is given, not generated)."""
     path = Path(directory) / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=1))
+    path.write_text(schema.dumps(record))
     return path
 
 

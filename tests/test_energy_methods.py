@@ -131,21 +131,41 @@ def test_pe1_of_svformer_base_costs_the_papers_0700_g_flops():
     assert pe1["dense_macs"] == 693_633_024 and pe1["mac"] == 693_633_024
 
 
-def test_fused_layer_takes_the_bias_of_its_last_part_and_is_reconciled_as_fused():
+def _fused_record(version: int) -> dict:
     data = synthetic_record("base", seed=4, img_size=64, time_steps=2, dims=(16, 32, 64, 64), head_dim=16)
     names = [layer["name"] for layer in data["layers"]]
     i = names.index("blocks1.0.conv1")
     conv1, dw, conv2 = data["layers"][i:i + 3]
-    fused = dict(conv2, name="blocks1.0.conv1+attn+conv2", input_kind="spike",
-                 dense_macs=conv1["dense_macs"] * 25, counts={"ac": 1000}, per_step={})
+    # the name is only a label: the record says what the layer implements in ``origin``
+    fused = dict(conv2, name="fused_conv", input_kind="spike", dense_macs=conv1["dense_macs"] * 25,
+                 origin=["blocks1.0.conv1", "blocks1.0.attn", "blocks1.0.conv2", "blocks1.0.norm2"],
+                 counts={"ac": 1000}, per_step={})
+    if version == 1:  # version 1 records had no origin: a fused layer was named a+b
+        fused.pop("origin")
+        fused["name"] = "blocks1.0.conv1+attn+conv2"
     data["layers"][i:i + 3] = [fused]
     data["model"]["passes"] = ["fold_bn", "fuse_linear"]
+    data["version"] = version
     data.pop("totals")
+    return data
+
+
+@pytest.mark.parametrize("version", [2, 1])
+def test_fused_layer_takes_the_bias_of_its_last_part_and_is_reconciled_as_fused(version):
+    data = _fused_record(version)
     report = aggregate([_rec(data)], FP32)
-    row = next(layer for layer in report["layers"] if layer["name"] == fused["name"])
+    row = next(layer for layer in report["layers"] if layer["name"] in ("fused_conv", "blocks1.0.conv1+attn+conv2"))
     c, s, T = 16, 16, 2
     assert row["paper_flops"] == row["dense_macs"] + T * c * s * s
     assert row["reason"] == "fused_cascade"
+
+
+def test_a_layer_implementing_one_dense_layer_and_its_folded_bn_is_not_a_fused_cascade():
+    data = synthetic_record("base", seed=4, img_size=64, time_steps=2, dims=(16, 32, 64, 64), head_dim=16)
+    layer = next(x for x in data["layers"] if x["name"] == "patch_embed2.proj")
+    layer["origin"] = ["patch_embed2.proj", "patch_embed2.norm"]
+    row = next(x for x in aggregate([_rec(data)], FP32)["layers"] if x["name"] == "patch_embed2.proj")
+    assert row["reason"] == "spike_input"
 
 
 def test_paper_rate_of_an_op_fed_by_several_neuron_layers_is_their_pooled_rate():

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from svformer_deploy.export import ir
 from svformer_deploy.export.pipeline import run_pipeline
-from svformer_deploy.simulators.counting import COUNT_KEYS, K, LayerCounter, conv_fanout, input_neurons, stage_of
+from svformer_deploy.simulators.counting import COUNT_KEYS, K, LayerCounter, conv_fanout, input_neurons, layer_infos
 from svformer_deploy.simulators.executor import Simulator
 from svformer_deploy.simulators.kernels import (
     Conv2dKernel,
@@ -286,5 +286,9 @@ def test_layers_know_their_stage_and_feeding_neurons():
     assert feed["blocks3.0.attn.kv"] == ["blocks3.0.attn.k_lif", "blocks3.0.attn.v_lif"]
     assert feed["blocks3.0.attn.qkv_out"][0] == "blocks3.0.attn.q_lif"
     assert feed["blocks1.0.attn"] == ["blocks1.0.act1"]  # through conv1 (no neuron between)
-    assert [stage_of(n) for n in ("patch_embed2.proj", "blocks3.1.mlp.fc1", "lpDWConv", "lif_bf_head", "head",
-                                  "blocks1.0.conv1+attn+conv2")] == ["PE2", "S3", "LP", "CH", "CH", "S1"]
+    fused = run_pipeline(model, fuse=True).graph  # the stage comes from the IR node, fused nodes keep it
+    stages = {i.name: i.stage for g_ in (g, fused) for i in layer_infos(g_)}
+    assert [stages[n] for n in ("patch_embed1.proj", "patch_embed2.proj", "blocks3.1.mlp.fc1", "lplif", "lif_bf_head",
+                                "head", "blocks1.0.conv1+attn+conv2")] == ["PE1", "PE2", "S3", "LP", "CH", "CH", "S1"]
+    origins = {i.name: i.origin for i in layer_infos(fused)}
+    assert origins["blocks1.0.conv1+attn+conv2"][:3] == ["blocks1.0.conv1", "blocks1.0.attn", "blocks1.0.conv2"]

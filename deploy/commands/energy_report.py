@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 
@@ -40,7 +41,8 @@ def energy_report(records, cost_model, as_json, csv_path, md_path, html_dir, no_
     ANN counterpart and a per-layer reconciliation of exact vs paper.
     """
     from svformer_deploy.deploy.energy.records import report_from_paths
-    from svformer_deploy.deploy.energy.report import render_terminal, write_csv, write_markdown
+    from svformer_deploy.deploy.energy.report import render_csv, render_markdown, render_terminal
+    from svformer_deploy.svformer.fileio import staged_outputs
 
     if videos_dir is not None or model_dir is not None:
         if videos_dir is None or model_dir is None:
@@ -52,15 +54,25 @@ def energy_report(records, cost_model, as_json, csv_path, md_path, html_dir, no_
     if report["skipped"]:
         click.echo(f"warning: skipped {len(report['skipped'])} corrupt run record(s): "
                    + "; ".join(s["reason"] for s in report["skipped"][:3]), err=True)
-    written = []
+    outputs = []  # (what, path, text): rendered first, then written all or nothing
     if csv_path:
-        written.append(("CSV", write_csv(report, csv_path)))
+        outputs.append(("CSV", csv_path, render_csv(report)))
     if md_path:
-        written.append(("Markdown", write_markdown(report, md_path)))
+        outputs.append(("Markdown", md_path, render_markdown(report)))
     if html_dir:
-        from svformer_deploy.deploy.energy.html import write_html
+        from svformer_deploy.deploy.energy.html import INDEX, render_html
 
-        written.append(("HTML", write_html(report, html_dir)))
+        outputs.append(("HTML", html_dir / INDEX, render_html(report)))
+    try:
+        with staged_outputs() as stage:
+            written = [(what, stage.text(path, text)) for what, path, text in outputs]
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise
+        from svformer_deploy.svformer.errors import SVFormerError
+
+        raise SVFormerError(f"{e.filename or 'report'}: cannot write the report ({e.strerror or e}); "
+                            "no report file was written") from None
     if as_json:
         emit_json(report)
     else:

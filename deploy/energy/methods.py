@@ -27,14 +27,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from svformer_deploy.simulators.record import RunRecord
 from svformer_deploy.svformer.errors import SVFormerError
 
 from .cost_models import CostModel
-
-if TYPE_CHECKING:
-    from .records import RunRecord
 
 PJ_PER_MJ = 1e9
 METHODS = ("exact", "paper_eq13", "memory_aware")
@@ -143,7 +141,8 @@ def _paper_rate(layer: Mapping[str, Any], rates: Mapping[str, float], sizes: Map
     return sum(rates[n] * sizes[n] for n in feeding) / total
 
 
-def _reason(layer: Mapping[str, Any], counts: Mapping[str, int]) -> str:
+def _reason(layer: Mapping[str, Any], counts: Mapping[str, int], weighted_parts: int) -> str:
+    """Why exact and paper_eq13 differ on ``layer``; ``weighted_parts``: dense layers of the model in its origin."""
     op, dense = layer["op"], layer["dense_macs"]
     if op == "neuron":
         return "neuron_updates"
@@ -154,7 +153,7 @@ def _reason(layer: Mapping[str, Any], counts: Mapping[str, int]) -> str:
             return "attention"
         if layer["input_kind"] == "real":
             return "unfused_cascade"
-        return "fused_cascade" if "+" in layer["name"] else "spike_input"
+        return "fused_cascade" if weighted_parts > 1 else "spike_input"
     if op == "add":
         return "membrane_shortcut"
     if op in _BN_OPS:
@@ -164,55 +163,56 @@ def _reason(layer: Mapping[str, Any], counts: Mapping[str, int]) -> str:
     return "no_work"
 
 
-def bias_adds_by_layer(record: RunRecord) -> tuple[dict[str, int], str]:
-    """Bias additions per layer (ops per clip) for the paper's FLOP^l, and where they came from.
+def bias_adds_by_layer(record: RunRecord) -> tuple[dict[str, int], dict[str, int], str]:
+    """Bias additions per layer (ops per clip) for the paper's FLOP^l, the number of the model's dense
+    layers each record layer implements, and where the bias counts came from.
 
     A layer's optional ``dense_bias_adds`` field wins; otherwise the first-principles counts of
-    ``svformer.complexity`` for the record's model config, matched by layer name (a fused layer
-    ``a+b`` takes the bias of its last part, since the fused op has one bias). Without either, 0.
+    ``svformer.complexity`` for the record's model config, matched through the layer's ``origin``
+    (a fused layer takes the bias of its last dense part, since the fused op has one bias). Without
+    either, 0. The part counts come from the same match (1 per layer without a usable config).
     """
     layers = record.layers
     explicit = {layer["name"]: int(layer["dense_bias_adds"]) for layer in layers if "dense_bias_adds" in layer}
-    reference: dict[str, int] = {}
     source = "record" if explicit else "none"
-    config = record.model.get("config")
-    if isinstance(config, dict) and config:
-        from svformer_deploy.svformer.complexity import layer_costs
-        from svformer_deploy.svformer.config import SVFormerConfig
-
-        try:
-            reference = {c.name: c.bias_adds for c in layer_costs(SVFormerConfig.from_dict(config))}
-        except (SVFormerError, TypeError, ValueError, KeyError, ZeroDivisionError):
-            reference = {}  # a config this version cannot rebuild: no reference bias counts
+    reference = _reference_bias(record.model.get("config"), len(layers))
     out: dict[str, int] = {}
+    parts_of: dict[str, int] = {}
     used_reference = False
     for layer in layers:
         name = layer["name"]
+        parts = [o for o in layer["origin"] if o in reference]
+        parts_of[name] = max(1, len(parts))
         if name in explicit:
             out[name] = explicit[name]
-        elif layer["dense_macs"] > 0 and reference:
-            ref = _reference_name(name, reference)
-            out[name] = reference.get(ref, 0) if ref else 0
-            used_reference = used_reference or ref is not None
+        elif layer["dense_macs"] > 0 and parts:
+            out[name] = reference[parts[-1]]
+            used_reference = True
         else:
             out[name] = 0
     if used_reference:
         source = "record + svformer.complexity" if explicit else "svformer.complexity (model config)"
-    return out, source
+    return out, parts_of, source
 
 
-def _reference_name(name: str, reference: Mapping[str, int]) -> str | None:
-    if name in reference:
-        return name
-    parts = name.split("+")
-    if len(parts) == 1:
-        return None
-    last = parts[-1]
-    prefix = parts[0].rsplit(".", 1)[0] + "." if "." in parts[0] else ""
-    for cand in (last, prefix + last):
-        if cand in reference:
-            return cand
-    return None
+def _reference_bias(config: Any, n_layers: int) -> dict[str, int]:
+    """Bias adds per dense layer (by module path) of the model ``config``; {} when it cannot be rebuilt.
+
+    A config with more blocks than the record has layers cannot be the record's model (and would
+    make the reference arbitrarily expensive to build), so it is ignored.
+    """
+    if not isinstance(config, dict) or not config:
+        return {}
+    from svformer_deploy.svformer.complexity import layer_costs
+    from svformer_deploy.svformer.config import SVFormerConfig
+
+    try:
+        cfg = SVFormerConfig.from_dict(config)
+        if sum(cfg.depths) + cfg.num_stages > n_layers:
+            return {}
+        return {c.name: c.bias_adds for c in layer_costs(cfg)}
+    except (SVFormerError, TypeError, ValueError, KeyError, ZeroDivisionError, OverflowError):
+        return {}  # a config this version cannot rebuild: no reference bias counts
 
 
 def word_bits_of(layer: Mapping[str, Any], model: Mapping[str, Any]) -> int:
@@ -230,10 +230,10 @@ def evaluate_record(record: RunRecord, cost: CostModel) -> ClipEnergy:
     neuron_layers = {layer["name"]: layer for layer in layers if layer["op"] == "neuron"}
     rates = {n: float(layer["firing_rate"]) for n, layer in neuron_layers.items()}
     sizes = {n: int(layer["neurons"]) for n, layer in neuron_layers.items()}
-    bias, bias_source = bias_adds_by_layer(record)
+    bias, parts_of, bias_source = bias_adds_by_layer(record)
     out: list[LayerEnergy] = []
     for layer in layers:
-        counts = {k: int(v) for k, v in layer.get("counts", {}).items()}
+        counts = {k: int(v) for k, v in layer["counts"].items()}
         dense = int(layer["dense_macs"])
         exact = {
             "ac": cost.e_ac_pj * counts.get("ac", 0),
@@ -257,12 +257,13 @@ def evaluate_record(record: RunRecord, cost: CostModel) -> ClipEnergy:
                 sop = rate * flops
             else:
                 first_mac = flops
-        per_step = layer.get("per_step", {}).get("spikes_out")
+        per_step = layer["per_step"].get("spikes_out")
         out.append(LayerEnergy(
             name=layer["name"], stage=layer["stage"], op=layer["op"], input_kind=layer.get("input_kind", "real"),
             input_neurons=list(layer["input_neurons"]), counts=counts, dense_macs=dense, paper_flops=flops,
             paper_rate=rate, paper_sop=sop, paper_mac=first_mac, exact_pj=exact, memory_pj=memory,
-            paper_pj=cost.e_ac_pj * sop + cost.e_mac_pj * first_mac, reason=_reason(layer, counts), word_bits=bits,
+            paper_pj=cost.e_ac_pj * sop + cost.e_mac_pj * first_mac,
+            reason=_reason(layer, counts, parts_of[layer["name"]]), word_bits=bits,
             firing_rate=rates.get(layer["name"]), neurons=sizes.get(layer["name"]),
             tau=_opt_float(layer.get("tau")), v_threshold=_opt_float(layer.get("v_threshold")),
             per_step_spikes=[int(v) for v in per_step] if per_step is not None and layer["op"] == "neuron" else None,

@@ -1,8 +1,9 @@
 """Run records: finding, reading, validating and aggregating them into one energy report.
 
-A run record (``docs/run-record.md``, ``svformer-deploy/run-record`` version 1) is the only input of
-the energy report. :func:`collect_records` finds them (files, folders, or the newest one under
-``./runs``), :func:`read_record` validates one, and :func:`aggregate` turns a list of records of
+A run record (``docs/run-record.md``; the schema, reader and validation live in
+:mod:`simulators.record`) is the only input of the energy report. :func:`collect_records` finds
+them (files, folders, or the newest one under ``./runs``), :func:`read_record` reads and validates
+one, and :func:`aggregate` turns a list of records of
 one model into the report dictionary (mean and spread per clip, per class and per layer) that
 every output format renders. Feed :func:`aggregate` records from anywhere (files, or a batch of
 simulations run in worker processes).
@@ -16,234 +17,33 @@ is named, is an error.
 
 from __future__ import annotations
 
-import json
-import math
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from svformer_deploy.simulators.record import (
+    COUNT_KEYS,
+    DEFAULT_RUNS_DIR,
+    FORMAT,
+    MEMORY_KEYS,
+    VERSION,
+    CorruptRecord,
+    RunRecord,
+    is_record_json,
+    load_record_json,
+    read_record,
+    validate_record,
+)
 from svformer_deploy.svformer.errors import SVFormerError
 
 from .cost_models import CostModel
 from .methods import EXACT_TERMS, METHOD_LABELS, METHODS, PJ_PER_MJ, REASONS, ClipEnergy, evaluate_record
 
-FORMAT = "svformer-deploy/run-record"
-VERSION = 1
 REPORT_FORMAT = "svformer-deploy/energy-report"
-COUNT_KEYS = ("ac", "mac", "mul", "add", "neuron_updates", "spikes_in", "spikes_out",
-              "weight_reads", "state_reads", "state_writes")
-MEMORY_KEYS = ("weight_reads", "state_reads", "state_writes")
-DEFAULT_RUNS_DIR = "runs"
-
-
-class CorruptRecord(SVFormerError):
-    """A file that claims to be (or must be) a run record but cannot be used."""
-
-
-@dataclass
-class RunRecord:
-    """One validated run record (one clip view) and the file it came from."""
-
-    path: Path
-    data: dict[str, Any]
-
-    @classmethod
-    def from_data(cls, data: Any, path: str | Path) -> RunRecord:
-        """A record held in memory (e.g. returned by a simulation worker), validated; ``path`` names it in errors."""
-        validate_record(data, path)
-        return cls(path=Path(path), data=data)
-
-    @property
-    def layers(self) -> list[dict[str, Any]]:
-        return self.data["layers"]
-
-    @property
-    def model(self) -> dict[str, Any]:
-        return self.data["model"]
-
-    @property
-    def model_hash(self) -> str:
-        return self.data["model"]["hash"]
-
-    @property
-    def time_steps(self) -> int:
-        return int(self.data["time_steps"])
-
-    @property
-    def executor(self) -> str:
-        return str(self.data.get("executor", "float"))
-
-    @property
-    def input(self) -> dict[str, Any]:
-        return self.data.get("input") or {}
-
-    @property
-    def top1(self) -> str | None:
-        top5 = (self.data.get("prediction") or {}).get("top5") or []
-        return str(top5[0][0]) if top5 else None
-
-    @property
-    def label(self) -> str:
-        """The clip's class: ``input.label`` when present, else the predicted top-1 class."""
-        lab = self.input.get("label")
-        if isinstance(lab, str) and lab:
-            return lab
-        return self.top1 or "unknown"
-
-
-# ------------------------------------------------------------------------------------------
-# validation
-# ------------------------------------------------------------------------------------------
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def validate_record(data: Any, source: str | Path) -> None:
-    """Raise :class:`CorruptRecord` naming ``source`` and the first problem found, else return."""
-
-    def bad(msg: str) -> CorruptRecord:
-        return CorruptRecord(f"{source}: corrupt run record: {msg}")
-
-    if not isinstance(data, dict):
-        raise bad("the document is not a JSON object")
-    if data.get("format") != FORMAT:
-        raise bad(f"format is {data.get('format')!r}, expected {FORMAT!r}")
-    if data.get("version") != VERSION:
-        raise bad(f"unsupported version {data.get('version')!r} (this report reads version {VERSION})")
-    model = data.get("model")
-    if not isinstance(model, dict) or not isinstance(model.get("hash"), str) or not model["hash"]:
-        raise bad("model.hash is missing")
-    T = data.get("time_steps")
-    if not _is_int(T) or T < 1:
-        raise bad(f"time_steps must be a positive integer, got {T!r}")
-    if "input" in data and not isinstance(data["input"], dict):
-        raise bad("input must be an object")
-    pred = data.get("prediction")
-    if pred is not None:
-        top5 = pred.get("top5") if isinstance(pred, dict) else None
-        if not isinstance(top5, list) or not all(isinstance(e, list) and len(e) == 2 and isinstance(e[0], str)
-                                                 for e in top5):
-            raise bad("prediction.top5 must be a list of [label, score] pairs")
-    layers = data.get("layers")
-    if not isinstance(layers, list) or not layers:
-        raise bad("layers is missing or empty")
-    names: set[str] = set()
-    neurons: set[str] = set()
-    sums = dict.fromkeys(COUNT_KEYS, 0)
-    for i, layer in enumerate(layers):
-        where = f"layer {i}" + (f" ({layer.get('name')})" if isinstance(layer, dict) and layer.get("name") else "")
-        if not isinstance(layer, dict):
-            raise bad(f"{where} is not an object")
-        for key in ("name", "stage", "op"):
-            if not isinstance(layer.get(key), str) or not layer[key]:
-                raise bad(f"{where}: {key} is missing")
-        if layer["name"] in names:
-            raise bad(f"duplicate layer name {layer['name']!r}")
-        names.add(layer["name"])
-        if layer.get("input_kind", "real") not in ("spike", "real"):
-            raise bad(f"{where}: input_kind must be 'spike' or 'real', got {layer.get('input_kind')!r}")
-        inn = layer.get("input_neurons")
-        if not isinstance(inn, list) or not all(isinstance(n, str) for n in inn):
-            raise bad(f"{where}: input_neurons must be a list of layer names")
-        for key in ("dense_macs", "params", "dense_bias_adds"):
-            if key in layer and (not _is_int(layer[key]) or layer[key] < 0):
-                raise bad(f"{where}: {key} must be a non-negative integer, got {layer[key]!r}")
-        if "dense_macs" not in layer:
-            raise bad(f"{where}: dense_macs is missing")
-        if layer["op"] in ("spike_matmul_kv", "spike_matmul_q_kv") and layer["dense_macs"] > 0 and not inn:
-            raise bad(f"{where}: attention product without input_neurons")
-        counts = layer.get("counts", {})
-        if not isinstance(counts, dict):
-            raise bad(f"{where}: counts must be an object")
-        for key, v in counts.items():
-            if key not in COUNT_KEYS:
-                raise bad(f"{where}: unknown counter {key!r} (known: {', '.join(COUNT_KEYS)})")
-            if not _is_int(v) or v < 0:
-                raise bad(f"{where}: counts.{key} must be a non-negative integer, got {v!r}")
-            sums[key] += v
-        per_step = layer.get("per_step", {})
-        if not isinstance(per_step, dict):
-            raise bad(f"{where}: per_step must be an object")
-        for key, seq in per_step.items():
-            if key not in COUNT_KEYS:
-                raise bad(f"{where}: unknown per_step counter {key!r}")
-            if not isinstance(seq, list) or len(seq) != T or not all(_is_int(v) and v >= 0 for v in seq):
-                raise bad(f"{where}: per_step.{key} must be {T} non-negative integers")
-            if sum(seq) != counts.get(key, 0):
-                raise bad(f"{where}: per_step.{key} sums to {sum(seq)}, counts.{key} is {counts.get(key, 0)}")
-        if "word_bits" in layer and layer["word_bits"] is not None and (
-                not _is_int(layer["word_bits"]) or not 1 <= layer["word_bits"] <= 64):
-            raise bad(f"{where}: word_bits must be an integer in 1..64")
-        if layer["op"] == "neuron":
-            _validate_neuron(layer, where, T, counts, bad)
-            neurons.add(layer["name"])
-    for layer in layers:
-        missing = [n for n in layer["input_neurons"] if n not in neurons]
-        if missing:
-            raise bad(f"layer {layer['name']}: input_neurons {missing} are not neuron layers of this record")
-    totals = data.get("totals")
-    if totals is not None:
-        if not isinstance(totals, dict):
-            raise bad("totals must be an object")
-        for key, v in totals.items():
-            if key in sums and v != sums[key]:
-                raise bad(f"totals.{key} is {v!r} but the layers sum to {sums[key]}")
-
-
-def _validate_neuron(layer: dict, where: str, T: int, counts: dict, bad) -> None:
-    n = layer.get("neurons")
-    if not _is_int(n) or n < 1:
-        raise bad(f"{where}: neurons must be a positive integer")
-    fr = layer.get("firing_rate")
-    if not _is_num(fr) or not 0.0 <= fr <= 1.0:
-        raise bad(f"{where}: firing_rate must be a number in [0, 1], got {fr!r}")
-    expected = counts.get("spikes_out", 0) / (n * T)
-    if abs(fr - expected) > 1e-9 + 1e-6 * expected:
-        raise bad(f"{where}: firing_rate {fr} does not match spikes_out / (neurons x T) = {expected:.6g}")
-    for key in ("tau", "v_threshold"):
-        if layer.get(key) is not None and not _is_num(layer[key]):
-            raise bad(f"{where}: {key} must be a finite number")
-    if layer.get("tau") is not None and layer["tau"] <= 0:
-        raise bad(f"{where}: tau must be > 0")
-
-
-# ------------------------------------------------------------------------------------------
-# reading and finding
-# ------------------------------------------------------------------------------------------
-def _load_json(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SVFormerError(f"{path}: run record not found") from None
-    except UnicodeDecodeError:
-        raise CorruptRecord(f"{path}: corrupt run record: not UTF-8 text") from None
-    except OSError as e:
-        raise SVFormerError(f"{path}: cannot read run record ({e.strerror})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise CorruptRecord(f"{path}: corrupt run record: invalid JSON ({e.msg} at line {e.lineno})") from None
-
-
-def read_record(path: str | Path) -> RunRecord:
-    """Read and validate one run record file (errors name the file and the reason)."""
-    path = Path(path)
-    if path.is_dir():
-        raise SVFormerError(f"{path}: is a folder, not a run record file")
-    data = _load_json(path)
-    validate_record(data, path)
-    return RunRecord(path=path, data=data)
-
-
-def _is_record_json(data: Any) -> bool:
-    return isinstance(data, dict) and data.get("format") == FORMAT
+__all__ = ["COUNT_KEYS", "FORMAT", "VERSION", "CorruptRecord", "RunRecord", "aggregate", "check_same_model",
+           "collect_records", "newest_record", "read_record", "report_from_paths", "validate_record"]
 
 
 def newest_record(cwd: str | Path | None = None, runs_dir: str = DEFAULT_RUNS_DIR) -> RunRecord:
@@ -252,12 +52,11 @@ def newest_record(cwd: str | Path | None = None, runs_dir: str = DEFAULT_RUNS_DI
     candidates = sorted(base.rglob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True) if base.is_dir() else []
     for path in candidates:
         try:
-            data = _load_json(path)
+            data = load_record_json(path)
         except CorruptRecord:
             raise CorruptRecord(f"{path}: the newest file in {base} is not readable JSON") from None
-        if _is_record_json(data):
-            validate_record(data, path)
-            return RunRecord(path=path, data=data)
+        if is_record_json(data):
+            return RunRecord(path=path, data=validate_record(data, path))
     raise SVFormerError(f"no run records found in {base} (run `svformer-deploy simulate --video CLIP` first, "
                         "or give run record files or folders)")
 
@@ -282,18 +81,17 @@ def collect_records(paths: Sequence[str | Path] = (), cwd: str | Path | None = N
         found = 0
         for f in sorted(p.rglob("*.json")):
             try:
-                data = _load_json(f)
+                data = load_record_json(f)
             except CorruptRecord as e:
                 skipped.append({"path": str(f), "reason": str(e)})
                 continue
-            if not _is_record_json(data):
+            if not is_record_json(data):
                 continue
             try:
-                validate_record(data, f)
+                records.append(RunRecord(path=f, data=validate_record(data, f)))
             except CorruptRecord as e:
                 skipped.append({"path": str(f), "reason": str(e)})
                 continue
-            records.append(RunRecord(path=f, data=data))
             found += 1
         if not found:
             extra = f" ({len(skipped)} corrupt, e.g. {skipped[0]['reason']})" if skipped else ""
@@ -317,9 +115,12 @@ def check_same_model(records: Sequence[RunRecord]) -> None:
     if len(executors) > 1:
         raise SVFormerError(f"run records mix executors {sorted(executors)} (e.g. {first.path}); "
                             "report one executor at a time")
-    names = [layer["name"] for layer in first.layers]
+    shape = [(layer["name"], layer["op"], layer["stage"]) for layer in first.layers]
     for r in records[1:]:
-        if [layer["name"] for layer in r.layers] != names:
+        if r.time_steps != first.time_steps:
+            raise CorruptRecord(f"{r.path}: corrupt run record: time_steps {r.time_steps} differs from "
+                                f"{first.time_steps} in {first.path} although both name the same model hash")
+        if [(layer["name"], layer["op"], layer["stage"]) for layer in r.layers] != shape:
             raise CorruptRecord(f"{r.path}: corrupt run record: its layers differ from {first.path} "
                                 "although both name the same model hash")
 

@@ -9,6 +9,8 @@ Node attributes (``G.nodes[name]``; the node key is the PyTorch module path, e.g
 - ``op``: one of the frozen dataclasses below (the operation and its numpy parameters);
 - ``shape``, ``kind``, ``rate``: the output tensor (see :class:`TensorSpec`);
 - ``origin``: list of PyTorch module paths this node implements (several after folding/fusion);
+- ``stage``: the part of the network the node belongs to (``PE<i>``, ``S<i>``, ``LP``, ``CH``), set by
+  the tracer and kept by the passes (a fused node keeps the stage of its parts);
 - ``quant`` (optional, after the ``quantize`` pass): ``dict[str, np.ndarray]`` of integer
   parameters; keys per op are specified in :mod:`export.passes.quantize`.
 
@@ -42,6 +44,7 @@ from .graph import (
                     input_node,
                     inputs_of,
                     iter_ops,
+                    legacy_stage,
                     neuron_names,
                     new_graph,
                     op_of,
@@ -49,6 +52,7 @@ from .graph import (
                     rename,
                     replace_op,
                     spec,
+                    stage_of,
                     topo_order,
 )
 from .ops import (
@@ -84,7 +88,8 @@ __all__ = [
     "Input", "Output", "Conv2d", "Linear", "BatchNorm", "Affine", "Neuron", "SplitHeads", "MergeHeads",
     "SpikeMatmulKV", "SpikeMatmulQKV", "ToTokens", "ToImage", "Add", "Concat", "Conv3dHead", "Flatten",
     "new_graph", "add_op", "spec", "op_of", "inputs_of", "consumers", "topo_order", "iter_ops", "input_node",
-    "output_node", "neuron_names", "copy_graph", "replace_op", "bypass", "rename", "validate", "diff_graphs",
+    "output_node", "neuron_names",
+    "stage_of", "legacy_stage", "copy_graph", "replace_op", "bypass", "rename", "validate", "diff_graphs",
     "node_cost", "graph_costs", "save", "load", "to_json_and_arrays", "from_json_and_arrays", "npz_path_for",
     "json_value", "json_attributes",
 ]

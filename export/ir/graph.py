@@ -27,9 +27,16 @@ def spec(g: nx.DiGraph, name: str) -> TensorSpec:
     return TensorSpec(tuple(d["shape"]), d["kind"], d["rate"])
 
 
+DEFAULT_STAGE = "PE1"  # the stage of a source node added without one (the network's input)
+
+
 def add_op(g: nx.DiGraph, name: str, op: Node, inputs: list[str] = (), origin: list[str] | None = None,
-           quant: dict[str, np.ndarray] | None = None) -> str:
-    """Add node ``name`` computing ``op`` on ``inputs`` (port order); infers and stores its output spec."""
+           quant: dict[str, np.ndarray] | None = None, stage: str | None = None) -> str:
+    """Add node ``name`` computing ``op`` on ``inputs`` (port order); infers and stores its output spec.
+
+    ``stage``: the part of the network the node belongs to (``PE<i>``, ``S<i>``, ``LP``, ``CH``);
+    without it the node takes the stage of its port-0 input (a source node: :data:`DEFAULT_STAGE`).
+    """
     if name in g:
         raise IRError(f"duplicate node name {name!r}")
     if len(inputs) != op.arity:
@@ -41,8 +48,10 @@ def add_op(g: nx.DiGraph, name: str, op: Node, inputs: list[str] = (), origin: l
         raise IRError(f"{name}: {e}") from None
     if any(s.rate == CLIP for s in ins) and not op.accepts_clip:
         raise IRError(f"{name}: {op.op} cannot run on a clip-rate tensor")
+    if stage is None:
+        stage = g.nodes[inputs[0]]["stage"] if inputs else DEFAULT_STAGE
     g.add_node(name, op=op, shape=out.shape, kind=out.kind, rate=out.rate,
-               origin=list(origin if origin is not None else [name]))
+               origin=list(origin if origin is not None else [name]), stage=str(stage))
     if quant is not None:
         g.nodes[name]["quant"] = quant
     for port, src in enumerate(inputs):
@@ -51,6 +60,27 @@ def add_op(g: nx.DiGraph, name: str, op: Node, inputs: list[str] = (), origin: l
         s = ins[port]
         g.add_edge(src, name, port=port, shape=s.shape, kind=s.kind, rate=s.rate)
     return name
+
+
+def stage_of(g: nx.DiGraph, name: str) -> str:
+    """The stage of node ``name`` (``PE<i>``, ``S<i>``, ``LP``, ``CH``), as the tracer set it."""
+    return g.nodes[name]["stage"]
+
+
+def legacy_stage(origin: list[str]) -> str:
+    """The stage of a node of an IR file written before nodes carried one (derived once, on load).
+
+    Such files came from the tracer only, whose node names start with the module path:
+    ``patch_embed<i>`` -> PE<i>, ``blocks<i>`` -> S<i>, ``lp*`` -> LP, ``input`` -> PE1, else CH.
+    """
+    head = (origin[0] if origin else "").split("+")[0].split(".")[0]
+    for prefix, label in (("patch_embed", "PE"), ("blocks", "S")):
+        rest = head[len(prefix):]
+        if head.startswith(prefix) and rest.isdigit():
+            return f"{label}{int(rest)}"
+    if head == "input":
+        return DEFAULT_STAGE
+    return "LP" if head.startswith("lp") else "CH"
 
 
 def op_of(g: nx.DiGraph, name: str) -> Node:

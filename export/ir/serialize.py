@@ -14,6 +14,7 @@ import networkx as nx
 import numpy as np
 from svformer_deploy.svformer.fileio import atomic_path
 
+from .graph import legacy_stage
 from .ops import NODE_TYPES
 from .tensor import FORMAT, IR_VERSION, IRError
 from .validate import validate
@@ -46,7 +47,7 @@ def to_json_and_arrays(g: nx.DiGraph) -> tuple[dict, dict[str, np.ndarray]]:
         entry = {
             "name": n, "op": op.op,
             "attrs": {k: json_value(v, f"{n}.{k}") for k, v in op.attributes().items()},
-            "arrays": {}, "origin": list(d["origin"]),
+            "arrays": {}, "origin": list(d["origin"]), "stage": d["stage"],
             "shape": list(d["shape"]), "kind": d["kind"], "rate": d["rate"],
         }
         for k, arr in op.arrays().items():
@@ -158,8 +159,11 @@ def from_json_and_arrays(doc: dict, arrays: dict[str, np.ndarray]) -> nx.DiGraph
             op = cls(**kwargs)
         except TypeError as e:
             raise IRError(f"node {name!r}: {e}") from None
+        stage = entry["stage"] if "stage" in entry else legacy_stage(list(entry["origin"]))
+        if not isinstance(stage, str):
+            raise IRError(f"node {name!r}: stage must be a string")
         attrs = {"op": op, "shape": tuple(entry["shape"]), "kind": entry["kind"], "rate": entry["rate"],
-                 "origin": list(entry["origin"])}
+                 "origin": list(entry["origin"]), "stage": stage}
         if "quant" in entry:
             q = {}
             for k, key in entry["quant"].items():

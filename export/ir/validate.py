@@ -31,6 +31,8 @@ def validate(g: nx.DiGraph) -> nx.DiGraph:
         op = d.get("op")
         if not isinstance(op, Node) or NODE_TYPES.get(op.op) is not type(op):
             raise IRError(f"{n}: not a known IR op ({type(op).__name__})")
+        if not isinstance(d.get("stage"), str) or not d["stage"]:
+            raise IRError(f"{n}: node has no stage")
         kinds.setdefault(op.op, []).append(n)
     for t in ("input", "output"):
         if len(kinds.get(t, [])) != 1:
@@ -96,7 +98,7 @@ def diff_graphs(a: nx.DiGraph, b: nx.DiGraph) -> list[str]:
         for f in dataclasses.fields(oa):
             if not _values_equal(getattr(oa, f.name), getattr(ob, f.name)):
                 out.append(f"{n}: field {f.name} differs")
-        for key in ("shape", "kind", "rate", "origin"):
+        for key in ("shape", "kind", "rate", "origin", "stage"):
             if tuple(da[key]) != tuple(db[key]) if key in ("shape", "origin") else da[key] != db[key]:
                 out.append(f"{n}: {key} differs")
         qa, qb = da.get("quant"), db.get("quant")

@@ -296,7 +296,8 @@ def _meta(g: nx.DiGraph, n: str, arrays: list[str]) -> dict[str, str]:
     d = g.nodes[n]
     op = d["op"]
     doc = {"name": n, "op": op.op, "attrs": {k: ir.json_value(v, f"{n}.{k}") for k, v in op.attributes().items()},
-           "arrays": arrays, "inputs": ir.inputs_of(g, n), "origin": list(d["origin"]), "shape": list(d["shape"]),
+           "arrays": arrays, "inputs": ir.inputs_of(g, n), "origin": list(d["origin"]), "stage": d["stage"],
+           "shape": list(d["shape"]),
            "kind": d["kind"], "rate": d["rate"]}
     return {"svformer": json.dumps(doc)}
 
@@ -477,6 +478,8 @@ def nir_to_ir(graph: nir.NIRGraph, source: str = "NIR graph") -> nx.DiGraph:
         node = graph.nodes[nname]
         entry = {"name": name, "op": meta["op"], "attrs": meta["attrs"], "arrays": {}, "origin": meta["origin"],
                  "shape": meta["shape"], "kind": meta["kind"], "rate": meta["rate"]}
+        if "stage" in meta:
+            entry["stage"] = meta["stage"]
         for field in meta["arrays"]:
             value = getattr(node, field, None)
             if not isinstance(value, np.ndarray):

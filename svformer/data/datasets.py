@@ -40,7 +40,6 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import SVFormerError
 from .events import (
-    EVENT_EXTENSIONS,
     FIT_METHODS,
     SPLIT_METHODS,
     load_event_clip,
@@ -48,9 +47,9 @@ from .events import (
     read_events,
     video_to_event_frames,
 )
+from .media import EVENT_EXTENSIONS, VIDEO_EXTENSIONS
 
 KINDS = ("video", "events", "video-events")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ogv")
 
 
 @dataclass(frozen=True)

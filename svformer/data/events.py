@@ -56,7 +56,6 @@ EVENT_DTYPE = np.dtype([("x", np.int32), ("y", np.int32), ("t", np.int64), ("p",
 """Events as returned by :func:`read_events`: x, y in pixels, t in µs, p in {0 (OFF), 1 (ON)}."""
 
 NMNIST_SENSOR = (34, 34)
-EVENT_EXTENSIONS = (".aedat4", ".bin", ".bs2", ".npy")
 SPLIT_METHODS = ("number", "time")
 FIT_METHODS = ("auto", "pad", "resize")
 

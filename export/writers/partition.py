@@ -7,7 +7,8 @@ weighted op. Such a chain is what Lava-DL netx (``input``/``conv``/``dense`` lay
 neurons, strictly sequential) and the standard NIR nodes that peers run (``Conv2d``/``Affine`` +
 ``LIF``) can express. Everything else (residual adds, per-step affines left by TDBN, attention
 matmuls, concat, the grouped Conv3d head, layout ops, real-valued inputs) stays on a host, and
-:func:`partition` says why for every node.
+:func:`partition` says why for every node: the op's ``netx_refusal`` hook (:mod:`export.ir.ops`), or,
+for the chain layers (conv2d/linear synapses, neurons), why this node is not in a chain.
 
 Layouts: every layer of a part is written as a 2-D convolution on a ``[C, H, W]`` image.
 
@@ -39,29 +40,6 @@ from torch import Tensor
 from .. import ir
 
 LAYOUTS = ("image", "tokens", "vector")
-
-# why an op never runs on a sequential spiking core (netx 0.6.0 / standard NIR 1.0.8)
-HOST_REASONS = {
-    "input": "real-valued input ({encoding}): netx input layers and the chain take binary spikes; "
-             "the first layer multiplies real values on the host",
-    "add": "residual add (membrane shortcut): netx chains are strictly sequential (no fan-in)",
-    "affine": "per-step affine left by time-dependent BN (scale/bias differ between steps): netx and NIR "
-              "parameters are time-invariant",
-    "batchnorm": "unfolded BatchNorm: run fold_bn first",
-    "spike_matmul_kv": "attention matmul Kᵀ·V between two spike tensors: no netx layer or NIR node multiplies "
-                       "activations",
-    "spike_matmul_q_kv": "attention matmul Q·(KᵀV) between activations: no netx layer or NIR node multiplies "
-                         "activations",
-    "concat": "concat: netx 0.6.0 raises NotImplementedError for concat layers; NIR 1.0.8 has no Concat",
-    "conv3d": "grouped Conv3d head over all T steps (emits once per clip): no netx layer, no NIR node",
-    "split_heads": "head split of a rescaled or shared projection: a token/head reshape on the host",
-    "merge_heads": "head merge (token/head reshape) on the host",
-    "to_tokens": "image-to-token reshape of the residual stream on the host",
-    "to_image": "token-to-image reshape of the residual stream on the host",
-    "flatten": "flatten of the clip-rate head output on the host",
-    "output": "clip-rate logits, read by the host",
-}
-
 
 @dataclass
 class Layer:
@@ -247,8 +225,6 @@ def _host_reason(g: nx.DiGraph, n: str, why_not: dict[str, str]) -> str:
     op = ir.op_of(g, n)
     if op.op == "neuron":
         return "neuron: " + why_not.get(n, "its input is not a conv/dense layer on spikes")
-    if op.op == "affine" and not op.per_step:
-        return "affine that was not folded into a weight"
     if op.op in ("conv2d", "linear"):
         src = ir.inputs_of(g, n)[0]
         cons = [ir.op_of(g, c).op for c in ir.consumers(g, n)]
@@ -266,8 +242,7 @@ def _host_reason(g: nx.DiGraph, n: str, why_not: dict[str, str]) -> str:
         if op.op == "conv2d" and op.bias is not None and op.bias.ndim == 3:
             return "conv with a position-dependent bias (from fuse_linear)"
         return f"{op.op} whose output feeds {', '.join(sorted(set(cons)))}, not one neuron layer"
-    reason = HOST_REASONS.get(op.op, f"{op.op} has no netx/NIR chain form")
-    return reason.format(encoding=getattr(op, "encoding", ""))
+    return op.netx_refusal() or f"{op.op} has no netx/NIR chain form"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -87,53 +87,33 @@ class ReferenceModel(nn.Module):
         # each op's semantics in this mode (export/ir/ops: ref_float / ref_fixed), with this model as backend
         self._fns = {n: (op.ref_fixed if mode == "fixed" else op.ref_float) for n, op in self.ops.items()}
         self._key = {n: f"n{i}" for i, n in enumerate(self.names)}
-        for n in self.names:
-            src = graph.nodes[n].get("quant", {}) if mode == "fixed" else self.ops[n].arrays()
-            for field, arr in src.items():
-                self._buffer(n, field, arr)
-            op = self.ops[n]
-            if mode == "float" and op.op == "neuron" and op.model == "plif":
-                self._buffer(n, "a", np.asarray(op.a, dtype=np.float64))
-            if mode == "fixed":
-                self._fixed_extras(n, graph.nodes[n]["quant"])
-            elif conv_impl == "matmul" and op.op in ("conv2d", "conv3d"):
-                self._matmul_buffers(n, op)
+        self._quant = {n: graph.nodes[n].get("quant", {}) for n in self.names}
+        for n in self.names:  # each op registers the parameters its ref hooks read (export/ir/ops: ref_setup)
+            self.ops[n].ref_setup(self, n)
         self.eval()  # no training behaviour; keeps torch.onnx.export from warning
 
     # -- parameters -----------------------------------------------------------------------
-    def _buffer(self, node: str, field: str, arr: np.ndarray, dtype: torch.dtype | None = None) -> None:
+    def buffer(self, node: str, field: str, arr: np.ndarray | Tensor, dtype: torch.dtype | None = None) -> None:
+        """Register ``arr`` as the buffer :meth:`p` returns for ``(node, field)``, in ``dtype`` (default: the
+        model's dtype; integers become exact floats). A tensor is stored as it is."""
+        if isinstance(arr, Tensor):
+            self.register_buffer(f"{self._key[node]}_{field}", arr)
+            return
         arr = np.asarray(arr)
-        if dtype is None:
-            weighted = self.ops[node].op in ir.WEIGHTED and field in ("weight",)
-            dtype = self.wdtype if weighted else self.dtype
         arr = np.asarray(arr.astype(np.float64) if arr.dtype.kind in "iub" else arr, order="C")
-        t = torch.from_numpy(arr.copy()).to(dtype)
+        t = torch.from_numpy(arr.copy()).to(self.dtype if dtype is None else dtype)
         self.register_buffer(f"{self._key[node]}_{field.replace('.', '_')}", t, persistent=True)
 
-    def _matmul_buffers(self, n: str, op: ir.Node) -> None:
-        """``conv_impl="matmul"``: the weight as its per-group matrix ``[g, C_out/g, C_in/g·kernel]``, a ``[C_out]``
-        conv2d bias as ``[C_out, 1, 1]`` and the conv2d gather index, stored once, so that the exported graph
-        reshapes no constant at every step."""
-        key, w, b = self._key[n], self.p(n, "weight"), self.p(n, "bias")
-        self.register_buffer(f"{key}_weight", w.reshape(op.groups, w.shape[0] // op.groups, -1).contiguous())
-        if op.op == "conv2d":
-            if b is not None and b.dim() == 1:
-                self.register_buffer(f"{key}_bias", b.reshape(-1, 1, 1).contiguous())
-            _, h, wd = self.specs[self.inputs[n][0]].shape
-            self.register_buffer(f"{key}_index", conv_gather_index(h, wd, op.weight.shape[2:], op.stride, op.padding))
+    def quant(self, node: str) -> dict[str, np.ndarray]:
+        """The fixed-point parameters of ``node`` (empty before quantization)."""
+        return self._quant[node]
+
+    def in_shape(self, node: str) -> tuple[int, ...]:
+        """Per-step shape of ``node``'s first input."""
+        return self.specs[self.inputs[node][0]].shape
 
     def p(self, node: str, field: str) -> Tensor | None:
         return getattr(self, f"{self._key[node]}_{field}", None)
-
-    def _fixed_extras(self, n: str, q: dict) -> None:
-        """Precompute 2^(shift-1) and 2^-shift for the rounding right shifts (exact in float64)."""
-        if self.ops[n].op == "spike_matmul_q_kv":
-            self._buffer(n, "mult", np.ldexp(1.0, int(q["shift"])), torch.float64)
-        elif "shift" in q:
-            s = np.asarray(q["shift"], dtype=np.int64)
-            half = np.where(s > 0, np.ldexp(1.0, np.maximum(s - 1, 0)), 0.0)
-            self._buffer(n, "half", half, torch.float64)
-            self._buffer(n, "inv", np.ldexp(1.0, -s), torch.float64)
 
     # -- execution ------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
@@ -199,6 +179,11 @@ class ReferenceModel(nn.Module):
     def matmul_conv2d(*args, **kwargs) -> Tensor:
         """:func:`matmul_conv2d` (``conv_impl="matmul"``)."""
         return matmul_conv2d(*args, **kwargs)
+
+    @staticmethod
+    def conv_gather_index(*args, **kwargs) -> Tensor:
+        """:func:`conv_gather_index` (``conv_impl="matmul"``)."""
+        return conv_gather_index(*args, **kwargs)
 
     @staticmethod
     def matmul_conv3d_head(*args, **kwargs) -> Tensor:

@@ -116,16 +116,6 @@ class Partition:
 
 
 # ---------------------------------------------------------------------------------------------
-def _layout_of(shape: tuple[int, ...], op: str) -> str | None:
-    if op == "conv2d" and len(shape) == 3:
-        return "image"
-    if op == "linear" and len(shape) == 2:
-        return "tokens"
-    if op == "linear" and len(shape) == 1:
-        return "vector"
-    return None
-
-
 def _as_image(shape: tuple[int, ...], layout: str) -> tuple[int, int, int]:
     if layout == "image":
         return tuple(shape)
@@ -158,7 +148,7 @@ def _candidate(g: nx.DiGraph, neuron: str) -> tuple[Layer, str, str] | str:
         return f"the layer {p} reads a real-valued tensor ({src}), not spikes"
     if s.rate != ir.STEP:
         return f"the layer {p} runs at clip rate"
-    layout = _layout_of(s.shape, pop.op)
+    layout = pop.chain_layout(s.shape)
     if layout is None:
         return f"{pop.op} {p} on a {list(s.shape)} tensor has no conv form"
     if pop.op == "conv2d" and pop.bias is not None and pop.bias.ndim != 1:
@@ -265,7 +255,8 @@ def to_part_layout(part: Part, x: Tensor, shape: tuple[int, ...]) -> Tensor:
 
 
 def layer_weights(g: nx.DiGraph, layer: Layer, quantized: bool = False) -> tuple[np.ndarray, np.ndarray | None, int]:
-    """(weight [C_out, C_in/g, kH, kW], bias [C_out] or None, groups) of ``layer`` as a conv in the part layout.
+    """(weight [C_out, C_in/g, kH, kW], bias [C_out] or None, groups) of ``layer`` as a conv in the part layout
+    (the op's ``chain_conv``).
 
     ``quantized``: the integer weights and accumulator-unit biases of the quantize pass instead of floats.
     """
@@ -275,10 +266,7 @@ def layer_weights(g: nx.DiGraph, layer: Layer, quantized: bool = False) -> tuple
         w, b = q["weight"], q.get("bias")
     else:
         w, b = op.weight, op.bias
-    w = np.asarray(w)
-    if op.op == "linear":
-        w = w[:, :, None, None]
-    groups = op.groups if op.op == "conv2d" else 1
+    w, groups, _, _ = op.chain_conv(w)
     if layer.rows is not None:
         lo, hi = layer.rows
         w = w[lo:hi]
@@ -302,9 +290,8 @@ def dense_groups(w: np.ndarray, groups: int) -> np.ndarray:
 
 def layer_stride_padding(g: nx.DiGraph, layer: Layer) -> tuple[tuple[int, int], tuple[int, int]]:
     op = ir.op_of(g, layer.weighted)
-    if op.op == "conv2d":
-        return tuple(op.stride), tuple(op.padding)
-    return (1, 1), (0, 0)
+    _, _, stride, padding = op.chain_conv(op.weight)
+    return stride, padding
 
 
 def record_part_io(g: nx.DiGraph, part: Part, recorded: dict[str, Tensor]) -> tuple[Tensor, list[Tensor]]:

@@ -12,7 +12,7 @@ Adding an operation: write its class in the family module (or a new one), define
 from __future__ import annotations
 
 from .attention import MergeHeads, SpikeMatmulKV, SpikeMatmulQKV, SplitHeads
-from .base import HOOKS, CostInput, NoArithmetic, Node, no_cost
+from .base import HOOKS, WEIGHTED, CostInput, NoArithmetic, Node, no_cost
 from .io import Input, Output
 from .layout import Concat, Flatten, ToImage, ToTokens
 from .neuron import V_CLIP, X_CLIP, Neuron
@@ -25,7 +25,6 @@ NODE_TYPES: dict[str, type[Node]] = {
     for cls in (Input, Output, Conv2d, Linear, BatchNorm, Affine, Neuron, SplitHeads, MergeHeads, SpikeMatmulKV,
                 SpikeMatmulQKV, ToTokens, ToImage, Add, Concat, Conv3dHead, Flatten)
 }
-WEIGHTED = ("conv2d", "linear", "conv3d")
 LAYOUT = ("split_heads", "merge_heads", "to_tokens", "to_image", "flatten")
 
 

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+
 from ..tensor import REAL, SPIKE, STEP, TensorSpec
 from .base import CostInput, NoArithmetic, Node, _need
 
@@ -190,6 +192,14 @@ class SpikeMatmulQKV(Node):
         q, spike_q_kv, sat = sim.quant(n), sim.kernels.spike_q_kv, sim.fixed.sat
         shift, bits = int(q["shift"]), int(q["bits"])
         return lambda t, ins, nnz: sat(spike_q_kv(ins[0], ins[1].to(torch.float64)).to(torch.int64) << shift, bits)
+
+    def ref_setup(self, ref: Any, n: str) -> None:
+        if ref.mode != "fixed":
+            return super().ref_setup(ref, n)
+        q = ref.quant(n)
+        for field, arr in q.items():
+            ref.buffer(n, field, arr)
+        ref.buffer(n, "mult", np.ldexp(1.0, int(q["shift"])))  # 2^shift, exact in float64
 
     def ref_float(self, ref: Any, n: str, t: int, ins: list, state: dict) -> Any:
         q, kv = ins

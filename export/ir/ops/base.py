@@ -37,6 +37,7 @@ import numpy as np
 
 from ..tensor import IRError, Shape, TensorSpec
 
+WEIGHTED = ("conv2d", "linear", "conv3d")  # ops with a weight matrix (synapses)
 HOOKS = ("infer", "cost", "count", "sim_float", "sim_fixed", "ref_float", "ref_fixed", "to_nir", "netx_refusal")
 
 
@@ -111,6 +112,19 @@ class Node:
     def netx_refusal(self) -> str | None:  # pragma: no cover - abstract
         """Why this op never runs on a sequential spiking core, or None for a chain layer."""
         raise NotImplementedError
+
+    def ref_setup(self, ref: Any, n: str) -> None:
+        """Register what the ``ref_*`` hooks read through ``ref.p``: the op's float arrays, or in fixed mode its
+        quant arrays plus 2^(shift-1) and 2^-shift for the rounding right shifts (exact in float64).
+        Weights of weighted ops use the reference's weight dtype. Ops needing more extend this."""
+        src = ref.quant(n) if ref.mode == "fixed" else self.arrays()
+        for field, arr in src.items():
+            ref.buffer(n, field, arr, ref.wdtype if field == "weight" and self.op in WEIGHTED else None)
+        q = ref.quant(n)
+        if ref.mode == "fixed" and "shift" in q:
+            s = np.asarray(q["shift"], dtype=np.int64)
+            ref.buffer(n, "half", np.where(s > 0, np.ldexp(1.0, np.maximum(s - 1, 0)), 0.0))
+            ref.buffer(n, "inv", np.ldexp(1.0, -s))
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The node's numpy parameters by field name (``None`` fields omitted)."""

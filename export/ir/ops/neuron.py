@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+
 from ..tensor import SPIKE, STEP, TensorSpec
 from .base import CostInput, Node, _need
 
@@ -108,6 +110,11 @@ class Neuron(Node):
             sim.state[n] = v
             return s
         return fn
+
+    def ref_setup(self, ref: Any, n: str) -> None:
+        super().ref_setup(ref, n)
+        if ref.mode == "float" and self.model == "plif":
+            ref.buffer(n, "a", np.asarray(self.a, dtype=np.float64))
 
     def ref_float(self, ref: Any, n: str, t: int, ins: list, state: dict) -> Any:
         import torch

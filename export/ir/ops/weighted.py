@@ -134,6 +134,19 @@ class Conv2d(Node):
         in_shape, kernels = sim.in_shape(n), sim.kernels
         return lambda w: kernels.Conv2dKernel(w, self.stride, self.padding, self.groups, in_shape, sim.policy)
 
+    def ref_setup(self, ref: Any, n: str) -> None:
+        """``conv_impl="matmul"`` also stores the weight as its per-group matrix ``[g, C_out/g, C_in/g·kH·kW]``, a
+        ``[C_out]`` bias as ``[C_out, 1, 1]`` and the gather index, once, so the exported graph reshapes no
+        constant at every step."""
+        super().ref_setup(ref, n)
+        if ref.mode == "float" and ref.conv_impl == "matmul":
+            w, b = ref.p(n, "weight"), ref.p(n, "bias")
+            ref.buffer(n, "weight", w.reshape(self.groups, w.shape[0] // self.groups, -1).contiguous())
+            if b is not None and b.dim() == 1:
+                ref.buffer(n, "bias", b.reshape(-1, 1, 1).contiguous())
+            _, h, wd = ref.in_shape(n)
+            ref.buffer(n, "index", ref.conv_gather_index(h, wd, self.weight.shape[2:], self.stride, self.padding))
+
     def sim_float(self, sim: Any, n: str) -> Any:
         return sim.weighted_float(n, self, self._kernel(sim, n), lambda b: b.reshape(-1, 1, 1) if b.dim() == 1 else b)
 
@@ -170,6 +183,14 @@ class Conv2d(Node):
 
     def netx_refusal(self) -> str | None:
         return None  # a netx conv layer when it drives one neuron layer from spikes (partition decides)
+
+    def chain_layout(self, in_shape: tuple[int, ...]) -> str | None:
+        """The layout of a core chain this op can be a layer of, reading ``in_shape`` (None: none)."""
+        return "image" if len(in_shape) == 3 else None
+
+    def chain_conv(self, weight: np.ndarray) -> tuple[np.ndarray, int, tuple[int, int], tuple[int, int]]:
+        """This op as the conv layer of a netx / standard-NIR chain: (weight, groups, stride, padding)."""
+        return np.asarray(weight), self.groups, tuple(self.stride), tuple(self.padding)
 
 
 @dataclass(frozen=True, eq=False)
@@ -232,6 +253,14 @@ class Linear(Node):
     def netx_refusal(self) -> str | None:
         return None  # a netx conv layer (1x1 over tokens or a vector) when it drives one neuron layer
 
+    def chain_layout(self, in_shape: tuple[int, ...]) -> str | None:
+        """Tokens [N, C] are the image [C, N, 1]; a vector [C] is [C, 1, 1] (None: no chain layout)."""
+        return {2: "tokens", 1: "vector"}.get(len(in_shape))
+
+    def chain_conv(self, weight: np.ndarray) -> tuple[np.ndarray, int, tuple[int, int], tuple[int, int]]:
+        """This op as the 1x1 conv layer of a netx / standard-NIR chain: (weight, groups, stride, padding)."""
+        return np.asarray(weight)[:, :, None, None], 1, (1, 1), (0, 0)
+
 
 @dataclass(frozen=True, eq=False)
 class Conv3dHead(Node):
@@ -274,6 +303,13 @@ class Conv3dHead(Node):
             c.set("add", co, final=True)
             c.set("weight_reads", co, final=True)
         return synapse_counter(c, co // self.groups)
+
+    def ref_setup(self, ref: Any, n: str) -> None:
+        """``conv_impl="matmul"`` also stores the weight as its per-group matrix ``[g, C_out/g, C_in/g·T·h·w]``."""
+        super().ref_setup(ref, n)
+        if ref.mode == "float" and ref.conv_impl == "matmul":
+            w = ref.p(n, "weight")
+            ref.buffer(n, "weight", w.reshape(self.groups, w.shape[0] // self.groups, -1).contiguous())
 
     def sim_float(self, sim: Any, n: str) -> Any:
         sim.set_head(n, sim.kernels.HeadConv3dKernel(sim.tensor(self.weight, sim.dtype), self.groups, sim.policy),

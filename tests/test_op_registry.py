@@ -25,6 +25,8 @@ def test_the_registry_holds_every_op_class_once() -> None:
 def test_every_op_defines_every_behaviour(name: str) -> None:
     cls = ir.NODE_TYPES[name]
     assert ops.missing_hooks(cls) == [], f"{name} lacks {ops.missing_hooks(cls)}"
+    if issubclass(cls, ops.Layout):  # its four execution hooks are its one `move`
+        assert cls.move is not ops.Layout.move, f"{name} lacks move"
 
 
 @pytest.mark.parametrize("name", sorted(ir.NODE_TYPES))

@@ -12,7 +12,7 @@ Adding an operation: write its class in the family module (or a new one), define
 from __future__ import annotations
 
 from .attention import MergeHeads, SpikeMatmulKV, SpikeMatmulQKV, SplitHeads
-from .base import HOOKS, WEIGHTED, CostInput, NoArithmetic, Node, no_cost
+from .base import HOOKS, WEIGHTED, CostInput, Layout, NoArithmetic, Node, no_cost
 from .io import Input, Output
 from .layout import Concat, Flatten, ToImage, ToTokens
 from .neuron import V_CLIP, X_CLIP, Neuron
@@ -34,7 +34,8 @@ def missing_hooks(cls: type[Node]) -> list[str]:
 
 
 __all__ = [
-    "HOOKS", "NODE_TYPES", "WEIGHTED", "LAYOUT", "V_CLIP", "X_CLIP", "CostInput", "NoArithmetic", "Node", "no_cost",
+    "HOOKS", "NODE_TYPES", "WEIGHTED", "LAYOUT", "V_CLIP", "X_CLIP", "CostInput", "Layout", "NoArithmetic", "Node",
+    "no_cost",
     "missing_hooks", "conv_fanout", "conv_fanout_map",
     "Input", "Output", "Conv2d", "Linear", "BatchNorm", "Affine", "Neuron", "SplitHeads", "MergeHeads",
     "SpikeMatmulKV", "SpikeMatmulQKV", "ToTokens", "ToImage", "Add", "Concat", "Conv3dHead", "Flatten",

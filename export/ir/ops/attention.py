@@ -9,11 +9,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..tensor import REAL, SPIKE, STEP, TensorSpec
-from .base import CostInput, NoArithmetic, Node, _need
+from .base import CostInput, Layout, Node, _need
 
 
 @dataclass(frozen=True, eq=False)
-class SplitHeads(NoArithmetic, Node):
+class SplitHeads(Layout, Node):
     """Take one part of a fused projection and split it into heads: [N, P·h·d] -> [h, N, d].
 
     Y[j, n, e] = X[n, part·h·d + j·d + e] (channel order [q | k | v], heads contiguous in each part).
@@ -32,23 +32,10 @@ class SplitHeads(NoArithmetic, Node):
         _need(0 <= self.part < self.parts, f"split_heads part {self.part} not in 0..{self.parts - 1}")
         return TensorSpec((self.heads, x.shape[0], self.head_dim), x.kind, x.rate)
 
-    def sim_float(self, sim: Any, n: str) -> Any:
-        parts, heads, d, part = self.parts, self.heads, self.head_dim, self.part
-
-        def fn(t, ins, nnz):
-            x = ins[0]
-            return x.reshape(x.shape[0], parts, heads, d)[:, part].permute(1, 0, 2).contiguous()
-        return fn
-
-    sim_fixed = sim_float
-
-    def ref_float(self, ref: Any, n: str, t: int, ins: list, state: dict) -> Any:
-        x = ins[0]
-        b, nt, _ = x.shape
-        x = x.reshape(b, nt, self.parts, self.heads, self.head_dim)[:, :, self.part]
-        return x.permute(0, 2, 1, 3).contiguous()
-
-    ref_fixed = ref_float
+    def move(self, ins: list, lead: int, rank: int) -> Any:
+        x = ins[0].reshape(*ins[0].shape[:lead + 1], self.parts, self.heads, self.head_dim)
+        x = x[(slice(None),) * (lead + 1) + (self.part,)]
+        return x.permute(*range(lead), lead + 1, lead, lead + 2).contiguous()
 
     def to_nir(self, x: Any) -> Any:
         return x.ext.SVFSplitHeads(x.in_shape, x.shape, self.part, self.parts, self.heads, self.head_dim,
@@ -59,7 +46,7 @@ class SplitHeads(NoArithmetic, Node):
 
 
 @dataclass(frozen=True, eq=False)
-class MergeHeads(NoArithmetic, Node):
+class MergeHeads(Layout, Node):
     """Merge heads back into tokens: [h, N, d] -> [N, h·d], Y[n, j·d + e] = X[j, n, e]."""
 
     op: ClassVar[str] = "merge_heads"
@@ -69,20 +56,10 @@ class MergeHeads(NoArithmetic, Node):
         _need(len(x.shape) == 3, f"merge_heads expects [h, N, d], got {x.shape}")
         return TensorSpec((x.shape[1], x.shape[0] * x.shape[2]), x.kind, x.rate)
 
-    def sim_float(self, sim: Any, n: str) -> Any:
-        def fn(t, ins, nnz):
-            h, nt, d = ins[0].shape
-            return ins[0].transpose(0, 1).reshape(nt, h * d)
-        return fn
-
-    sim_fixed = sim_float
-
-    def ref_float(self, ref: Any, n: str, t: int, ins: list, state: dict) -> Any:
+    def move(self, ins: list, lead: int, rank: int) -> Any:
         x = ins[0]
-        b, h, nt, d = x.shape
-        return x.transpose(1, 2).reshape(b, nt, h * d)
-
-    ref_fixed = ref_float
+        h, nt, d = x.shape[lead:]
+        return x.transpose(lead, lead + 1).reshape(*x.shape[:lead], nt, h * d)
 
     def to_nir(self, x: Any) -> Any:
         return x.ext.SVFMergeHeads(x.in_shape, x.shape, metadata=x.meta)

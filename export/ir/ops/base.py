@@ -151,6 +151,27 @@ class NoArithmetic:
         return None
 
 
+class Layout(NoArithmetic):
+    """Mixin of ops that only move data. One batch-agnostic :meth:`move` is their semantics everywhere:
+    codes move unchanged, so float and fixed point agree, and ``lead`` (leading batch axes: 0 in the
+    simulator, 1 in the reference interpreter) is the only difference between the executors."""
+
+    def move(self, ins: list[Any], lead: int, rank: int) -> Any:  # pragma: no cover - abstract
+        """The output for inputs ``ins`` with ``lead`` batch axes; ``rank``: the per-step output rank."""
+        raise NotImplementedError
+
+    def sim_float(self, sim: Any, n: str) -> Any:
+        move, rank = self.move, sim.rank(n)
+        return lambda t, ins, nnz: move(ins, 0, rank)
+
+    sim_fixed = sim_float
+
+    def ref_float(self, ref: Any, n: str, t: int, ins: list, state: dict) -> Any:
+        return self.move(ins, 1, ref.rank[n])
+
+    ref_fixed = ref_float
+
+
 def _need(cond: bool, msg: str) -> None:
     if not cond:
         raise IRError(msg)

@@ -1,6 +1,6 @@
 """Layout operations (no arithmetic): :class:`ToTokens`, :class:`ToImage`, :class:`Flatten`, :class:`Concat`.
 
-They move integer codes unchanged, so the float and fixed-point hooks are the same function.
+Each states its semantics once, as the batch-agnostic ``move`` of :class:`~.base.Layout`.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..tensor import REAL, SPIKE, TensorSpec
-from .base import NoArithmetic, Node, _need
+from .base import Layout, Node, _need
 
 
 @dataclass(frozen=True, eq=False)
-class ToTokens(NoArithmetic, Node):
+class ToTokens(Layout, Node):
     """Image to tokens: [C, H, W] -> [H·W, C], Y[y·W + x, c] = X[c, y, x]."""
 
     op: ClassVar[str] = "to_tokens"
@@ -25,15 +25,8 @@ class ToTokens(NoArithmetic, Node):
         _need(len(x.shape) == 3, f"to_tokens expects [C, H, W], got {x.shape}")
         return TensorSpec((x.shape[1] * x.shape[2], x.shape[0]), x.kind, x.rate)
 
-    def sim_float(self, sim: Any, n: str) -> Any:
-        return lambda t, ins, nnz: ins[0].flatten(1).t()
-
-    sim_fixed = sim_float
-
-    def ref_float(self, ref: Any, n: str, t: int, ins: list, state: dict) -> Any:
-        return ins[0].flatten(2).transpose(1, 2)
-
-    ref_fixed = ref_float
+    def move(self, ins: list, lead: int, rank: int) -> Any:
+        return ins[0].flatten(lead + 1).transpose(lead, lead + 1)
 
     def to_nir(self, x: Any) -> Any:
         return x.ext.SVFToTokens(x.in_shape, x.shape, metadata=x.meta)
@@ -43,7 +36,7 @@ class ToTokens(NoArithmetic, Node):
 
 
 @dataclass(frozen=True, eq=False)
-class ToImage(NoArithmetic, Node):
+class ToImage(Layout, Node):
     """Tokens to image: [N, C] -> [C, height, width], Y[c, y, x] = X[y·width + x, c]."""
 
     op: ClassVar[str] = "to_image"
@@ -56,16 +49,9 @@ class ToImage(NoArithmetic, Node):
               f"to_image {self.height}x{self.width} does not fit tokens {x.shape}")
         return TensorSpec((x.shape[1], self.height, self.width), x.kind, x.rate)
 
-    def sim_float(self, sim: Any, n: str) -> Any:
-        return lambda t, ins, nnz: ins[0].t().reshape(ins[0].shape[1], self.height, self.width)
-
-    sim_fixed = sim_float
-
-    def ref_float(self, ref: Any, n: str, t: int, ins: list, state: dict) -> Any:
+    def move(self, ins: list, lead: int, rank: int) -> Any:
         x = ins[0]
-        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], self.height, self.width)
-
-    ref_fixed = ref_float
+        return x.transpose(lead, lead + 1).reshape(*x.shape[:lead], x.shape[lead + 1], self.height, self.width)
 
     def to_nir(self, x: Any) -> Any:
         return x.ext.SVFToImage(x.in_shape, x.shape, self.height, self.width, metadata=x.meta)
@@ -75,7 +61,7 @@ class ToImage(NoArithmetic, Node):
 
 
 @dataclass(frozen=True, eq=False)
-class Flatten(NoArithmetic, Node):
+class Flatten(Layout, Node):
     """Flatten the per-step (or per-clip) tensor: [d0, d1, ...] -> [d0·d1·...] (row-major)."""
 
     op: ClassVar[str] = "flatten"
@@ -85,15 +71,8 @@ class Flatten(NoArithmetic, Node):
         x = ins[0]
         return TensorSpec((int(np.prod(x.shape)),), x.kind, x.rate)
 
-    def sim_float(self, sim: Any, n: str) -> Any:
-        return lambda t, ins, nnz: ins[0].reshape(-1)
-
-    sim_fixed = sim_float
-
-    def ref_float(self, ref: Any, n: str, t: int, ins: list, state: dict) -> Any:
-        return ins[0].flatten(1)
-
-    ref_fixed = ref_float
+    def move(self, ins: list, lead: int, rank: int) -> Any:
+        return ins[0].flatten(lead)
 
     def to_nir(self, x: Any) -> Any:
         return x.nir.Flatten(input_type={"input": x.in_shape}, start_dim=0, end_dim=-1, metadata=x.meta)
@@ -103,7 +82,7 @@ class Flatten(NoArithmetic, Node):
 
 
 @dataclass(frozen=True, eq=False)
-class Concat(NoArithmetic, Node):
+class Concat(Layout, Node):
     """Concatenate along ``axis`` in port order: Y = [X0, X1] (SVFormer: [local pathway, main]).
 
     Fixed point: the inputs share one scale, so the codes are concatenated unchanged.
@@ -124,20 +103,10 @@ class Concat(NoArithmetic, Node):
         kind = SPIKE if a.kind == SPIKE and b.kind == SPIKE else REAL
         return TensorSpec(tuple(shape), kind, a.rate)
 
-    def sim_float(self, sim: Any, n: str) -> Any:
+    def move(self, ins: list, lead: int, rank: int) -> Any:
         import torch
 
-        axis = self.axis % sim.rank(n)
-        return lambda t, ins, nnz: torch.cat(ins, dim=axis)
-
-    sim_fixed = sim_float
-
-    def ref_float(self, ref: Any, n: str, t: int, ins: list, state: dict) -> Any:
-        import torch
-
-        return torch.cat(ins, dim=(self.axis % ref.rank[n]) + 1)
-
-    ref_fixed = ref_float
+        return torch.cat(ins, dim=self.axis % rank + lead)
 
     def to_nir(self, x: Any) -> Any:
         return x.ext.SVFConcat(x.in_shape, x.in2_shape, x.shape, self.axis, metadata=x.meta)

@@ -137,7 +137,7 @@ def _candidate(g: nx.DiGraph, neuron: str) -> tuple[Layer, str, str] | str:
         for s in ir.consumers(g, p):
             if ir.op_of(g, s).op != "split_heads" or [ir.op_of(g, c).op for c in ir.consumers(g, s)] != ["neuron"]:
                 return f"the projection {p} also feeds {s}, which is not a head split into one neuron layer"
-    elif pop.op not in ("conv2d", "linear"):
+    elif not hasattr(pop, "chain_conv"):  # not a synapse op that a chain can hold
         return f"its input comes from {pop.op} {p}, not from a conv/dense layer on spikes"
     elif ir.consumers(g, p) != [neuron]:
         others = [c for c in ir.consumers(g, p) if c != neuron]
@@ -215,7 +215,7 @@ def _host_reason(g: nx.DiGraph, n: str, why_not: dict[str, str]) -> str:
     op = ir.op_of(g, n)
     if op.op == "neuron":
         return "neuron: " + why_not.get(n, "its input is not a conv/dense layer on spikes")
-    if op.op in ("conv2d", "linear"):
+    if hasattr(op, "chain_conv"):  # a synapse op that is not in a chain: which neighbour prevents it
         src = ir.inputs_of(g, n)[0]
         cons = [ir.op_of(g, c).op for c in ir.consumers(g, n)]
         if ir.spec(g, n).rate == ir.CLIP:

@@ -41,8 +41,7 @@ from . import ir
 
 MODES = ("float", "fixed")
 CONV_IMPLS = ("native", "matmul")
-V_CLIP = float(2**23 - 1)  # Lava's 24-bit membrane saturation
-X_CLIP = float(2**17 - 1)  # neuron input range so that x << 6 fits 24 bits
+V_CLIP, X_CLIP = ir.ops.V_CLIP, ir.ops.X_CLIP  # Lava's 24-bit membrane; neuron input so that x << 6 fits
 
 
 def _view(arr: Tensor, rank: int, axis: int) -> Tensor:
@@ -84,55 +83,37 @@ class ReferenceModel(nn.Module):
         self.out_name = ir.output_node(graph)
         self.step_nodes = [n for n in self.names if self.specs[n].rate == ir.STEP]
         self.clip_nodes = [n for n in self.names if self.specs[n].rate == ir.CLIP]
-        self.heads = [n for n in self.names if self.ops[n].op == "conv3d"]
+        self.heads = [n for n in self.names if self.ops[n].accumulates]
+        # each op's semantics in this mode (export/ir/ops: ref_float / ref_fixed), with this model as backend
+        self._fns = {n: (op.ref_fixed if mode == "fixed" else op.ref_float) for n, op in self.ops.items()}
         self._key = {n: f"n{i}" for i, n in enumerate(self.names)}
-        for n in self.names:
-            src = graph.nodes[n].get("quant", {}) if mode == "fixed" else self.ops[n].arrays()
-            for field, arr in src.items():
-                self._buffer(n, field, arr)
-            op = self.ops[n]
-            if mode == "float" and op.op == "neuron" and op.model == "plif":
-                self._buffer(n, "a", np.asarray(op.a, dtype=np.float64))
-            if mode == "fixed":
-                self._fixed_extras(n, graph.nodes[n]["quant"])
-            elif conv_impl == "matmul" and op.op in ("conv2d", "conv3d"):
-                self._matmul_buffers(n, op)
+        self._quant = {n: graph.nodes[n].get("quant", {}) for n in self.names}
+        for n in self.names:  # each op registers the parameters its ref hooks read (export/ir/ops: ref_setup)
+            self.ops[n].ref_setup(self, n)
         self.eval()  # no training behaviour; keeps torch.onnx.export from warning
 
     # -- parameters -----------------------------------------------------------------------
-    def _buffer(self, node: str, field: str, arr: np.ndarray, dtype: torch.dtype | None = None) -> None:
+    def buffer(self, node: str, field: str, arr: np.ndarray | Tensor, dtype: torch.dtype | None = None) -> None:
+        """Register ``arr`` as the buffer :meth:`p` returns for ``(node, field)``, in ``dtype`` (default: the
+        model's dtype; integers become exact floats). A tensor is stored as it is."""
+        if isinstance(arr, Tensor):
+            self.register_buffer(f"{self._key[node]}_{field}", arr)
+            return
         arr = np.asarray(arr)
-        if dtype is None:
-            weighted = self.ops[node].op in ir.WEIGHTED and field in ("weight",)
-            dtype = self.wdtype if weighted else self.dtype
         arr = np.asarray(arr.astype(np.float64) if arr.dtype.kind in "iub" else arr, order="C")
-        t = torch.from_numpy(arr.copy()).to(dtype)
+        t = torch.from_numpy(arr.copy()).to(self.dtype if dtype is None else dtype)
         self.register_buffer(f"{self._key[node]}_{field.replace('.', '_')}", t, persistent=True)
 
-    def _matmul_buffers(self, n: str, op: ir.Node) -> None:
-        """``conv_impl="matmul"``: the weight as its per-group matrix ``[g, C_out/g, C_in/g·kernel]``, a ``[C_out]``
-        conv2d bias as ``[C_out, 1, 1]`` and the conv2d gather index, stored once, so that the exported graph
-        reshapes no constant at every step."""
-        key, w, b = self._key[n], self.p(n, "weight"), self.p(n, "bias")
-        self.register_buffer(f"{key}_weight", w.reshape(op.groups, w.shape[0] // op.groups, -1).contiguous())
-        if op.op == "conv2d":
-            if b is not None and b.dim() == 1:
-                self.register_buffer(f"{key}_bias", b.reshape(-1, 1, 1).contiguous())
-            _, h, wd = self.specs[self.inputs[n][0]].shape
-            self.register_buffer(f"{key}_index", conv_gather_index(h, wd, op.weight.shape[2:], op.stride, op.padding))
+    def quant(self, node: str) -> dict[str, np.ndarray]:
+        """The fixed-point parameters of ``node`` (empty before quantization)."""
+        return self._quant[node]
+
+    def in_shape(self, node: str) -> tuple[int, ...]:
+        """Per-step shape of ``node``'s first input."""
+        return self.specs[self.inputs[node][0]].shape
 
     def p(self, node: str, field: str) -> Tensor | None:
         return getattr(self, f"{self._key[node]}_{field}", None)
-
-    def _fixed_extras(self, n: str, q: dict) -> None:
-        """Precompute 2^(shift-1) and 2^-shift for the rounding right shifts (exact in float64)."""
-        if self.ops[n].op == "spike_matmul_q_kv":
-            self._buffer(n, "mult", np.ldexp(1.0, int(q["shift"])), torch.float64)
-        elif "shift" in q:
-            s = np.asarray(q["shift"], dtype=np.int64)
-            half = np.where(s > 0, np.ldexp(1.0, np.maximum(s - 1, 0)), 0.0)
-            self._buffer(n, "half", half, torch.float64)
-            self._buffer(n, "inv", np.ldexp(1.0, -s), torch.float64)
 
     # -- execution ------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
@@ -163,7 +144,7 @@ class ReferenceModel(nn.Module):
             env: dict[str, Tensor] = {}
             for n in self.step_nodes:
                 ins = [env[i] for i in self.inputs[n]]
-                env[n] = self._input(x[t]) if n == self.in_name else self._step(n, t, ins, state)
+                env[n] = self._fns[n](self, n, t, [x[t]] if n == self.in_name else ins, state)
                 if n in rec:
                     rec[n].append(env[n])
                 if observe is not None:
@@ -173,128 +154,43 @@ class ReferenceModel(nn.Module):
         out: dict[str, Tensor] = {n: torch.stack(v) for n, v in rec.items()}
         env = {}
         for n in self.clip_nodes:
-            if self.ops[n].op == "conv3d":
-                env[n] = self._head(n, head_in[n])
+            if n in head_in:  # accumulating op: the whole clip at once, [B, C, T, ...]
+                env[n] = self._fns[n](self, n, self.time_steps - 1, [torch.stack(head_in[n], dim=2)], state)
             else:
-                env[n] = self._step(n, 0, [env[i] for i in self.inputs[n]], state)
+                env[n] = self._fns[n](self, n, 0, [env[i] for i in self.inputs[n]], state)
             if n in keep:
                 out[n] = env[n]
             if observe is not None:
                 observe(n, env[n])
         return env[self.out_name], out
 
-    def _input(self, xt: Tensor) -> Tensor:
-        if self.mode == "float":
-            return xt.to(self.dtype)
-        s, bits = self.p(self.in_name, "scale"), self.p(self.in_name, "bits")
-        return _sat(torch.round(xt.to(torch.float64) / s), bits)
+    # -- the backend the op hooks execute with (export/ir/ops) ------------------------------
+    @staticmethod
+    def view(arr: Tensor, rank: int, axis: int) -> Tensor:
+        """A per-channel vector shaped to broadcast over a batched tensor of per-step rank ``rank``."""
+        return _view(arr, rank, axis)
 
-    def _step(self, n: str, t: int, ins: list[Tensor], state: dict[str, Tensor]) -> Tensor:
-        op = self.ops[n]
-        fn = getattr(self, f"_{self.mode}_{op.op}", None) or getattr(self, f"_any_{op.op}")
-        return fn(n, op, t, ins, state)
+    @staticmethod
+    def sat(x: Tensor, bits: Tensor) -> Tensor:
+        """Symmetric saturation to ``bits``: clamp to ±(2^(bits-1) - 1)."""
+        return _sat(x, bits)
 
-    # -- ops shared by both modes (layout, exact products) ----------------------------------
-    def _any_split_heads(self, n, op, t, ins, state):
-        x = ins[0]
-        b, nt, _ = x.shape
-        x = x.reshape(b, nt, op.parts, op.heads, op.head_dim)[:, :, op.part]
-        return x.permute(0, 2, 1, 3).contiguous()
+    @staticmethod
+    def matmul_conv2d(*args, **kwargs) -> Tensor:
+        """:func:`matmul_conv2d` (``conv_impl="matmul"``)."""
+        return matmul_conv2d(*args, **kwargs)
 
-    def _any_merge_heads(self, n, op, t, ins, state):
-        x = ins[0]
-        b, h, nt, d = x.shape
-        return x.transpose(1, 2).reshape(b, nt, h * d)
+    @staticmethod
+    def conv_gather_index(*args, **kwargs) -> Tensor:
+        """:func:`conv_gather_index` (``conv_impl="matmul"``)."""
+        return conv_gather_index(*args, **kwargs)
 
-    def _any_to_tokens(self, n, op, t, ins, state):
-        return ins[0].flatten(2).transpose(1, 2)
+    @staticmethod
+    def matmul_conv3d_head(*args, **kwargs) -> Tensor:
+        """:func:`matmul_conv3d_head` (``conv_impl="matmul"``)."""
+        return matmul_conv3d_head(*args, **kwargs)
 
-    def _any_to_image(self, n, op, t, ins, state):
-        x = ins[0]
-        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], op.height, op.width)
-
-    def _any_flatten(self, n, op, t, ins, state):
-        return ins[0].flatten(1)
-
-    def _any_spike_matmul_kv(self, n, op, t, ins, state):
-        k, v = ins
-        return k.transpose(-2, -1) @ v
-
-    def _any_concat(self, n, op, t, ins, state):
-        return torch.cat(ins, dim=(op.axis % self.rank[n]) + 1)
-
-    def _any_output(self, n, op, t, ins, state):
-        return ins[0]
-
-    # -- float semantics ------------------------------------------------------------------
-    def _float_conv2d(self, n, op, t, ins, state):
-        w, b = self.p(n, "weight"), self.p(n, "bias")
-        if self.conv_impl == "matmul":  # bias [C_out, 1, 1] or [C_out, H_out, W_out]: added after the matmul
-            y = matmul_conv2d(ins[0].to(w.dtype), w, b, op.stride, op.padding, op.groups, self.p(n, "index"),
-                              op.weight.shape[2:])
-            return y.to(self.dtype)
-        full_bias = b is not None and b.dim() == 3
-        y = F.conv2d(ins[0].to(w.dtype), w, None if full_bias else b, op.stride, op.padding, 1, op.groups)
-        y = y.to(self.dtype)
-        return y + b if full_bias else y
-
-    def _float_linear(self, n, op, t, ins, state):
-        w = self.p(n, "weight")
-        return F.linear(ins[0].to(w.dtype), w, self.p(n, "bias")).to(self.dtype)
-
-    def _float_batchnorm(self, n, op, t, ins, state):
-        x = ins[0]
-        sel = (lambda a: a[t]) if op.per_step else (lambda a: a)
-        args = [sel(self.p(n, f)) for f in ("mean", "var", "weight", "bias")]
-        if op.axis % self.rank[n] == self.rank[n] - 1 and self.rank[n] > 1:
-            y = F.batch_norm(x.transpose(1, -1), args[0], args[1], args[2], args[3], False, 0.0, op.eps)
-            return y.transpose(1, -1)
-        return F.batch_norm(x, args[0], args[1], args[2], args[3], False, 0.0, op.eps)
-
-    def _float_affine(self, n, op, t, ins, state):
-        y = ins[0]
-        s, b = self.p(n, "scale"), self.p(n, "bias")
-        if s is not None:
-            y = y * _view(s[t] if s.dim() == 2 else s, self.rank[n], op.axis)
-        if b is not None:
-            y = y + _view(b[t] if b.dim() == 2 else b, self.rank[n], op.axis)
-        return y
-
-    def _float_neuron(self, n, op, t, ins, state):
-        x = ins[0]
-        v = state.get(n)
-        if v is None:
-            v = torch.zeros_like(x)
-        vr = op.v_reset
-        if op.model == "plif":
-            k = self.p(n, "a").sigmoid()
-            h = v + (x - (v - vr)) * k if op.decay_input else v - (v - vr) * k + x
-        else:
-            h = v + (x - (v - vr)) / op.tau if op.decay_input else v - (v - vr) / op.tau + x
-        s = (h >= op.v_threshold).to(x.dtype)
-        state[n] = s * vr + (1.0 - s) * h
-        return s
-
-    def _float_spike_matmul_q_kv(self, n, op, t, ins, state):
-        q, kv = ins
-        return (q @ kv) * op.scale
-
-    def _float_add(self, n, op, t, ins, state):
-        return ins[0] + ins[1]
-
-    def _head(self, n: str, frames: list[Tensor]) -> Tensor:
-        op = self.ops[n]
-        x = torch.stack(frames, dim=2)  # [B, C, T, h, w]
-        if self.mode == "float":
-            w = self.p(n, "weight")
-            if self.conv_impl == "matmul":
-                return matmul_conv3d_head(x.to(w.dtype), w, self.p(n, "bias"), op.groups).to(self.dtype)
-            return F.conv3d(x.to(w.dtype), w, self.p(n, "bias"), groups=op.groups).to(self.dtype)
-        acc = F.conv3d(x.to(self.wdtype), self.p(n, "weight"), groups=op.groups).to(torch.float64)
-        return self._requant(n, acc, 4, 0)
-
-    # -- fixed-point semantics (export.passes.quantize) ------------------------------------
-    def _requant(self, n: str, acc: Tensor, rank: int, axis: int = 0) -> Tensor:
+    def requant(self, n: str, acc: Tensor, rank: int, axis: int = 0) -> Tensor:
         """acc (+ integer bias), then the optional per-channel requantization to ``bits``."""
         b = self.p(n, "bias")
         if b is not None:
@@ -305,47 +201,6 @@ class ReferenceModel(nn.Module):
         half, inv = self.p(n, "half"), self.p(n, "inv")
         y = torch.floor((acc * _view(m, rank, axis) + _view(half, rank, axis)) * _view(inv, rank, axis))
         return _sat(y, self.p(n, "bits"))
-
-    def _fixed_conv2d(self, n, op, t, ins, state):
-        acc = F.conv2d(ins[0].to(self.wdtype), self.p(n, "weight"), None, op.stride, op.padding, 1, op.groups)
-        return self._requant(n, acc.to(torch.float64), 3, 0)
-
-    def _fixed_linear(self, n, op, t, ins, state):
-        acc = F.linear(ins[0].to(self.wdtype), self.p(n, "weight")).to(torch.float64)
-        return self._requant(n, acc, self.rank[n], -1)
-
-    def _fixed_affine(self, n, op, t, ins, state):
-        m, half, inv, b = (self.p(n, f) for f in ("m", "half", "inv", "bias"))
-
-        def pick(a: Tensor) -> Tensor:
-            return _view(a[t] if a.dim() == 2 else a, self.rank[n], op.axis)
-
-        y = torch.floor((ins[0] * pick(m) + pick(half)) * pick(inv))
-        if b is not None:
-            y = y + pick(b)
-        return _sat(y, self.p(n, "bits"))
-
-    def _fixed_neuron(self, n, op, t, ins, state):
-        x = torch.clamp(ins[0], -X_CLIP, X_CLIP)
-        v = state.get(n)
-        if v is None:
-            v = torch.zeros_like(x)
-        decay = self.p(n, "decay")
-        v = torch.trunc(v * (4096.0 - decay) / 4096.0) + x * 64.0
-        v = torch.clamp(v, -V_CLIP, V_CLIP)
-        s = (v > self.p(n, "theta")).to(torch.float64)
-        state[n] = v * (1.0 - s)
-        return s
-
-    def _fixed_spike_matmul_q_kv(self, n, op, t, ins, state):
-        q, kv = ins
-        return _sat((q @ kv) * self.p(n, "mult"), self.p(n, "bits"))
-
-    def _fixed_add(self, n, op, t, ins, state):
-        return _sat(ins[0] + ins[1], self.p(n, "bits"))
-
-    def _fixed_output(self, n, op, t, ins, state):
-        return ins[0] * self.p(n, "scale")
 
 
 def conv_gather_index(h: int, w: int, kernel: tuple[int, int], stride: tuple[int, int],

@@ -36,6 +36,7 @@ import networkx as nx
 import numpy as np
 import torch
 from svformer_deploy.export import ir
+from svformer_deploy.export.ir.ops import conv_fanout, conv_fanout_map  # noqa: F401 - public here too
 from torch import Tensor
 
 from .record import COUNT_KEYS, firing_rate  # the run-record schema owns the count keys
@@ -43,26 +44,8 @@ from .record import COUNT_KEYS, firing_rate  # the run-record schema owns the co
 __all__ = ["COUNT_KEYS", "K", "WORK_OPS", "LayerCounter", "LayerInfo", "build_counters", "conv_fanout",
            "conv_fanout_map", "firing_rate", "input_neurons", "layer_infos", "work_nodes"]
 K = {k: i for i, k in enumerate(COUNT_KEYS)}
-WORK_OPS = ("conv2d", "linear", "conv3d", "affine", "batchnorm", "neuron", "add", "spike_matmul_kv",
-            "spike_matmul_q_kv")
-
-
-def conv_fanout(size: int, kernel: int, stride: int, padding: int) -> np.ndarray:
-    """r(y) for y = 0..size-1: the number of output rows whose receptive field contains input row y."""
-    out = (size + 2 * padding - kernel) // stride + 1
-    r = np.zeros(size, dtype=np.int64)
-    for o in range(out):
-        lo, hi = o * stride - padding, o * stride - padding + kernel
-        r[max(lo, 0):max(min(hi, size), 0)] += 1
-    return r
-
-
-def conv_fanout_map(in_hw: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],
-                    padding: tuple[int, int]) -> np.ndarray:
-    """``[H, W]`` map of output positions reached from each input position (border-aware)."""
-    ry = conv_fanout(in_hw[0], kernel[0], stride[0], padding[0])
-    rx = conv_fanout(in_hw[1], kernel[1], stride[1], padding[1])
-    return np.outer(ry, rx)
+# ops that do arithmetic (the run record's layers); each states its rule in its ``count`` hook
+WORK_OPS = tuple(op for op, cls in ir.NODE_TYPES.items() if cls.counted)
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,10 +126,11 @@ def layer_infos(g: nx.DiGraph, mode: str = "float", dtype: torch.dtype = torch.f
 class LayerCounter:
     """Counts of one work node: ``table[key, t]`` (int64).
 
-    Counts that depend only on shapes (neuron updates, state words, bias/scale/residual arithmetic)
-    are ``static`` and filled in by :meth:`finish`; counts that depend on the activity (spikes,
-    synaptic events, nonzero inputs) are added by :meth:`step` while the executor runs
-    (``dynamic`` tells whether a layer needs it).
+    The rule is the op's ``count`` hook (:mod:`export.ir.ops`): it sets the counts that depend
+    only on shapes (neuron updates, state words, bias/scale/residual arithmetic) with :meth:`set`,
+    which :meth:`finish` adds, and returns the per-step function of the counts that depend on the
+    activity (spikes, synaptic events, nonzero inputs), which :meth:`step` calls while the executor
+    runs (``dynamic`` tells whether a layer has one).
     """
 
     def __init__(self, g: nx.DiGraph, name: str):
@@ -157,63 +141,20 @@ class LayerCounter:
         self.table = np.zeros((len(COUNT_KEYS), self.T), dtype=np.int64)
         ins = ir.inputs_of(g, name)
         self.in_specs = [ir.spec(g, i) for i in ins]
-        self.spike_in = self.in_specs[0].kind == ir.SPIKE
         self.n_out = int(np.prod(ir.spec(g, name).shape))
         self.static = np.zeros(len(COUNT_KEYS), dtype=np.int64)  # every step (clip-rate ops: once, last step)
         self.final = np.zeros(len(COUNT_KEYS), dtype=np.int64)  # once, at the last step
-        self.dynamic = self.op.op in ("conv2d", "linear", "conv3d", "neuron", "spike_matmul_kv", "spike_matmul_q_kv")
-        self._setup()
+        self._step = self.op.count(self)
+        self.dynamic = self._step is not None
 
-    def _set(self, key: str, value: int, where: np.ndarray | None = None) -> None:
-        (self.static if where is None else where)[K[key]] += int(value)
+    @staticmethod
+    def key(name: str) -> int:
+        """Row of count ``name`` in the table (:data:`COUNT_KEYS`)."""
+        return K[name]
 
-    def _setup(self) -> None:
-        op = self.op
-        kind = op.op
-        self.fan = None
-        if kind == "conv2d":
-            c_in, h, w = self.in_specs[0].shape
-            fan = conv_fanout_map((h, w), op.weight.shape[2:], op.stride, op.padding)
-            self.per_synapse = op.weight.shape[0] // op.groups
-            if np.all(fan == fan.flat[0]):  # every position reaches the same number of outputs
-                self.per_synapse *= int(fan.flat[0])
-            else:
-                self.fan = torch.from_numpy(fan)
-            self._bias(op.bias is not None)
-        elif kind == "linear":
-            self.per_synapse = op.weight.shape[0]
-            self._bias(op.bias is not None)
-        elif kind == "conv3d":
-            self.per_synapse = op.weight.shape[0] // op.groups
-            self._set("state_reads", op.weight.shape[0])
-            self._set("state_writes", op.weight.shape[0])
-            if op.bias is not None:
-                self._set("add", op.weight.shape[0], self.final)
-                self._set("weight_reads", op.weight.shape[0], self.final)
-        elif kind == "affine":
-            if op.scale is not None:
-                self._set("mul", self.n_out)
-            if op.bias is not None:
-                self._set("add", self.n_out)
-            self._set("weight_reads", self.static[K["mul"]] + self.static[K["add"]])
-        elif kind == "batchnorm":
-            for key in ("mul", "add"):
-                self._set(key, self.n_out)
-            self._set("weight_reads", 2 * self.n_out)
-        elif kind == "add":
-            self._set("add", self.n_out)
-        elif kind == "neuron":
-            for key in ("neuron_updates", "state_reads", "state_writes"):
-                self._set(key, self.n_out)
-        elif kind == "spike_matmul_kv":
-            self._set("state_writes", self.n_out)  # the h x d x d matrix, written once per step
-        elif kind == "spike_matmul_q_kv":
-            self.per_synapse = self.in_specs[0].shape[2]  # d
-
-    def _bias(self, has_bias: bool) -> None:
-        if has_bias:
-            self._set("add", self.n_out)
-            self._set("weight_reads", self.n_out)
+    def set(self, key: str, value: int, final: bool = False) -> None:
+        """Add ``value`` to the static count ``key`` (every step; ``final``: once, at the last step)."""
+        (self.final if final else self.static)[K[key]] += int(value)
 
     def step(self, t: int, ins: list[Tensor], out: Tensor, nnz_in: int | None = None,
              nnz_out: int | None = None) -> None:
@@ -221,37 +162,12 @@ class LayerCounter:
 
         ``nnz_in`` / ``nnz_out``: spike counts of input 0 / the output when the executor knows them.
         """
-        if not self.dynamic:
-            return
-        col = self.table[:, t]
-        kind = self.op.op
-        if kind in ("conv2d", "linear", "conv3d"):
-            x = ins[0]
-            if self.spike_in:
-                active = int(x.count_nonzero()) if nnz_in is None else nnz_in
-                n = self.per_synapse * (active if self.fan is None else int((x.sum(0) * self.fan).sum()))
-                col[K["ac"]] += n
-                col[K["spikes_in"]] += active
-            else:
-                n = self.per_synapse * (int(x.count_nonzero()) if self.fan is None
-                                        else int(((x != 0).sum(0) * self.fan).sum()))
-                col[K["mac"]] += n
-            col[K["weight_reads"]] += n
-        elif kind == "neuron":
-            col[K["spikes_out"]] += int(out.count_nonzero()) if nnz_out is None else nnz_out
-        elif kind == "spike_matmul_kv":
-            k, v = ins
-            col[K["ac"]] += int((k.sum(-1) * v.sum(-1)).sum())
-            col[K["spikes_in"]] += int(k.count_nonzero()) + int(v.count_nonzero())
-        elif kind == "spike_matmul_q_kv":
-            q = int(ins[0].count_nonzero()) if nnz_in is None else nnz_in
-            col[K["ac"]] += q * self.per_synapse
-            col[K["spikes_in"]] += q
-            col[K["state_reads"]] += q * self.per_synapse
+        if self._step is not None:
+            self._step(self.table[:, t], ins, out, nnz_in, nnz_out)
 
     def finish(self) -> np.ndarray:
         """Add the static counts (once; call after the last step) and return the table."""
-        if self.clip and self.op.op != "conv3d":
+        if self.clip and not self.op.accumulates:
             self.table[:, -1] += self.static
         else:
             self.table += self.static[:, None]

@@ -31,14 +31,13 @@ from dataclasses import dataclass
 import networkx as nx
 import numpy as np
 import torch
-import torch.nn.functional as F
 from svformer_deploy.export import ir
 from svformer_deploy.svformer.errors import SVFormerError
 from torch import Tensor
 
-from . import fixed
+from . import fixed, kernels
 from .counting import LayerCounter, LayerInfo, build_counters, layer_infos
-from .kernels import Conv2dKernel, HeadConv3dKernel, KernelPolicy, LinearKernel, spike_kv, spike_q_kv
+from .kernels import HeadConv3dKernel, KernelPolicy
 
 MODES = ("float", "integer")
 StepFn = Callable[[int, list[Tensor], int | None], Tensor]  # (step, inputs, spikes in input 0)
@@ -108,18 +107,16 @@ class Simulator:
         self.in_name, self.out_name = ir.input_node(graph), ir.output_node(graph)
         self.step_nodes = [n for n in self.names if self.specs[n].rate == ir.STEP]
         self.clip_nodes = [n for n in self.names if self.specs[n].rate == ir.CLIP]
-        self.heads = [n for n in self.clip_nodes if self.ops[n].op == "conv3d"]
+        self.heads = [n for n in self.clip_nodes if self.ops[n].accumulates]
         self.neurons = [n for n in self.names if self.ops[n].op == "neuron"]
         self.count = count
         self.layers: list[LayerInfo] = layer_infos(graph, mode, dtype)
-        self._fns: dict[str, StepFn] = {}
-        self._state: dict[str, Tensor] = {}
+        self.state: dict[str, Tensor] = {}  # neuron membranes and head accumulators of the running clip
         self._heads: dict[str, tuple[HeadConv3dKernel, torch.dtype]] = {}
-        prefix = "_i_" if mode == "integer" else "_f_"
-        for n in self.names:
-            op = self.ops[n]
-            builder = getattr(self, f"{prefix}{op.op}", None) or getattr(self, f"_any_{op.op}")
-            self._fns[n] = builder(n, op)
+        # every op builds its own step function once (export/ir/ops: sim_float / sim_fixed), with this
+        # simulator as its backend (kernels, fixed-point arithmetic, parameter views, state)
+        self._fns: dict[str, StepFn] = {n: (self.ops[n].sim_fixed(self, n) if mode == "integer"
+                                            else self.ops[n].sim_float(self, n)) for n in self.names}
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -142,10 +139,11 @@ class Simulator:
         counters: dict[str, LayerCounter] = build_counters(self.graph) if self.count else {}
         spikes: dict[str, list[Tensor]] = {n: [] for n in self.neurons} if record_spikes else {}
         values: dict[str, list[Tensor]] = {n: [] for n in self.step_nodes} if record_values else {}
-        self._state = {}
+        self.state = {}
         step_s: list[float] = []
+        inp = self._fns[self.in_name]
         # (name, step function, input names, dynamic counter or None), resolved once per run
-        plan = [(n, (lambda t, ins, nnz: self._input(frames[t])) if n == self.in_name else self._fns[n],
+        plan = [(n, (lambda t, ins, nnz: inp(t, [frames[t]], None)) if n == self.in_name else self._fns[n],
                  tuple(self.inputs[n]), counters[n] if n in counters and counters[n].dynamic else None)
                 for n in self.step_nodes]
         t_start = time.perf_counter()
@@ -193,58 +191,50 @@ class Simulator:
         if record_values:
             result.values = {n: torch.stack(v) for n, v in values.items()}
             result.values.update({n: env[n] for n in self.clip_nodes})
-        self._state = {}
+        self.state = {}
         return result
-
-    def _input(self, frame: Tensor) -> Tensor:
-        if self.mode == "float":
-            return frame.to(self.dtype)
-        q = self.graph.nodes[self.in_name]["quant"]
-        return fixed.quantize_input(frame, float(q["scale"]), int(q["bits"]))
 
     def _head_step(self, n: str, t: int, x: Tensor, nnz: int | None) -> None:
         kernel, acc_dtype = self._heads[n]
         part = kernel.spikes(x, nnz, t) if x.dtype == torch.bool else kernel.dense(x, t)
         part = part.to(torch.int64) if self.mode == "integer" else part.to(acc_dtype)
-        self._state[n] = part if t == 0 else self._state[n] + part
+        self.state[n] = part if t == 0 else self.state[n] + part
 
-    def _rank(self, n: str) -> int:
+    # -- the backend the op hooks build their step functions with (export/ir/ops) -------------
+    kernels = kernels  # event/dense accumulation kernels (simulators.kernels)
+    fixed = fixed  # the integer arithmetic of the fixed-point spec (simulators.fixed)
+
+    @staticmethod
+    def tensor(arr: np.ndarray | float, dtype: torch.dtype) -> Tensor:
+        """A parameter array as a tensor of ``dtype``."""
+        return _as_tensor(arr, dtype)
+
+    def rank(self, n: str) -> int:
+        """Rank of node ``n``'s per-step output."""
         return len(self.specs[n].shape)
 
-    # -- layout ops (both modes) ----------------------------------------------------------------
-    def _any_input(self, n, op):
-        return None
+    def in_shape(self, n: str) -> tuple[int, ...]:
+        """Per-step shape of node ``n``'s first input."""
+        return self.specs[self.inputs[n][0]].shape
 
-    def _any_output(self, n, op):
-        return lambda t, ins, nnz: ins[0]
+    def quant(self, n: str) -> dict[str, np.ndarray]:
+        """The fixed-point parameters of node ``n``."""
+        return self.graph.nodes[n]["quant"]
 
-    def _any_split_heads(self, n, op):
-        def fn(t, ins, nnz):
-            x = ins[0]
-            return x.reshape(x.shape[0], op.parts, op.heads, op.head_dim)[:, op.part].permute(1, 0, 2).contiguous()
-        return fn
+    def set_head(self, n: str, kernel: HeadConv3dKernel, acc_dtype: torch.dtype) -> None:
+        """Register an accumulating node: ``kernel`` adds each step's share to ``state[n]`` (in ``acc_dtype``)."""
+        self._heads[n] = (kernel, acc_dtype)
 
-    def _any_merge_heads(self, n, op):
-        def fn(t, ins, nnz):
-            h, nt, d = ins[0].shape
-            return ins[0].transpose(0, 1).reshape(nt, h * d)
-        return fn
+    def per_step_views(self, n: str, arr: np.ndarray | None, dtype: torch.dtype, axis: int) -> list[Tensor] | None:
+        """A per-channel ([C]) or per-step ([T, C]) parameter as one broadcastable view per step."""
+        if arr is None:
+            return None
+        a = _as_tensor(arr, dtype)
+        return [_channel_view(a[t] if a.dim() == 2 else a, self.rank(n), axis) for t in range(self.time_steps)]
 
-    def _any_to_tokens(self, n, op):
-        return lambda t, ins, nnz: ins[0].flatten(1).t()
-
-    def _any_to_image(self, n, op):
-        return lambda t, ins, nnz: ins[0].t().reshape(ins[0].shape[1], op.height, op.width)
-
-    def _any_flatten(self, n, op):
-        return lambda t, ins, nnz: ins[0].reshape(-1)
-
-    def _any_concat(self, n, op):
-        axis = op.axis % self._rank(n)
-        return lambda t, ins, nnz: torch.cat(ins, dim=axis)
-
-    # -- float semantics ------------------------------------------------------------------------
-    def _weighted_float(self, n: str, op, make_kernel, bias_view: Callable[[Tensor], Tensor]) -> StepFn:
+    def weighted_float(self, n: str, op: ir.Node, make_kernel: Callable[[Tensor], object],
+                       bias_view: Callable[[Tensor], Tensor]) -> StepFn:
+        """Float step of a weighted op: the kernel's sums (events or dense) plus the bias."""
         dt = self.dtype
         kernel = make_kernel(_as_tensor(op.weight, dt))
         b = None if op.bias is None else bias_view(_as_tensor(op.bias, dt))
@@ -255,100 +245,9 @@ class Simulator:
             return y if b is None else y.add_(b)  # y is the kernel's fresh output
         return fn
 
-    def _f_conv2d(self, n, op):
-        in_shape = self.specs[self.inputs[n][0]].shape
-        return self._weighted_float(
-            n, op, lambda w: Conv2dKernel(w, op.stride, op.padding, op.groups, in_shape, self.policy),
-            lambda b: b.reshape(-1, 1, 1) if b.dim() == 1 else b)
-
-    def _f_linear(self, n, op):
-        return self._weighted_float(n, op, lambda w: LinearKernel(w, self.policy), lambda b: b)
-
-    def _f_conv3d(self, n, op):
-        self._heads[n] = (HeadConv3dKernel(_as_tensor(op.weight, self.dtype), op.groups, self.policy), self.dtype)
-        b = None if op.bias is None else _as_tensor(op.bias, self.dtype)
-
-        def fn(t, ins, nnz):
-            acc = self._state[n]
-            return (acc if b is None else acc + b).reshape(-1, 1, 1, 1)
-        return fn
-
-    def _per_step_views(self, n: str, arr: np.ndarray | None, dtype: torch.dtype, axis: int) -> list[Tensor] | None:
-        """A per-channel ([C]) or per-step ([T, C]) parameter as one broadcastable view per step."""
-        if arr is None:
-            return None
-        a = _as_tensor(arr, dtype)
-        return [_channel_view(a[t] if a.dim() == 2 else a, self._rank(n), axis) for t in range(self.time_steps)]
-
-    def _f_affine(self, n, op):
-        s = self._per_step_views(n, op.scale, self.dtype, op.axis)
-        b = self._per_step_views(n, op.bias, self.dtype, op.axis)
-
-        def fn(t, ins, nnz):
-            y = ins[0]
-            if s is not None:
-                y = y * s[t]
-                if b is not None:
-                    y.add_(b[t])  # same rounding as y + b, one allocation less
-            elif b is not None:
-                y = y + b[t]
-            return y
-        return fn
-
-    def _f_batchnorm(self, n, op):
-        rank, dt = self._rank(n), self.dtype
-        arrs = [_as_tensor(getattr(op, f), dt) for f in ("mean", "var", "weight", "bias")]
-        last = rank > 1 and op.axis % rank == rank - 1
-
-        def fn(t, ins, nnz):
-            args = [a[t] if op.per_step else a for a in arrs]
-            x = ins[0][None]
-            if last:
-                return F.batch_norm(x.transpose(1, -1), *args, False, 0.0, op.eps).transpose(1, -1)[0]
-            return F.batch_norm(x, *args, False, 0.0, op.eps)[0]
-        return fn
-
-    def _f_neuron(self, n, op):
-        dt = self.dtype
-        vr, vth = op.v_reset, op.v_threshold
-        k = torch.tensor(op.a, dtype=torch.float64).to(dt).sigmoid() if op.model == "plif" else None
-
-        def fn(t, ins, nnz):
-            x = ins[0]
-            v = self._state.get(n)
-            if v is None:
-                v = torch.zeros_like(x)
-            # (v - vr) is v itself when vr = 0 (exact in IEEE arithmetic), so that subtraction is skipped;
-            # in-place steps on a fresh tensor round exactly as the out-of-place expression
-            dv = v if vr == 0.0 else v - vr
-            if op.decay_input:  # H = V + (X - (V - V_reset))·k  (PLIF) or ... / tau (LIF)
-                h = torch.sub(x, dv)
-                h = h.mul_(k) if op.model == "plif" else h.div_(op.tau)
-                h.add_(v)
-            else:  # H = V - (V - V_reset)·k + X
-                h = v - (dv * k if op.model == "plif" else dv / op.tau)
-                h.add_(x)
-            s = h >= vth
-            self._state[n] = h.masked_fill_(s, vr)  # V = S·V_reset + (1 - S)·H
-            return s
-        return fn
-
-    def _f_spike_matmul_kv(self, n, op):
-        return lambda t, ins, nnz: spike_kv(ins[0], ins[1], self.dtype)
-
-    def _f_spike_matmul_q_kv(self, n, op):
-        return lambda t, ins, nnz: spike_q_kv(ins[0], ins[1]) * op.scale
-
-    def _f_add(self, n, op):
-        return lambda t, ins, nnz: ins[0] + ins[1]
-
-    # -- integer semantics (simulators.fixed) ---------------------------------------------------
-    def _q(self, n: str) -> dict[str, np.ndarray]:
-        return self.graph.nodes[n]["quant"]
-
-    def _requant(self, n: str, view: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    def requant(self, n: str, view: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
         """acc (int64) -> acc + bias, then sat_a(rshift(., m, shift)) when the node has a requantizer."""
-        q = self._q(n)
+        q = self.quant(n)
         b = None if "bias" not in q else _as_tensor(q["bias"], torch.int64)
         if b is not None and b.dim() == 1:
             b = view(b)
@@ -362,80 +261,19 @@ class Simulator:
             return fixed.sat(fixed.rshift(acc, m, s), bits)
         return requant
 
-    def _weighted_int(self, n: str, make_kernel, view: Callable[[Tensor], Tensor]) -> StepFn:
-        q = self._q(n)
+    def weighted_fixed(self, n: str, make_kernel: Callable[[Tensor], object],
+                       view: Callable[[Tensor], Tensor]) -> StepFn:
+        """Integer step of a weighted op: exact float sums of integer weights, then :meth:`requant`."""
+        q = self.quant(n)
         acc_dtype = fixed.accumulator_dtype(int(q["acc_bits"]))
         kernel = make_kernel(_as_tensor(q["weight"], acc_dtype))
-        requant = self._requant(n, view)
+        requant = self.requant(n, view)
 
         def fn(t, ins, nnz):
             x = ins[0]
             y = kernel.spikes(x, nnz) if x.dtype == torch.bool else kernel.dense(x)
             return requant(y.to(torch.int64))
         return fn
-
-    def _i_conv2d(self, n, op):
-        in_shape = self.specs[self.inputs[n][0]].shape
-        return self._weighted_int(
-            n, lambda w: Conv2dKernel(w, op.stride, op.padding, op.groups, in_shape, self.policy),
-            lambda a: a.reshape(-1, 1, 1))
-
-    def _i_linear(self, n, op):
-        return self._weighted_int(n, lambda w: LinearKernel(w, self.policy), lambda a: a)
-
-    def _i_conv3d(self, n, op):
-        q = self._q(n)
-        acc_dtype = fixed.accumulator_dtype(int(q["acc_bits"]))
-        self._heads[n] = (HeadConv3dKernel(_as_tensor(q["weight"], acc_dtype), op.groups, self.policy), torch.int64)
-        requant = self._requant(n, lambda a: a.reshape(-1))
-        return lambda t, ins, nnz: requant(self._state[n]).reshape(-1, 1, 1, 1)
-
-    def _i_affine(self, n, op):
-        q = self._q(n)
-        m = self._per_step_views(n, q["m"], torch.int64, op.axis)
-        s = self._per_step_views(n, q["shift"], torch.int64, op.axis)
-        b = self._per_step_views(n, q.get("bias"), torch.int64, op.axis)
-        bits = int(q["bits"])
-
-        def fn(t, ins, nnz):
-            y = fixed.rshift(ins[0], m[t], s[t])
-            if b is not None:
-                y = y + b[t]
-            return fixed.sat(y, bits)
-        return fn
-
-    def _i_neuron(self, n, op):
-        q = self._q(n)
-        decay = int(q["decay"])
-        theta = _as_tensor(q["theta"], torch.int64)
-
-        def fn(t, ins, nnz):
-            v = self._state.get(n)
-            if v is None:
-                v = torch.zeros_like(ins[0])
-            v, s = fixed.neuron_step(v, ins[0], decay, theta)
-            self._state[n] = v
-            return s
-        return fn
-
-    def _i_add(self, n, op):
-        bits = int(self._q(n)["bits"])
-        return lambda t, ins, nnz: fixed.sat(ins[0] + ins[1], bits)
-
-    def _i_spike_matmul_kv(self, n, op):
-        return lambda t, ins, nnz: spike_kv(ins[0], ins[1], torch.float64).to(torch.int64)
-
-    def _i_spike_matmul_q_kv(self, n, op):
-        q = self._q(n)
-        shift, bits = int(q["shift"]), int(q["bits"])
-
-        def fn(t, ins, nnz):
-            return fixed.sat(spike_q_kv(ins[0], ins[1].to(torch.float64)).to(torch.int64) << shift, bits)
-        return fn
-
-    def _i_output(self, n, op):
-        scale = _as_tensor(self._q(n)["scale"], torch.float64)
-        return lambda t, ins, nnz: ins[0].to(torch.float64) * scale
 
 
 def simulate(graph: nx.DiGraph, frames: Tensor, mode: str = "float", dtype: torch.dtype = torch.float32,

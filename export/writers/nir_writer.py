@@ -3,6 +3,8 @@
 ``model.nir`` (:func:`write_nir`, read back by :func:`read_nir`, converted back by :func:`nir_to_ir`)
 holds every IR node, one NIR node each:
 
+Each op's ``to_nir`` hook (:mod:`export.ir.ops`) builds its node from a :class:`NirContext`:
+
 =================  ==========================================================================
 IR op              NIR node
 =================  ==========================================================================
@@ -43,6 +45,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import h5py
@@ -306,57 +309,30 @@ def _shape(g: nx.DiGraph, n: str) -> np.ndarray:
     return np.asarray(ir.spec(g, n).shape, dtype=np.int64)
 
 
+@dataclass
+class NirContext:
+    """What an op's ``to_nir`` hook (:mod:`export.ir.ops`) gets: the ``nir`` module, the extension classes
+    (``ext.SVFConcat``, ...), per-step shapes of input 0 / input 1 / the output, the node's metadata,
+    ``dt`` and :func:`lif_node`."""
+
+    in_shape: np.ndarray
+    in2_shape: np.ndarray | None
+    shape: np.ndarray
+    meta: dict[str, str]
+    dt: float
+    nir: ClassVar[Any] = nir
+    ext: ClassVar[Any] = SimpleNamespace(**EXTENSIONS)
+    lif: ClassVar[Any] = staticmethod(lif_node)
+
+
 def _node(g: nx.DiGraph, n: str, dt: float) -> nir.NIRNode:
     op = ir.op_of(g, n)
     ins = ir.inputs_of(g, n)
     shape = _shape(g, n)
-    in_shape = _shape(g, ins[0]) if ins else shape
-    present = list(op.arrays())
-    meta = _meta(g, n, present)
-    if op.op == "input":
-        return nir.Input(input_type={"input": shape}, metadata=meta)
-    if op.op == "output":
-        return nir.Output(output_type={"output": shape}, metadata=meta)
-    if op.op == "conv2d":
-        if op.bias is not None and op.bias.ndim == 3:
-            return SVFPositionalConv2d(in_shape, shape, op.weight, op.bias, np.asarray(op.stride),
-                                       np.asarray(op.padding), op.groups, metadata=meta)
-        bias = op.bias if op.bias is not None else np.zeros(op.weight.shape[0], dtype=op.weight.dtype)
-        return nir.Conv2d(input_shape=tuple(int(s) for s in in_shape[1:]), weight=op.weight, stride=op.stride,
-                          padding=op.padding, dilation=(1, 1), groups=op.groups, bias=bias, metadata=meta)
-    if op.op == "linear":
-        if len(in_shape) == 1:
-            if op.bias is None:
-                return nir.Linear(weight=op.weight, metadata=meta)
-            return nir.Affine(weight=op.weight, bias=op.bias, metadata=meta)
-        return SVFTokenLinear(in_shape, shape, op.weight, op.bias, metadata=meta)
-    if op.op == "neuron":
-        return lif_node(op, tuple(int(s) for s in shape), dt, meta)
-    if op.op == "add":
-        return nir.Scale(scale=np.ones(tuple(int(s) for s in shape), dtype=np.float32), metadata=meta)
-    if op.op == "flatten":
-        return nir.Flatten(input_type={"input": in_shape}, start_dim=0, end_dim=-1, metadata=meta)
-    if op.op == "affine":
-        return SVFChannelAffine(in_shape, shape, op.axis, op.scale, op.bias, metadata=meta)
-    if op.op == "batchnorm":
-        return SVFBatchNorm(in_shape, shape, op.mean, op.var, op.weight, op.bias, op.eps, op.axis, metadata=meta)
-    if op.op == "split_heads":
-        return SVFSplitHeads(in_shape, shape, op.part, op.parts, op.heads, op.head_dim, metadata=meta)
-    if op.op == "merge_heads":
-        return SVFMergeHeads(in_shape, shape, metadata=meta)
-    if op.op == "to_tokens":
-        return SVFToTokens(in_shape, shape, metadata=meta)
-    if op.op == "to_image":
-        return SVFToImage(in_shape, shape, op.height, op.width, metadata=meta)
-    if op.op == "spike_matmul_kv":
-        return SVFSpikeMatmulKV(in_shape, _shape(g, ins[1]), shape, metadata=meta)
-    if op.op == "spike_matmul_q_kv":
-        return SVFSpikeMatmulQKV(in_shape, _shape(g, ins[1]), shape, op.scale, metadata=meta)
-    if op.op == "concat":
-        return SVFConcat(in_shape, _shape(g, ins[1]), shape, op.axis, metadata=meta)
-    if op.op == "conv3d":
-        return SVFConv3dHead(in_shape, shape, op.weight, op.groups, op.bias, metadata=meta)
-    raise SVFormerError(f"{n}: op {op.op} has no NIR form")
+    ctx = NirContext(in_shape=_shape(g, ins[0]) if ins else shape,
+                     in2_shape=_shape(g, ins[1]) if len(ins) > 1 else None, shape=shape,
+                     meta=_meta(g, n, list(op.arrays())), dt=dt)
+    return op.to_nir(ctx)
 
 
 def ir_to_nir(g: nx.DiGraph, dt: float = DT) -> nir.NIRGraph:

@@ -7,7 +7,8 @@ weighted op. Such a chain is what Lava-DL netx (``input``/``conv``/``dense`` lay
 neurons, strictly sequential) and the standard NIR nodes that peers run (``Conv2d``/``Affine`` +
 ``LIF``) can express. Everything else (residual adds, per-step affines left by TDBN, attention
 matmuls, concat, the grouped Conv3d head, layout ops, real-valued inputs) stays on a host, and
-:func:`partition` says why for every node.
+:func:`partition` says why for every node: the op's ``netx_refusal`` hook (:mod:`export.ir.ops`), or,
+for the chain layers (conv2d/linear synapses, neurons), why this node is not in a chain.
 
 Layouts: every layer of a part is written as a 2-D convolution on a ``[C, H, W]`` image.
 
@@ -36,28 +37,6 @@ import numpy as np
 from torch import Tensor
 
 from .. import ir
-
-# why an op never runs on a sequential spiking core (netx 0.6.0 / standard NIR 1.0.8)
-HOST_REASONS = {
-    "input": "real-valued input ({encoding}): netx input layers and the chain take binary spikes; "
-             "the first layer multiplies real values on the host",
-    "add": "residual add (membrane shortcut): netx chains are strictly sequential (no fan-in)",
-    "affine": "per-step affine left by time-dependent BN (scale/bias differ between steps): netx and NIR "
-              "parameters are time-invariant",
-    "batchnorm": "unfolded BatchNorm: run fold_bn first",
-    "spike_matmul_kv": "attention matmul Kᵀ·V between two spike tensors: no netx layer or NIR node multiplies "
-                       "activations",
-    "spike_matmul_q_kv": "attention matmul Q·(KᵀV) between activations: no netx layer or NIR node multiplies "
-                         "activations",
-    "concat": "concat: netx 0.6.0 raises NotImplementedError for concat layers; NIR 1.0.8 has no Concat",
-    "conv3d": "grouped Conv3d head over all T steps (emits once per clip): no netx layer, no NIR node",
-    "split_heads": "head split of a rescaled or shared projection: a token/head reshape on the host",
-    "merge_heads": "head merge (token/head reshape) on the host",
-    "to_tokens": "image-to-token reshape of the residual stream on the host",
-    "to_image": "token-to-image reshape of the residual stream on the host",
-    "flatten": "flatten of the clip-rate head output on the host",
-    "output": "clip-rate logits, read by the host",
-}
 
 
 @dataclass
@@ -129,16 +108,6 @@ class Partition:
 
 
 # ---------------------------------------------------------------------------------------------
-def _layout_of(shape: tuple[int, ...], op: str) -> str | None:
-    if op == "conv2d" and len(shape) == 3:
-        return "image"
-    if op == "linear" and len(shape) == 2:
-        return "tokens"
-    if op == "linear" and len(shape) == 1:
-        return "vector"
-    return None
-
-
 def _as_image(shape: tuple[int, ...], layout: str) -> tuple[int, int, int]:
     if layout == "image":
         return tuple(shape)
@@ -160,7 +129,7 @@ def _candidate(g: nx.DiGraph, neuron: str) -> tuple[Layer, str, str] | str:
         for s in ir.consumers(g, p):
             if ir.op_of(g, s).op != "split_heads" or [ir.op_of(g, c).op for c in ir.consumers(g, s)] != ["neuron"]:
                 return f"the projection {p} also feeds {s}, which is not a head split into one neuron layer"
-    elif pop.op not in ("conv2d", "linear"):
+    elif not hasattr(pop, "chain_conv"):  # not a synapse op that a chain can hold
         return f"its input comes from {pop.op} {p}, not from a conv/dense layer on spikes"
     elif ir.consumers(g, p) != [neuron]:
         others = [c for c in ir.consumers(g, p) if c != neuron]
@@ -171,7 +140,7 @@ def _candidate(g: nx.DiGraph, neuron: str) -> tuple[Layer, str, str] | str:
         return f"the layer {p} reads a real-valued tensor ({src}), not spikes"
     if s.rate != ir.STEP:
         return f"the layer {p} runs at clip rate"
-    layout = _layout_of(s.shape, pop.op)
+    layout = pop.chain_layout(s.shape)
     if layout is None:
         return f"{pop.op} {p} on a {list(s.shape)} tensor has no conv form"
     if pop.op == "conv2d" and pop.bias is not None and pop.bias.ndim != 1:
@@ -238,9 +207,7 @@ def _host_reason(g: nx.DiGraph, n: str, why_not: dict[str, str]) -> str:
     op = ir.op_of(g, n)
     if op.op == "neuron":
         return "neuron: " + why_not.get(n, "its input is not a conv/dense layer on spikes")
-    if op.op == "affine" and not op.per_step:
-        return "affine that was not folded into a weight"
-    if op.op in ("conv2d", "linear"):
+    if hasattr(op, "chain_conv"):  # a synapse op that is not in a chain: which neighbour prevents it
         src = ir.inputs_of(g, n)[0]
         cons = [ir.op_of(g, c).op for c in ir.consumers(g, n)]
         if ir.spec(g, n).rate == ir.CLIP:
@@ -257,8 +224,7 @@ def _host_reason(g: nx.DiGraph, n: str, why_not: dict[str, str]) -> str:
         if op.op == "conv2d" and op.bias is not None and op.bias.ndim == 3:
             return "conv with a position-dependent bias (from fuse_linear)"
         return f"{op.op} whose output feeds {', '.join(sorted(set(cons)))}, not one neuron layer"
-    reason = HOST_REASONS.get(op.op, f"{op.op} has no netx/NIR chain form")
-    return reason.format(encoding=getattr(op, "encoding", ""))
+    return op.netx_refusal() or f"{op.op} has no netx/NIR chain form"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,7 +247,8 @@ def to_part_layout(part: Part, x: Tensor, shape: tuple[int, ...]) -> Tensor:
 
 
 def layer_weights(g: nx.DiGraph, layer: Layer, quantized: bool = False) -> tuple[np.ndarray, np.ndarray | None, int]:
-    """(weight [C_out, C_in/g, kH, kW], bias [C_out] or None, groups) of ``layer`` as a conv in the part layout.
+    """(weight [C_out, C_in/g, kH, kW], bias [C_out] or None, groups) of ``layer`` as a conv in the part layout
+    (the op's ``chain_conv``).
 
     ``quantized``: the integer weights and accumulator-unit biases of the quantize pass instead of floats.
     """
@@ -291,10 +258,7 @@ def layer_weights(g: nx.DiGraph, layer: Layer, quantized: bool = False) -> tuple
         w, b = q["weight"], q.get("bias")
     else:
         w, b = op.weight, op.bias
-    w = np.asarray(w)
-    if op.op == "linear":
-        w = w[:, :, None, None]
-    groups = op.groups if op.op == "conv2d" else 1
+    w, groups, _, _ = op.chain_conv(w)
     if layer.rows is not None:
         lo, hi = layer.rows
         w = w[lo:hi]
@@ -318,9 +282,8 @@ def dense_groups(w: np.ndarray, groups: int) -> np.ndarray:
 
 def layer_stride_padding(g: nx.DiGraph, layer: Layer) -> tuple[tuple[int, int], tuple[int, int]]:
     op = ir.op_of(g, layer.weighted)
-    if op.op == "conv2d":
-        return tuple(op.stride), tuple(op.padding)
-    return (1, 1), (0, 0)
+    _, _, stride, padding = op.chain_conv(op.weight)
+    return stride, padding
 
 
 def record_part_io(g: nx.DiGraph, part: Part, recorded: dict[str, Tensor]) -> tuple[Tensor, list[Tensor]]:

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from svformer_deploy.export.bundle import Bundle, find_latest_bundle, load_bundle
 from svformer_deploy.svformer.errors import SVFormerError
+from svformer_deploy.svformer.fileio import sha256_file
 
 from .counting import COUNT_KEYS, firing_rate
 from .executor import SimResult, Simulator
-from .record import DEFAULT_RUNS_DIR, build_record, sha256_file, top_k, write_records
+from .record import DEFAULT_RUNS_DIR, build_record, top_k, write_records
 
 EXECUTORS = ("float", "integer")
 

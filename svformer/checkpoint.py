@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .config import SVFormerConfig
+from .config import LIMITS, SVFormerConfig
 from .errors import SVFormerError
 from .fileio import write_with_atomic
 from .model import SVFormer
@@ -82,9 +82,9 @@ class Checkpoint:
     source: str = ""
 
     def build_model(self) -> SVFormer:
-        """The model with these weights, in eval mode (the state_dict is checked against the config)."""
+        """The model with these weights, in eval mode (the state_dict is checked against the config first)."""
+        check_state_dict_for_config(self.config, self.state_dict, self.source)
         model = SVFormer(self.config)
-        check_state_dict(model, self.state_dict, self.source)
         model.load_state_dict(self.state_dict)
         return model.eval()
 
@@ -204,6 +204,9 @@ def load_checkpoint(path: str | Path, arch: str | None = None, **overrides: Any)
     state = _strip_prefix(state)
     if "head.weight" in state and "num_classes" not in overrides:
         overrides["num_classes"] = int(state["head.weight"].shape[0])
+    if "num_classes" in overrides and not 1 <= overrides["num_classes"] <= LIMITS["num_classes"]:
+        raise SVFormerError(f"{path}: head.weight has {overrides['num_classes']} rows (classes), above the limit "
+                            f"of {LIMITS['num_classes']}")
     cfg = variant_config(arch, **overrides)
     ckpt = Checkpoint(
         config=cfg,
@@ -213,7 +216,7 @@ def load_checkpoint(path: str | Path, arch: str | None = None, **overrides: Any)
         arch=arch,
         source=str(path),
     )
-    check_state_dict(SVFormer(cfg), state, str(path))
+    check_state_dict_for_config(cfg, state, str(path))
     return ckpt
 
 
@@ -221,6 +224,8 @@ def _from_ours(path: Path, obj: dict[str, Any]) -> Checkpoint:
     version = obj.get("format_version")
     if version != FORMAT_VERSION:
         raise SVFormerError(f"{path}: checkpoint format version {version} is not supported (expected {FORMAT_VERSION})")
+    if not isinstance(obj.get("config"), dict):
+        raise SVFormerError(f"{path}: malformed checkpoint (config must be a mapping)")
     try:
         cfg = SVFormerConfig.from_dict(dict(obj["config"]))
         state = obj["state_dict"]
@@ -234,14 +239,48 @@ def _from_ours(path: Path, obj: dict[str, Any]) -> Checkpoint:
             training=dict(obj.get("training") or {}),
             source=str(path),
         )
-    except (KeyError, TypeError) as e:
+    except SVFormerError as e:
+        raise SVFormerError(f"{path}: {e}") from None
+    except (KeyError, TypeError, ValueError) as e:
         raise SVFormerError(f"{path}: malformed checkpoint ({type(e).__name__}: {e})") from None
     if not _is_state_dict(state):
         raise SVFormerError(f"{path}: malformed checkpoint (state_dict is not a mapping of tensors)")
     if len(ckpt.class_names) != cfg.num_classes:
         raise SVFormerError(f"{path}: {len(ckpt.class_names)} class names but {cfg.num_classes} classes")
-    check_state_dict(SVFormer(cfg), state, str(path))
+    check_state_dict_for_config(cfg, state, str(path))
     return ckpt
+
+
+def expected_state_shapes(cfg: SVFormerConfig) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of the state_dict of ``SVFormer(cfg)``, from a model built on the meta device
+    (no memory is allocated for its parameters, whatever the config asks for)."""
+    with torch.device("meta"):
+        model = SVFormer(cfg)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def check_state_dict_for_config(cfg: SVFormerConfig, state: dict[str, torch.Tensor], source: str = "") -> None:
+    """Check ``state`` against ``cfg`` before a model is built: keys, shapes, dtypes (real), values (finite)."""
+    check_state_dict(_MetaShapes(expected_state_shapes(cfg)), state, source)
+    where = f"{source}: " if source else ""
+    for k, v in state.items():
+        if v.is_complex() or not (v.is_floating_point() or v.dtype in _INT_DTYPES):
+            raise SVFormerError(f"{where}state_dict tensor {k} has dtype {v.dtype}, not a real number type")
+        if v.is_floating_point() and v.numel() and not bool(torch.isfinite(v).all()):
+            raise SVFormerError(f"{where}state_dict tensor {k} holds NaN or infinite values")
+
+
+_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool)
+
+
+class _MetaShapes:
+    """Stands in for a module in :func:`check_state_dict`: only ``state_dict()`` shapes are needed."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]]):
+        self._shapes = {k: torch.empty(v, device="meta") for k, v in shapes.items()}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self._shapes
 
 
 def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "") -> None:

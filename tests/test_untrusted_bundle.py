@@ -248,3 +248,10 @@ def test_symlink_leaving_the_bundle_is_refused(bundle, pristine, capsys, tmp_pat
     shutil.move(bundle / "ir.npz", outside)
     os.symlink(outside, bundle / "ir.npz")
     expect_error(capsys, bundle, pristine[1], tmp_path, "ir.npz", "outside the bundle")
+
+
+def test_zero_dimensional_per_channel_array_is_refused(bundle, pristine, capsys, tmp_path):
+    doc = json.loads((bundle / "ir.json").read_text())
+    key = node_with(doc, "affine")["arrays"]["bias"]
+    edit_arrays(bundle, lambda a: a.update({key: np.asarray(3.0)}))
+    expect_error(capsys, bundle, pristine[1], tmp_path, "ir.json", "bias")

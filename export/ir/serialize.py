@@ -365,8 +365,8 @@ def _per_step_arrays(op: Any, name: str, T: int) -> None:
     """Arrays indexed by time step must have T rows: [T, C] BN/affine parameters, the head's T axis."""
     if op.op in ("batchnorm", "affine"):
         for k, arr in op.arrays().items():
-            _need(arr.ndim != 2 or arr.shape[0] == T,
-                  f"node {name!r}: {k} has {arr.shape[0]} time steps ({list(arr.shape)}), the graph T={T}")
+            if arr.ndim == 2 and arr.shape[0] != T:
+                raise IRError(f"node {name!r}: {k} has {arr.shape[0]} time steps ({list(arr.shape)}), the graph T={T}")
     if op.op == "conv3d" and op.weight is not None and op.weight.ndim == 5:
         _need(op.weight.shape[2] == T, f"node {name!r}: weight covers {op.weight.shape[2]} time steps "
               f"({list(op.weight.shape)}), the graph T={T}")

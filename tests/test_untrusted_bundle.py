@@ -255,3 +255,11 @@ def test_zero_dimensional_per_channel_array_is_refused(bundle, pristine, capsys,
     key = node_with(doc, "affine")["arrays"]["bias"]
     edit_arrays(bundle, lambda a: a.update({key: np.asarray(3.0)}))
     expect_error(capsys, bundle, pristine[1], tmp_path, "ir.json", "bias")
+
+
+def test_weights_that_overflow_float32_give_an_error_not_infinity(bundle, pristine, capsys, tmp_path):
+    doc = json.loads((bundle / "ir.json").read_text())
+    keys = [n["arrays"]["weight"] for n in doc["nodes"] if n["op"] == "conv3d" or n["name"] == "head"]
+    edit_arrays(bundle, lambda a: a.update({k: np.full_like(a[k], 1e29) for k in keys}))
+    line = expect_error(capsys, bundle, pristine[1], tmp_path, "m.svfd", "non-finite logits")
+    assert "Infinity" not in line

@@ -148,7 +148,7 @@ FULL = 'e_ac_pj = 0.9\ne_mul_pj = 3.7\ne_add_pj = 0.9\ne_mem_pj_per_64bit = 20\n
 
 
 @pytest.mark.parametrize("text, fragment", [
-    ("e_mac_pj = 1e308\n" + FULL, "e_mac_pj must be a finite number in 0..1e+06"),
+    ("e_mac_pj = 1e308\n" + FULL, "e_mac_pj must be a finite number >= 0 and <= 1e+06"),
     ("e_mac_pj = [1, 2]\n" + FULL, "e_mac_pj must be a number"),
     ('e_mac_pj = "4.6"\n' + FULL, "e_mac_pj must be a number"),
     ("e_mac_pj = -1\n" + FULL, "e_mac_pj must be a finite number"),

@@ -52,8 +52,8 @@ class CostModel:
             if isinstance(v, bool) or not isinstance(v, int | float):
                 raise SVFormerError(f"cost model {self.name!r}: {key} must be a number (pJ), got {v!r}")
             if not (math.isfinite(v) and 0 <= v <= MAX_PJ):
-                raise SVFormerError(f"cost model {self.name!r}: {key} must be a finite number in 0..{MAX_PJ:g} pJ, "
-                                    f"got {v!r}")
+                raise SVFormerError(f"cost model {self.name!r}: {key} must be a finite number >= 0 and "
+                                    f"<= {MAX_PJ:g} (pJ), got {v!r}")
         for key in _TEXT:
             v = getattr(self, key)
             if not isinstance(v, str) or len(v) > MAX_TEXT:
@@ -141,7 +141,7 @@ def load_cost_model_toml(path: str | Path) -> CostModel:
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise SVFormerError(f"{path}: {key} must be a number (pJ), got {v!r}")
         if not math.isfinite(v) or not 0 <= v <= MAX_PJ:
-            raise SVFormerError(f"{path}: {key} must be a finite number in 0..{MAX_PJ:g} (pJ), got {v!r}")
+            raise SVFormerError(f"{path}: {key} must be a finite number >= 0 and <= {MAX_PJ:g} (pJ), got {v!r}")
         values[key] = float(v)
     for key in _TEXT:
         if key in data:

@@ -36,14 +36,15 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import networkx as nx
+from svformer_deploy.svformer.checkpoint import check_preprocessing
 from svformer_deploy.svformer.errors import SVFormerError
 from svformer_deploy.svformer.fileio import atomic_directory, file_sha256, sha256_file, sha256_hex_pair
 
 from . import ir
-from .ir.serialize import MAX_ARRAYS_BYTES, MAX_JSON_BYTES, MAX_TIME_STEPS, is_sha256, strict_json_loads
+from .ir.serialize import MAX_ARRAYS_BYTES, MAX_JSON_BYTES, is_sha256, strict_json_loads
 
 __all__ = ["Bundle", "BundleWriter", "default_bundle_path", "find_latest_bundle", "load_bundle", "sha256_file",
-           "MAX_FILE_BYTES", "MAX_CLASSES", "MAX_IMAGE_SIZE"]
+           "MAX_FILE_BYTES", "MAX_CLASSES"]
 
 FORMAT = "svformer-deploy/bundle"
 VERSION = 1
@@ -52,7 +53,6 @@ MANIFEST = "manifest.json"
 MAX_FILE_BYTES = 16 << 30
 """Largest file a manifest may list (bytes); IR files have their own, smaller limits."""
 MAX_CLASSES = 1 << 20
-MAX_IMAGE_SIZE = 8192
 _GRAPH_ROLES = {"ir": "ir_arrays", "ir_quantized": "ir_quantized_arrays"}
 
 
@@ -92,42 +92,6 @@ def _check_entry(mpath: Path, role: str, entry: Any) -> None:
     size = entry.get("bytes")
     if not _is_int(size) or not 0 <= size <= MAX_FILE_BYTES:
         raise SVFormerError(f"{where}: bytes must be an integer in 0..{MAX_FILE_BYTES}, got {_short(size)}")
-
-
-def check_preprocessing(where: str, prep: Any) -> dict[str, Any]:
-    """Types and ranges of a ``preprocessing`` object (manifest or checkpoint); returns it unchanged."""
-    from svformer_deploy.svformer.data.events import FIT_METHODS, SPLIT_METHODS
-
-    if not isinstance(prep, dict):
-        raise SVFormerError(f"{where}: preprocessing must be an object, got {_short(prep)}")
-    w = f"{where}: preprocessing"
-    if prep.get("input", "video") not in ("video", "events"):
-        raise SVFormerError(f"{w} input must be \"video\" or \"events\", got {_short(prep.get('input'))}")
-    for key, lo, hi in (("time_steps", 1, MAX_TIME_STEPS), ("size", 1, MAX_IMAGE_SIZE), ("frame_stride", 1, 1 << 16),
-                        ("polarities", 1, 2)):
-        if key in prep and not (_is_int(prep[key]) and lo <= prep[key] <= hi):
-            raise SVFormerError(f"{w} {key} must be an integer in {lo}..{hi}, got {_short(prep[key])}")
-    for key in ("mean", "std"):
-        if key not in prep:
-            continue
-        v = prep[key]
-        values = v if isinstance(v, list) else [v]
-        if not values or len(values) > 64 or not all(_is_number(x) and abs(x) <= 1e6 for x in values):
-            raise SVFormerError(f"{w} {key} must be a finite number or a list of them, got {_short(v)}")
-        if key == "std" and not all(x > 0 for x in values):
-            raise SVFormerError(f"{w} std must be > 0 (it divides the pixels), got {_short(v)}")
-    if "split" in prep and prep["split"] not in SPLIT_METHODS:
-        raise SVFormerError(f"{w} split must be one of {', '.join(SPLIT_METHODS)}, got {_short(prep['split'])}")
-    if "fit" in prep and prep["fit"] not in FIT_METHODS:
-        raise SVFormerError(f"{w} fit must be one of {', '.join(FIT_METHODS)}, got {_short(prep['fit'])}")
-    sensor = prep.get("sensor_size")
-    if sensor is not None:
-        from svformer_deploy.svformer.data.events import MAX_SENSOR_SIDE
-
-        if not (isinstance(sensor, list) and len(sensor) == 2
-                and all(_is_int(s) and 1 <= s <= MAX_SENSOR_SIDE for s in sensor)):
-            raise SVFormerError(f"{w} sensor_size must be [W, H] in 1..{MAX_SENSOR_SIDE}, got {_short(sensor)}")
-    return prep
 
 
 def _check_manifest(mpath: Path, m: dict[str, Any]) -> None:

@@ -169,3 +169,9 @@ def test_json_output_never_holds_non_finite_numbers(value):
     with pytest.raises(SVFormerError, match=r"layers\[1\]\.energy_pj"):
         json_document({"layers": [{"energy_pj": 1.0}, {"energy_pj": value}]})
     assert json.loads(json_document({"energy_pj": 1e300})) == {"energy_pj": 1e300}
+
+
+def test_checkpoint_preprocessing_with_zero_std_is_refused(capsys, tmp_path, tiny_state):
+    prep = {"input": "video", "time_steps": 2, "size": 32, "frame_stride": 4, "mean": [0.45] * 3, "std": [0.0] * 3}
+    path = save_raw(tmp_path / "std0.pt", dict(tiny_state, preprocessing=prep))
+    one_error(cli(capsys, "info", path), "std0.pt", "std must be > 0")

@@ -74,13 +74,14 @@ def _short(v: Any) -> str:
 
 def check_preprocessing(where: str, prep: Any) -> dict[str, Any]:
     """Types and ranges of a ``preprocessing`` object (manifest or checkpoint); returns it unchanged."""
+    from .data.datasets import KINDS
     from .data.events import FIT_METHODS, MAX_SENSOR_SIDE, SPLIT_METHODS
 
     if not isinstance(prep, dict):
         raise SVFormerError(f"{where}: preprocessing must be an object, got {_short(prep)}")
     w = f"{where}: preprocessing"
-    if prep.get("input", "video") not in ("video", "events"):
-        raise SVFormerError(f"{w} input must be \"video\" or \"events\", got {_short(prep.get('input'))}")
+    if prep.get("input", "video") not in KINDS:
+        raise SVFormerError(f"{w} input must be one of {', '.join(KINDS)}, got {_short(prep.get('input'))}")
     for key, lo, hi in (("time_steps", 1, LIMITS["time_steps"]), ("size", 1, LIMITS["img_size"]),
                         ("frame_stride", 1, 1 << 16), ("polarities", 1, 2)):
         if key in prep and not (_is_int(prep[key]) and lo <= prep[key] <= hi):
@@ -288,7 +289,7 @@ def _from_ours(path: Path, obj: dict[str, Any]) -> Checkpoint:
             source=str(path),
         )
     except SVFormerError as e:
-        raise SVFormerError(f"{path}: {e}") from None
+        raise SVFormerError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
     except (KeyError, TypeError, ValueError) as e:
         raise SVFormerError(f"{path}: malformed checkpoint ({type(e).__name__}: {e})") from None
     if not _is_state_dict(state):

@@ -12,21 +12,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_models import make_model
+from fixtures_models import make_input, make_model
 from svformer_deploy.deploy.cli import main
 from svformer_deploy.export.bundle import BundleWriter
+from svformer_deploy.export.passes.quantize import QuantConfig
 from svformer_deploy.export.pipeline import run_pipeline
 from svformer_deploy.svformer.checkpoint import default_preprocessing
 from svformer_deploy.svformer.fileio import sha256_file, sha256_hex_pair
 
 
-def build_bundle(path: Path) -> Path:
-    """A tiny 3-stage TDBN event model (T = 2, 32 x 32) exported as ``export`` does, without the writers."""
+def build_bundle(path: Path, quantize: bool = False) -> Path:
+    """A tiny 3-stage TDBN event model (T = 2, 32 x 32) exported as ``export`` does, without the writers
+    (with ``quantize`` also its int8 graph ``ir_int.json``, calibrated on random event counts)."""
     model = make_model("3stg", img_size=32, time_steps=2, in_channels=2)
     cfg = model.cfg
-    res = run_pipeline(model)
+    calib = make_input(model, batch=2, seed=3).abs().round() if quantize else None
+    res = run_pipeline(model, quant=QuantConfig() if quantize else None, calibration=calib)
     with BundleWriter(path) as w:
         w.add_graph("ir", res.graphs["folded"], "ir.json")
+        if quantize:
+            w.add_graph("ir_quantized", res.graphs["quantized"], "ir_int.json")
         w.manifest.update(
             arch="3stg", config=cfg.to_dict(), class_names=[f"c{i}" for i in range(cfg.num_classes)],
             preprocessing=default_preprocessing(cfg), passes=list(res.graph.graph["passes"]),
@@ -263,3 +268,30 @@ def test_weights_that_overflow_float32_give_an_error_not_infinity(bundle, pristi
     edit_arrays(bundle, lambda a: a.update({k: np.full_like(a[k], 1e29) for k in keys}))
     line = expect_error(capsys, bundle, pristine[1], tmp_path, "m.svfd", "non-finite logits")
     assert "Infinity" not in line
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("bits", np.asarray(-3, np.int64), "bits must be one integer in 1..32"),
+    ("acc_bits", np.asarray([8, 8], np.int64), "acc_bits must be one integer"),
+    ("weight", np.zeros((2, 2), np.int64), "weight shape"),
+    ("shift", np.asarray(99, np.int64), "shift must be in 0..62"),
+])
+def test_out_of_range_fixed_point_parameters_are_refused(tmp_path, pristine, capsys, key, value, fragment):
+    bundle = build_bundle(tmp_path / "q.svfd", quantize=True)
+    doc = json.loads((bundle / "ir_int.json").read_text())
+    node = next(n for n in doc["nodes"] if key in n.get("quant", {}))
+    npz_key = node["quant"][key]
+    with np.load(bundle / "ir_int.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays[npz_key] = value
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    rewrite(bundle, "ir_quantized_arrays", buf.getvalue())
+    doc["arrays_sha256"] = sha256_of(buf.getvalue())
+    rewrite(bundle, "ir_quantized", json.dumps(doc).encode())
+    code = main(["simulate", "--events", str(pristine[1]), "--model", str(bundle), "--integer",
+                 "--out", str(tmp_path / "runs")])
+    out, err = capsys.readouterr()
+    assert code == 2 and err.count("error:") == 1 and "internal error" not in err, err
+    assert "ir_int.json" in err and fragment in err and node["name"] in err, err
+    assert not (tmp_path / "runs").exists()

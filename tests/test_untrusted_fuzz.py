@@ -35,6 +35,11 @@ def pristine(tmp_path_factory) -> tuple[Path, Path]:
     return build_bundle(d / "m.svfd"), events
 
 
+@pytest.fixture(scope="module")
+def quantized(pristine, tmp_path_factory) -> Path:
+    return build_bundle(tmp_path_factory.mktemp("fuzzq") / "q.svfd", quantize=True)
+
+
 def assert_contract(code: int, err: str) -> None:
     lines = [line for line in err.splitlines() if line.strip()]
     assert "Traceback" not in err and "internal error" not in err, err
@@ -98,8 +103,8 @@ def refresh_hashes(bundle: Path) -> None:
         pass  # the manifest itself was mutated beyond repair: leave it as it is
 
 
-def run_simulate(capsys, bundle: Path, events: Path, out: Path) -> tuple[int, str]:
-    code = main(["simulate", "--events", str(events), "--model", str(bundle), "--out", str(out)])
+def run_simulate(capsys, bundle: Path, events: Path, out: Path, *extra: str) -> tuple[int, str]:
+    code = main(["simulate", "--events", str(events), "--model", str(bundle), "--out", str(out), *extra])
     _, err = capsys.readouterr()
     return code, err
 
@@ -180,6 +185,46 @@ def test_forged_arrays_with_consistent_hashes_give_success_or_one_error(pristine
         (bundle / "ir.json").write_text(json.dumps(doc))
         refresh_hashes(bundle)
         code, err = run_simulate(capsys, bundle, pristine[1], Path(tmp) / "runs")
+        assert_contract(code, err)
+
+
+quant_edits = st.sampled_from(["huge", "negative", "shape", "float", "zero", "scalar", "delete", "bits-out", "3d"])
+
+
+def forge_quant(a: np.ndarray, edit: str) -> np.ndarray | None:
+    big = np.iinfo(a.dtype).max if a.dtype.kind in "iu" else 1e29
+    return {"huge": lambda: np.full_like(a, big), "negative": lambda: -np.abs(a) - 5,
+            "shape": lambda: np.concatenate([a.reshape(-1), a.reshape(-1)]),
+            "float": lambda: a.astype(np.float64) + 0.5,
+            "zero": lambda: np.zeros_like(a), "scalar": lambda: np.asarray(7, a.dtype), "delete": lambda: None,
+            "bits-out": lambda: np.asarray(99, np.int64), "3d": lambda: a.reshape(1, 1, -1)}[edit]()
+
+
+@settings(FUZZ, max_examples=40)
+@given(data=st.data())
+def test_forged_fixed_point_parameters_give_success_or_one_error(pristine, quantized, capsys, data):
+    """The integer executor's graph: quant arrays changed, hashes made consistent, run with --integer."""
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = Path(shutil.copytree(quantized, Path(tmp) / "q.svfd"))
+        npz = bundle / "ir_int.npz"
+        with np.load(npz) as z:
+            arrays = {k: z[k] for k in z.files}
+        keys = sorted(k for k in arrays if ".quant." in k)
+        for _ in range(data.draw(st.integers(1, 3))):
+            key = data.draw(st.sampled_from(keys))
+            if key not in arrays:
+                continue
+            forged = forge_quant(arrays[key], data.draw(quant_edits))
+            if forged is None:
+                del arrays[key]
+            else:
+                arrays[key] = forged
+        np.savez(npz, **arrays)
+        doc = json.loads((bundle / "ir_int.json").read_text())
+        doc["arrays_sha256"] = sha256_file(npz)
+        (bundle / "ir_int.json").write_text(json.dumps(doc))
+        refresh_hashes(bundle)
+        code, err = run_simulate(capsys, bundle, pristine[1], Path(tmp) / "runs", "--integer")
         assert_contract(code, err)
 
 

@@ -378,6 +378,57 @@ def _per_step_arrays(op: Any, name: str, T: int) -> None:
         _need(math.isfinite(k) and k > 0, f"node {name!r}: neuron leak factor out of range")
 
 
+# integer quant parameters the fixed-point executor reads as scalars: allowed range
+_QUANT_SCALARS = {"bits": (1, 32), "acc_bits": (1, 64), "decay": (0, 4096)}
+_QUANT_INTS = ("weight", "bias", "m", "shift", "theta", *_QUANT_SCALARS)
+# per op: quant keys that must be present (the executor reads them unconditionally)
+_QUANT_REQUIRED = {"input": ("scale", "bits"), "conv2d": ("weight", "acc_bits"), "linear": ("weight", "acc_bits"),
+                   "conv3d": ("weight", "acc_bits"), "affine": ("m", "shift", "bits"), "neuron": ("decay", "theta"),
+                   "add": ("bits",), "spike_matmul_q_kv": ("shift", "bits"), "output": ("scale",)}
+
+
+def _check_quant(op: Any, name: str, q: dict[str, np.ndarray], shape: tuple[int, ...], T: int) -> None:
+    """Dtypes, ranges and shapes of a node's fixed-point parameters (``docs/ir.md``, quantize)."""
+    where = f"node {name!r}: quant"
+    for k in _QUANT_REQUIRED.get(op.op, ()):
+        _need(k in q, f"{where} lacks {k!r}")
+    if "m" in q:
+        _need("shift" in q and "bits" in q, f"{where}: m needs shift and bits")
+    w = getattr(op, "weight", None)
+    if isinstance(w, np.ndarray) and w.ndim:
+        channels = w.shape[0]  # C_out of conv/linear/conv3d
+    elif shape and op.op == "affine" and -len(shape) <= op.axis < len(shape):
+        channels = shape[op.axis]
+    else:
+        channels = shape[0] if shape else 1
+    for k, a in q.items():
+        if k in _QUANT_INTS:
+            _need(a.dtype.kind in "iu", f"{where} {k} must be integers, got {a.dtype}")
+        if k in _QUANT_SCALARS:
+            lo, hi = _QUANT_SCALARS[k]
+            _need(a.ndim == 0 and lo <= int(a) <= hi, f"{where} {k} must be one integer in {lo}..{hi}")
+        elif k == "shift":
+            _need(a.size == 0 or (int(a.min()) >= 0 and int(a.max()) <= 62), f"{where} shift must be in 0..62")
+        elif k in ("m", "theta") and a.dtype.kind in "iu":
+            _need(a.size == 0 or int(np.abs(a.astype(np.float64)).max()) < 2**62, f"{where} {k} is out of range")
+        if k == "weight":
+            w = getattr(op, "weight", None)
+            _need(w is not None and a.shape == w.shape, f"{where} weight shape {list(a.shape)} differs from the op's")
+        elif k == "bias":
+            b = getattr(op, "bias", None)
+            _need(b is not None and a.shape == b.shape, f"{where} bias shape {list(a.shape)} differs from the op's")
+        elif k in ("m", "shift", "out_scale", "weight_scale"):
+            ok = a.ndim == 0 or a.shape == (channels,) or (op.op == "affine" and a.shape == (T, channels))
+            _need(ok, f"{where} {k} shape {list(a.shape)} does not fit {channels} channels")
+        elif k in ("theta", "scale", "in_scale"):
+            try:
+                fits = a.ndim <= len(shape) and np.broadcast_shapes(a.shape, shape) == tuple(shape)
+            except ValueError:
+                fits = False
+            _need(fits or a.ndim == 0 or (k == "in_scale" and a.shape == (channels,)),
+                  f"{where} {k} shape {list(a.shape)} does not fit the output {list(shape)}")
+
+
 def from_json_and_arrays(doc: dict, arrays: dict[str, np.ndarray]) -> nx.DiGraph:
     """Build and validate the graph of an IR document; every field's type, every array's dtype, values
     (finite) and shape (by the op's own shape inference and the graph's T) are checked."""
@@ -418,6 +469,7 @@ def from_json_and_arrays(doc: dict, arrays: dict[str, np.ndarray]) -> nx.DiGraph
                 if key not in arrays:
                     raise IRError(f"node {name!r}: quant array {_short(key)} is missing from the npz file")
                 q[k] = _check_array(arrays[key], f"node {name!r}: quant array {k}")
+            _check_quant(op, name, q, tuple(entry["shape"]), T)
             attrs["quant"] = q
         if name in g:
             raise IRError(f"duplicate node name {name!r}")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import click
+from svformer_deploy.svformer.errors import SVFormerError
 
 
 def fmt_int(n: int | float) -> str:
@@ -51,9 +53,35 @@ def _is_number(v: Any) -> bool:
         return False
 
 
+def _non_finite_path(obj: Any, where: str = "") -> str | None:
+    """Where the first NaN/infinite float sits in ``obj`` (``a.b[3]``), or None."""
+    stack: list[tuple[Any, str]] = [(obj, where)]
+    while stack:
+        v, at = stack.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            return f"{at or 'the document'} = {v}"
+        if isinstance(v, dict):
+            stack.extend((x, f"{at}.{k}" if at else str(k)) for k, x in reversed(list(v.items())))
+        elif isinstance(v, list | tuple):
+            stack.extend((x, f"{at}[{i}]") for i, x in reversed(list(enumerate(v))))
+    return None
+
+
+def json_document(obj: Any) -> str:
+    """``obj`` as strict JSON text (no NaN/Infinity, which JSON does not have): the one serialiser of every
+    ``--json`` output. A non-finite figure is a clean error naming where it is, never ``Infinity`` in output."""
+    try:
+        return json.dumps(obj, indent=2, allow_nan=False)
+    except ValueError:
+        where = _non_finite_path(obj)
+        raise SVFormerError(f"cannot write the JSON output: a figure is not a finite number ({where}); "
+                            "the inputs are out of range") from None
+
+
 def emit_json(obj: Any) -> None:
-    """The one JSON document of a ``--json`` run, on stdout."""
-    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+    """The one JSON document of a ``--json`` run, on stdout (strict JSON, see :func:`json_document`)."""
+    text = json_document(obj)
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
-import hashlib
 import json
 import math
 import os
@@ -69,14 +68,6 @@ def tool_versions() -> dict[str, str]:
     from svformer_deploy.svformer.checkpoint import versions
 
     return versions()
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def top_k(logits: np.ndarray, class_names: Sequence[str], k: int = 5) -> list[list[Any]]:

@@ -23,9 +23,10 @@ import torch
 from svformer_deploy.export.bundle import Bundle, find_latest_bundle, load_bundle
 from svformer_deploy.svformer.data.datasets import InputSpec
 from svformer_deploy.svformer.errors import SVFormerError
+from svformer_deploy.svformer.fileio import sha256_file
 
 from .executor import SimResult, Simulator
-from .record import COUNT_KEYS, DEFAULT_RUNS_DIR, build_record, firing_rate, sha256_file, top_k, write_records
+from .record import COUNT_KEYS, DEFAULT_RUNS_DIR, build_record, firing_rate, top_k, write_records
 
 EXECUTORS = ("float", "integer")
 
@@ -170,6 +171,9 @@ def simulate_file(video: str | Path | None = None, events: str | Path | None = N
     if class_names and len(class_names) != n_classes:
         raise SVFormerError(f"{bundle.path}: the manifest names {len(class_names)} classes, the graph has {n_classes}")
     results = [sim.run(prepared.tensor[v], on_step=on_step) for v in range(prepared.tensor.shape[0])]
+    if not all(np.isfinite(r.logits).all() for r in results):
+        raise SVFormerError(f"{bundle.path}: the simulation overflowed (non-finite logits): the graph's values are "
+                            f"out of range for the {executor} executor")
     digest = sha256_file(prepared.path)
     man = bundle.manifest
     model_info = {"hash": bundle.model_hash, "bundle": str(bundle.path.resolve()), "arch": man.get("arch"),

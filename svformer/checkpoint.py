@@ -20,6 +20,7 @@ authors' ``model_state`` / DDP ``module.`` prefixed ones) is accepted with an ex
 
 from __future__ import annotations
 
+import math
 import pickle
 import warnings
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from typing import Any
 
 import torch
 
-from .config import SVFormerConfig
+from .config import LIMITS, SVFormerConfig
 from .errors import SVFormerError
 from .fileio import write_with_atomic
 from .model import SVFormer
@@ -58,6 +59,54 @@ def default_preprocessing(cfg: SVFormerConfig) -> dict[str, Any]:
     }
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_preprocessing(where: str, prep: Any) -> dict[str, Any]:
+    """Types and ranges of a ``preprocessing`` object (manifest or checkpoint); returns it unchanged."""
+    from .data.datasets import KINDS
+    from .data.events import FIT_METHODS, MAX_SENSOR_SIDE, SPLIT_METHODS
+
+    if not isinstance(prep, dict):
+        raise SVFormerError(f"{where}: preprocessing must be an object, got {_short(prep)}")
+    w = f"{where}: preprocessing"
+    if prep.get("input", "video") not in KINDS:
+        raise SVFormerError(f"{w} input must be one of {', '.join(KINDS)}, got {_short(prep.get('input'))}")
+    for key, lo, hi in (("time_steps", 1, LIMITS["time_steps"]), ("size", 1, LIMITS["img_size"]),
+                        ("frame_stride", 1, 1 << 16), ("polarities", 1, 2)):
+        if key in prep and not (_is_int(prep[key]) and lo <= prep[key] <= hi):
+            raise SVFormerError(f"{w} {key} must be an integer in {lo}..{hi}, got {_short(prep[key])}")
+    for key in ("mean", "std"):
+        if key not in prep:
+            continue
+        v = prep[key]
+        values = list(v) if isinstance(v, list | tuple) else [v]
+        if not values or len(values) > 64 or not all(_is_number(x) and abs(x) <= 1e6 for x in values):
+            raise SVFormerError(f"{w} {key} must be a finite number or a list of them, got {_short(v)}")
+        if key == "std" and not all(x > 0 for x in values):
+            raise SVFormerError(f"{w} std must be > 0 (it divides the pixels), got {_short(v)}")
+    if "split" in prep and prep["split"] not in SPLIT_METHODS:
+        raise SVFormerError(f"{w} split must be one of {', '.join(SPLIT_METHODS)}, got {_short(prep['split'])}")
+    if "fit" in prep and prep["fit"] not in FIT_METHODS:
+        raise SVFormerError(f"{w} fit must be one of {', '.join(FIT_METHODS)}, got {_short(prep['fit'])}")
+    sensor = prep.get("sensor_size")
+    if sensor is not None:
+        if not (isinstance(sensor, list | tuple) and len(sensor) == 2
+                and all(_is_int(s) and 1 <= s <= MAX_SENSOR_SIDE for s in sensor)):
+            raise SVFormerError(f"{w} sensor_size must be [W, H] in 1..{MAX_SENSOR_SIDE}, got {_short(sensor)}")
+    return prep
+
+
 def versions() -> dict[str, str]:
     out = {}
     for dist in ("svformer-deploy", "torch", "spikingjelly"):
@@ -82,9 +131,9 @@ class Checkpoint:
     source: str = ""
 
     def build_model(self) -> SVFormer:
-        """The model with these weights, in eval mode (the state_dict is checked against the config)."""
+        """The model with these weights, in eval mode (the state_dict is checked against the config first)."""
+        check_state_dict_for_config(self.config, self.state_dict, self.source)
         model = SVFormer(self.config)
-        check_state_dict(model, self.state_dict, self.source)
         model.load_state_dict(self.state_dict)
         return model.eval()
 
@@ -204,6 +253,9 @@ def load_checkpoint(path: str | Path, arch: str | None = None, **overrides: Any)
     state = _strip_prefix(state)
     if "head.weight" in state and "num_classes" not in overrides:
         overrides["num_classes"] = int(state["head.weight"].shape[0])
+    if "num_classes" in overrides and not 1 <= overrides["num_classes"] <= LIMITS["num_classes"]:
+        raise SVFormerError(f"{path}: head.weight has {overrides['num_classes']} rows (classes), above the limit "
+                            f"of {LIMITS['num_classes']}")
     cfg = variant_config(arch, **overrides)
     ckpt = Checkpoint(
         config=cfg,
@@ -213,7 +265,7 @@ def load_checkpoint(path: str | Path, arch: str | None = None, **overrides: Any)
         arch=arch,
         source=str(path),
     )
-    check_state_dict(SVFormer(cfg), state, str(path))
+    check_state_dict_for_config(cfg, state, str(path))
     return ckpt
 
 
@@ -221,6 +273,8 @@ def _from_ours(path: Path, obj: dict[str, Any]) -> Checkpoint:
     version = obj.get("format_version")
     if version != FORMAT_VERSION:
         raise SVFormerError(f"{path}: checkpoint format version {version} is not supported (expected {FORMAT_VERSION})")
+    if not isinstance(obj.get("config"), dict):
+        raise SVFormerError(f"{path}: malformed checkpoint (config must be a mapping)")
     try:
         cfg = SVFormerConfig.from_dict(dict(obj["config"]))
         state = obj["state_dict"]
@@ -228,20 +282,54 @@ def _from_ours(path: Path, obj: dict[str, Any]) -> Checkpoint:
             config=cfg,
             state_dict=state,
             class_names=[str(c) for c in obj.get("class_names") or [f"class_{i}" for i in range(cfg.num_classes)]],
-            preprocessing=dict(obj.get("preprocessing") or default_preprocessing(cfg)),
+            preprocessing=dict(check_preprocessing(str(path), obj.get("preprocessing") or default_preprocessing(cfg))),
             arch=str(obj.get("arch", "custom")),
             versions=dict(obj.get("versions") or {}),
             training=dict(obj.get("training") or {}),
             source=str(path),
         )
-    except (KeyError, TypeError) as e:
+    except SVFormerError as e:
+        raise SVFormerError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
+    except (KeyError, TypeError, ValueError) as e:
         raise SVFormerError(f"{path}: malformed checkpoint ({type(e).__name__}: {e})") from None
     if not _is_state_dict(state):
         raise SVFormerError(f"{path}: malformed checkpoint (state_dict is not a mapping of tensors)")
     if len(ckpt.class_names) != cfg.num_classes:
         raise SVFormerError(f"{path}: {len(ckpt.class_names)} class names but {cfg.num_classes} classes")
-    check_state_dict(SVFormer(cfg), state, str(path))
+    check_state_dict_for_config(cfg, state, str(path))
     return ckpt
+
+
+def expected_state_shapes(cfg: SVFormerConfig) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of the state_dict of ``SVFormer(cfg)``, from a model built on the meta device
+    (no memory is allocated for its parameters, whatever the config asks for)."""
+    with torch.device("meta"):
+        model = SVFormer(cfg)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def check_state_dict_for_config(cfg: SVFormerConfig, state: dict[str, torch.Tensor], source: str = "") -> None:
+    """Check ``state`` against ``cfg`` before a model is built: keys, shapes, dtypes (real), values (finite)."""
+    check_state_dict(_MetaShapes(expected_state_shapes(cfg)), state, source)
+    where = f"{source}: " if source else ""
+    for k, v in state.items():
+        if v.is_complex() or not (v.is_floating_point() or v.dtype in _INT_DTYPES):
+            raise SVFormerError(f"{where}state_dict tensor {k} has dtype {v.dtype}, not a real number type")
+        if v.is_floating_point() and v.numel() and not bool(torch.isfinite(v).all()):
+            raise SVFormerError(f"{where}state_dict tensor {k} holds NaN or infinite values")
+
+
+_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool)
+
+
+class _MetaShapes:
+    """Stands in for a module in :func:`check_state_dict`: only ``state_dict()`` shapes are needed."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]]):
+        self._shapes = {k: torch.empty(v, device="meta") for k, v in shapes.items()}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self._shapes
 
 
 def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "") -> None:

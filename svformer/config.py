@@ -14,6 +14,26 @@ NEURONS = ("plif", "lif")
 NORMS = ("tdbn", "bn")
 SURROGATES = ("atan", "sigmoid")
 
+# Sane limits, checked before any model is built from a (possibly untrusted) config: far above every
+# published SVFormer (4 stages, C <= 768, 224 px, T <= 16, 400 classes) yet small enough that a config
+# cannot make a model or an input allocate tens of GB.
+LIMITS: dict[str, int] = {
+    "stages": 8,  # len(dims)
+    "depth": 64,  # blocks per stage
+    "dim": 1 << 16,  # channels per stage, and head_dim
+    "img_size": 8192,  # pixels per side
+    "time_steps": 1024,
+    "num_classes": 1 << 20,
+    "in_channels": 64,
+    "patch": 64,  # first_patch and patch
+}
+MAX_MLP_RATIO = 16.0
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
 
 def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     """Output length of a convolution along one axis."""
@@ -91,7 +111,43 @@ class SVFormerConfig:
         """Side length of the local pathway output (DW 3x3, stride 2, padding 1)."""
         return conv_out(self.spatial_sizes()[-2], 3, 2, 1)
 
+    def _check_types_and_limits(self) -> None:
+        """Types and :data:`LIMITS` of every numeric field; runs before anything derived is computed."""
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if not (len(self.dims) <= LIMITS["stages"] and len(self.depths) <= LIMITS["stages"]):
+            raise SVFormerError(f"config: at most {LIMITS['stages']} stages, got {len(self.dims)}")
+        if not all(is_int(d) and 0 <= d <= LIMITS["depth"] for d in self.depths):
+            raise SVFormerError(f"config: depths must be integers in 0..{LIMITS['depth']}, got {list(self.depths)}")
+        if not all(is_int(c) and 1 <= c <= LIMITS["dim"] for c in self.dims):
+            raise SVFormerError(f"config: dims must be integers in 1..{LIMITS['dim']}, got {_short(self.dims)}")
+        if not all(isinstance(t, str) for t in self.stage_types):
+            raise SVFormerError(f"config: stage types must be strings, got {_short(self.stage_types)}")
+        for name, key, lo in (("head_dim", "dim", 1), ("img_size", "img_size", 1), ("time_steps", "time_steps", 1),
+                              ("num_classes", "num_classes", 1), ("in_channels", "in_channels", 1),
+                              ("first_patch", "patch", 1), ("patch", "patch", 1)):
+            v = getattr(self, name)
+            if not (is_int(v) and lo <= v <= LIMITS[key]):
+                raise SVFormerError(f"config: {name} must be an integer in {lo}..{LIMITS[key]}, got {_short(v)}")
+        for name in ("mlp_ratio", "init_tau", "v_threshold", "surrogate_alpha", "drop_path"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise SVFormerError(f"config: {name} must be a finite number, got {_short(v)}")
+        if not 0 < self.mlp_ratio <= MAX_MLP_RATIO or int(self.dims[0] * self.mlp_ratio) < 1:
+            raise SVFormerError(f"config: mlp_ratio must be in (0, {MAX_MLP_RATIO:g}], got {self.mlp_ratio}")
+        if not 0 <= self.drop_path < 1:
+            raise SVFormerError(f"config: drop_path must be in [0, 1), got {self.drop_path}")
+        for name in ("neuron", "norm", "surrogate"):
+            if not isinstance(getattr(self, name), str):
+                raise SVFormerError(f"config: {name} must be a string, got {_short(getattr(self, name))}")
+        if not isinstance(self.local_pathway, bool):
+            raise SVFormerError(f"config: local_pathway must be true or false, got {_short(self.local_pathway)}")
+        if not isinstance(self.extra, dict):
+            raise SVFormerError("config: extra must be an object")
+
     def validate(self) -> None:
+        self._check_types_and_limits()
         n = len(self.dims)
         if n < 2 or len(self.depths) != n or len(self.stage_types) != n:
             raise SVFormerError(
@@ -136,6 +192,11 @@ class SVFormerConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SVFormerConfig:
+        if not isinstance(d, dict):
+            raise SVFormerError(f"config: expected an object, got {type(d).__name__}")
+        for name in ("depths", "dims", "stage_types"):
+            if name in d and not isinstance(d[name], list | tuple):
+                raise SVFormerError(f"config: {name} must be a list, got {_short(d[name])}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

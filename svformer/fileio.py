@@ -153,3 +153,33 @@ def staged_outputs() -> Iterator[StagedOutputs]:
     except BaseException:
         staged._discard()
         raise
+
+
+def file_sha256(path: str | os.PathLike, keep: bool = False) -> tuple[str, bytes | None]:
+    """SHA-256 (hex) of a file, read once in 1 MB chunks; with ``keep`` also the bytes read (else None).
+
+    The only place the project hashes files: verifying the bytes that are then parsed (``keep``) avoids
+    reading a file twice and a change between the check and the use.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    kept: list[bytes] | None = [] if keep else None
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+            if kept is not None:
+                kept.append(chunk)
+    return h.hexdigest(), (b"".join(kept) if kept is not None else None)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a file, streamed."""
+    return file_sha256(path)[0]
+
+
+def sha256_hex_pair(first_hex: str, second_hex: str) -> str:
+    """SHA-256 over two hex digests' bytes (a bundle's ``model_hash`` from its graph JSON and arrays)."""
+    import hashlib
+
+    return hashlib.sha256(bytes.fromhex(first_hex) + bytes.fromhex(second_hex)).hexdigest()

@@ -164,7 +164,7 @@ class SVFormer(nn.Module):
         super().__init__()
         self.cfg = cfg
         n = cfg.num_stages
-        rates = torch.linspace(0, cfg.drop_path, max(sum(cfg.depths), 1)).tolist()
+        rates = torch.linspace(0, cfg.drop_path, max(sum(cfg.depths), 1), device="cpu").tolist()
         block_index = 0
         c_prev = cfg.in_channels
         for i in range(n):

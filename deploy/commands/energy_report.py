@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import click
-from svformer_deploy.deploy.render import emit_json
+from svformer_deploy.deploy.render import emit_json, json_document
 
 
 @click.command("energy-report")
@@ -54,6 +54,8 @@ def energy_report(records, cost_model, as_json, csv_path, md_path, html_dir, no_
     if report["skipped"]:
         click.echo(f"warning: skipped {len(report['skipped'])} corrupt run record(s): "
                    + "; ".join(s["reason"] for s in report["skipped"][:3]), err=True)
+    if as_json or csv_path or md_path or html_dir:
+        json_document(report)  # a non-finite figure is an error before any output is written
     outputs = []  # (what, path, text): rendered first, then written all or nothing
     if csv_path:
         outputs.append(("CSV", csv_path, render_csv(report)))

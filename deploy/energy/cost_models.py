@@ -46,6 +46,19 @@ class CostModel:
     e_neuron_update_pj: float  # one neuron update (leak multiply + charge add by default)
     memory_source: str = MEMORY_SOURCE
 
+    def __post_init__(self) -> None:
+        for key in _NUMBERS:
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise SVFormerError(f"cost model {self.name!r}: {key} must be a number (pJ), got {v!r}")
+            if not (math.isfinite(v) and 0 <= v <= MAX_PJ):
+                raise SVFormerError(f"cost model {self.name!r}: {key} must be a finite number >= 0 and "
+                                    f"<= {MAX_PJ:g} (pJ), got {v!r}")
+        for key in _TEXT:
+            v = getattr(self, key)
+            if not isinstance(v, str) or len(v) > MAX_TEXT:
+                raise SVFormerError(f"cost model: {key} must be a string of at most {MAX_TEXT} characters")
+
     def e_mem_word_pj(self, word_bits: int) -> float:
         """Energy of one memory access of a ``word_bits``-bit word (pJ)."""
         return self.e_mem_pj_per_64bit * word_bits / 64.0
@@ -56,6 +69,15 @@ class CostModel:
     def label(self) -> str:
         """Short name for table captions: ``fp32 (E_MAC 4.6 pJ, E_AC 0.9 pJ)``."""
         return f"{self.name} (E_MAC {self.e_mac_pj:g} pJ, E_AC {self.e_ac_pj:g} pJ)"
+
+
+MAX_PJ = 1e6
+"""Largest energy per operation or memory access accepted (pJ): a microjoule, far above any real circuit,
+small enough that no report total can overflow to infinity."""
+MAX_TEXT = 10_000
+MAX_TOML_BYTES = 1 << 20
+_NUMBERS = ("e_mac_pj", "e_ac_pj", "e_mul_pj", "e_add_pj", "e_mem_pj_per_64bit", "e_neuron_update_pj")
+_TEXT = ("name", "description", "source", "memory_source")
 
 
 def _horowitz(name: str, what: str, mul: float, add: float) -> CostModel:
@@ -79,8 +101,6 @@ PRESETS: dict[str, CostModel] = {
 }
 DEFAULT = "fp32"
 
-_NUMBERS = ("e_mac_pj", "e_ac_pj", "e_mul_pj", "e_add_pj", "e_mem_pj_per_64bit", "e_neuron_update_pj")
-_TEXT = ("name", "description", "source", "memory_source")
 _ALLOWED = set(_NUMBERS) | set(_TEXT) | {"base"}
 
 
@@ -94,6 +114,9 @@ def load_cost_model_toml(path: str | Path) -> CostModel:
     """
     path = Path(path)
     try:
+        if path.is_file() and path.stat().st_size > MAX_TOML_BYTES:
+            raise SVFormerError(f"{path}: cost model file of {path.stat().st_size} bytes is above the limit of "
+                                f"{MAX_TOML_BYTES}")
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SVFormerError(f"{path}: cost model file not found") from None
@@ -107,7 +130,7 @@ def load_cost_model_toml(path: str | Path) -> CostModel:
                             f"allowed: {', '.join(sorted(_ALLOWED))}")
     base = None
     if "base" in data:
-        if data["base"] not in PRESETS:
+        if not isinstance(data["base"], str) or data["base"] not in PRESETS:
             raise SVFormerError(f"{path}: base {data['base']!r} is not a preset ({', '.join(PRESETS)})")
         base = PRESETS[data["base"]]
     values: dict[str, Any] = {}
@@ -117,13 +140,13 @@ def load_cost_model_toml(path: str | Path) -> CostModel:
         v = data[key]
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise SVFormerError(f"{path}: {key} must be a number (pJ), got {v!r}")
-        if not math.isfinite(v) or v < 0:
-            raise SVFormerError(f"{path}: {key} must be a finite number >= 0 (pJ), got {v!r}")
+        if not math.isfinite(v) or not 0 <= v <= MAX_PJ:
+            raise SVFormerError(f"{path}: {key} must be a finite number >= 0 and <= {MAX_PJ:g} (pJ), got {v!r}")
         values[key] = float(v)
     for key in _TEXT:
         if key in data:
-            if not isinstance(data[key], str) or not data[key].strip():
-                raise SVFormerError(f"{path}: {key} must be a non-empty string")
+            if not isinstance(data[key], str) or not data[key].strip() or len(data[key]) > MAX_TEXT:
+                raise SVFormerError(f"{path}: {key} must be a non-empty string of at most {MAX_TEXT} characters")
             values[key] = data[key].strip()
     if base is None:
         missing = [k for k in _NUMBERS if k not in values and k != "e_neuron_update_pj"]
@@ -135,14 +158,22 @@ def load_cost_model_toml(path: str | Path) -> CostModel:
         values.setdefault("source", str(path))
         values.setdefault("memory_source", f"user-defined in {path}")
         values.setdefault("name", path.stem)
-        return CostModel(**values)
+        return _build(path, lambda: CostModel(**values))
     if "e_neuron_update_pj" not in values and ("e_mul_pj" in values or "e_add_pj" in values):
         values["e_neuron_update_pj"] = values.get("e_mul_pj", base.e_mul_pj) + values.get("e_add_pj", base.e_add_pj)
     values.setdefault("name", path.stem)
     values.setdefault("description", f"{base.name} preset with overrides from {path.name}")
     overridden = sorted(k for k in _NUMBERS if k in data)
     values.setdefault("source", f"{base.source}; overrides ({', '.join(overridden) or 'none'}) from {path}")
-    return replace(base, **values)
+    return _build(path, lambda: replace(base, **values))
+
+
+def _build(path: Path, make: Any) -> CostModel:
+    """The cost model, its own checks (e.g. a derived neuron update above the bound) naming the file."""
+    try:
+        return make()
+    except SVFormerError as e:
+        raise SVFormerError(f"{path}: {e}") from None
 
 
 def get_cost_model(spec: str | Path | None = None) -> CostModel:

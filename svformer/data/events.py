@@ -56,6 +56,9 @@ EVENT_DTYPE = np.dtype([("x", np.int32), ("y", np.int32), ("t", np.int64), ("p",
 """Events as returned by :func:`read_events`: x, y in pixels, t in µs, p in {0 (OFF), 1 (ON)}."""
 
 NMNIST_SENSOR = (34, 34)
+MAX_SENSOR_SIDE = 1 << 16
+"""Largest sensor width/height accepted (event coordinates must lie below it; DVS sensors have <= 1280)."""
+MAX_TIMESTAMP_US = 1 << 62
 SPLIT_METHODS = ("number", "time")
 FIT_METHODS = ("auto", "pad", "resize")
 
@@ -108,12 +111,19 @@ def read_events(
         raise SVFormerError(f"{path}: the recording holds no events")
     if sensor_size is not None:
         sensor = (int(sensor_size[0]), int(sensor_size[1]))
+        _check_sensor(path, sensor, "given sensor size")
         if events["x"].max() >= sensor[0] or events["y"].max() >= sensor[1]:
             raise SVFormerError(
                 f"{path}: events reach x={int(events['x'].max())}, y={int(events['y'].max())}, outside the "
                 f"given sensor size {sensor[0]}x{sensor[1]}"
             )
+    _check_sensor(path, sensor, "sensor size")
     return events, sensor
+
+
+def _check_sensor(path: Path, sensor: tuple[int, int], what: str) -> None:
+    if not all(1 <= s <= MAX_SENSOR_SIDE for s in sensor):
+        raise SVFormerError(f"{path}: {what} {sensor[0]}x{sensor[1]} is outside 1..{MAX_SENSOR_SIDE} pixels per side")
 
 
 def _as_events(x: Any, y: Any, t: Any, p: Any) -> np.ndarray:
@@ -145,6 +155,7 @@ def _read_aedat4(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
     except (RuntimeError, OSError, ValueError) as e:
         raise SVFormerError(f"{path}: corrupt or truncated AEDAT 4 recording ({e})") from None
     sensor = (int(info["width"]), int(info["height"]))
+    _check_sensor(path, sensor, "AEDAT 4 sensor size")
     events = _as_events(raw["x"], raw["y"], raw["t"].astype(np.int64), raw["p"])
     if len(events) and (events["x"].max() >= sensor[0] or events["y"].max() >= sensor[1]):
         raise SVFormerError(f"{path}: corrupt AEDAT 4 recording (events outside the {sensor[0]}x{sensor[1]} sensor)")
@@ -193,10 +204,16 @@ def _read_npy(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
     if len(x) == 0:
         return np.empty(0, EVENT_DTYPE), (1, 1)
     cols = {"x": x, "y": y, "t": t}
+    limits = {"x": MAX_SENSOR_SIDE, "y": MAX_SENSOR_SIDE, "t": MAX_TIMESTAMP_US}
     for name, col in cols.items():
         col = np.asarray(col)
+        if col.dtype.kind not in "biuf":
+            raise SVFormerError(f"{path}: column {name} has dtype {col.dtype}, not numbers")
         if not np.all(np.isfinite(col)) or np.any(col < 0) or np.any(col != np.floor(col)):
             raise SVFormerError(f"{path}: column {name} must hold non-negative integers")
+        if np.any(col >= limits[name]):  # checked before the cast to int32/int64, which would wrap silently
+            raise SVFormerError(f"{path}: column {name} reaches {int(np.max(col))}, beyond the limit "
+                                f"{limits[name]} ({'pixels' if name != 't' else 'µs'})")
     events = _as_events(np.asarray(x, np.int64), np.asarray(y, np.int64), np.asarray(t, np.int64), p)
     return events, (int(events["x"].max()) + 1, int(events["y"].max()) + 1)
 

@@ -63,6 +63,7 @@ __all__ = [
     "decode_frames",
     "load_clip",
     "load_views",
+    "check_pixel_budget",
     "probe_video",
     "read_views",
     "sample_indices",
@@ -75,6 +76,14 @@ TRAIN_SCALE_RATIO = 8 / 7  # short side jitter [size, size * 8/7] = SlowFast's [
 # a container that declares more frames than the stream delivers: tolerated (last frame repeated, like
 # a short clip) up to this many missing frames, above it the file counts as truncated
 _FRAME_COUNT_SLACK = 2
+# Pixel budget, checked from the stream's metadata before decoding (and again on the decoded frames):
+# a 1080p clip with 80 needed frames uses 166 M decoded and 7 M resized pixels.
+MAX_FRAME_PIXELS = 1 << 26
+"""Largest decoded frame (width x height; 8192 x 8192)."""
+MAX_DECODED_PIXELS = 1 << 28
+"""Largest total of decoded pixels held at once (all needed frames; 768 MB of RGB)."""
+MAX_RESIZED_PIXELS = 1 << 26
+"""Largest total of pixels after the short-side resize (all needed frames; 768 MB of float32 RGB)."""
 
 
 @dataclass(frozen=True)
@@ -339,6 +348,9 @@ def _decode_needed(path: str | os.PathLike, container, stream, needed: Iterable[
     previous = None
     for frame in _iter_frames(path, container, stream):
         if n in want:
+            if frame.width * frame.height > MAX_FRAME_PIXELS:
+                raise _fail(path, f"frame {n} is {frame.width}x{frame.height} pixels, above the limit of "
+                                  f"{MAX_FRAME_PIXELS}")
             out[n] = convert(frame)
         previous = frame
         n += 1
@@ -401,10 +413,18 @@ def _resized_stack(rgb: dict[int, np.ndarray], short: int, mean: float | Sequenc
     1080p frame). A stream that changes resolution is resized to the size of its first needed frame.
     """
     keys = sorted(rgb)
+    for name, v in (("mean", mean), ("std", std)):
+        a = np.asarray(v, dtype=np.float64)
+        if a.ndim > 1 or a.size not in (1, 3) or not np.isfinite(a).all() or (name == "std" and (a <= 0).any()):
+            raise SVFormerError(f"normalisation {name} must be one finite number or 3 (RGB){', > 0' * (name == 'std')}"
+                                f", got {v!r}")
     scale = (1.0 / (255.0 * np.asarray(std, dtype=np.float32))).astype(np.float32)
     shift = (np.asarray(mean, dtype=np.float32) / np.asarray(std, dtype=np.float32)).astype(np.float32)
     h0, w0 = rgb[keys[0]].shape[:2]
     new_hw = _short_side_size(h0, w0, short)
+    if len(keys) * new_hw[0] * new_hw[1] > MAX_RESIZED_PIXELS:
+        raise SVFormerError(f"{len(keys)} frames of {w0}x{h0} resized to {new_hw[1]}x{new_hw[0]} pixels are above "
+                            f"the budget of {MAX_RESIZED_PIXELS} pixels")
     out = torch.empty((len(keys), 3, *new_hw), dtype=torch.float32)
     groups: dict[tuple[int, int], list[int]] = {}
     for pos, k in enumerate(keys):
@@ -437,6 +457,23 @@ def spatial_crop_offsets(height: int, width: int, size: int, spatial_crops: int 
     if height > width:
         return [(0, cx), (cy, cx), (height - size, cx)]
     return [(cy, 0), (cy, cx), (cy, width - size)]
+
+
+def check_pixel_budget(path: str | os.PathLike, width: int, height: int, frames: int, short: int) -> None:
+    """Refuse, before decoding, work beyond the pixel budget: ``frames`` frames of ``width x height`` decoded
+    and resized to a short side of ``short`` (an 8000 x 2 video resized to 224 would be 224 x 896,000)."""
+    if width <= 0 or height <= 0:
+        return  # unknown until decoded: checked on the frames themselves
+    if width * height > MAX_FRAME_PIXELS:
+        raise _fail(path, f"frames of {width}x{height} pixels are above the limit of {MAX_FRAME_PIXELS} pixels")
+    if frames * width * height > MAX_DECODED_PIXELS:
+        raise _fail(path, f"{frames} frames of {width}x{height} pixels are above the decoding budget of "
+                          f"{MAX_DECODED_PIXELS} pixels; use fewer views")
+    h, w = _short_side_size(height, width, short)
+    if frames * h * w > MAX_RESIZED_PIXELS:
+        raise _fail(path, f"{width}x{height} frames resized to a short side of {short} become {w}x{h} pixels; "
+                          f"{frames} of them are above the budget of {MAX_RESIZED_PIXELS} pixels (aspect ratio "
+                          f"{max(width, height) / min(width, height):.0f}:1)")
 
 
 def _check_sizes(time_steps: int, size: int) -> None:
@@ -479,6 +516,7 @@ def read_views(
             raise _fail(path, f"has {info.frames} frames, fewer than T={time_steps} time steps")
         temporal = sample_indices(info.frames, time_steps, frame_stride, temporal_views, train=False)
         needed = {i for view in temporal for i in view}
+        check_pixel_budget(path, info.width, info.height, len(needed), size)
         rgb, decoded = _decode_needed(path, container, stream, needed, info.frames, _to_rgb)
     finally:
         container.close()
@@ -544,6 +582,7 @@ def load_clip(
             raise _fail(path, f"has {info.frames} frames, fewer than T={time_steps} time steps")
         (idx,) = sample_indices(info.frames, time_steps, frame_stride, 1, train=True, rng=gen)
         short = int(gen.integers(size, max(size, round(size * TRAIN_SCALE_RATIO)) + 1))
+        check_pixel_budget(path, info.width, info.height, len(set(idx)), short)
         rgb, _ = _decode_needed(path, container, stream, idx, info.frames, _to_rgb)
     finally:
         container.close()

@@ -14,7 +14,13 @@ import warnings
 
 import click
 from svformer_deploy.svformer.errors import SVFormerError
-from svformer_deploy.svformer.interrupts import deferred_interrupts, signal_name, signals_raise
+from svformer_deploy.svformer.interrupts import (
+    Interrupted,
+    deferred_interrupts,
+    signal_name,
+    signals_raise,
+    swallowed,
+)
 
 INTERRUPT_EXIT = 2  # the interrupt code (SIGINT and SIGTERM alike): see docs/guarantees.md
 
@@ -73,6 +79,8 @@ def run_cli(cli: click.Group, argv: list[str] | None = None) -> int:
     with signals_raise():
         try:
             cli.main(args=args, prog_name="svformer-deploy", standalone_mode=False)
+            if swallowed() is not None:  # a library caught the interrupt; the outputs made are complete
+                raise Interrupted(swallowed())
             return 0
         except BaseException as e:  # noqa: BLE001 - every outcome is mapped by `outcome`
             with deferred_interrupts(drop=True):

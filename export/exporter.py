@@ -378,6 +378,7 @@ def export_checkpoint(checkpoint: str | Path, opts: ExportOptions | None = None,
     # The temporary bundle exists only inside this try, whose except removes it: a signal (SIGINT/SIGTERM)
     # while it is being created, or while the finished bundle is published, is held until that is done.
     writer = BundleWriter(out, force=opts.force)
+    closing = False  # set once the writer's own exit (publish, or clean up if that fails) has started
     try:
         with deferred_interrupts():
             try:
@@ -387,13 +388,14 @@ def export_checkpoint(checkpoint: str | Path, opts: ExportOptions | None = None,
         result = _export_into(writer, checkpoint, ckpt, model, opts, targets, quantized, step, warnings)
         step("publish bundle")
         writer.manifest["timings"] = {k: round(v, 3) for k, v in timings.items()}
+        with deferred_interrupts():
+            closing = True
+            writer.__exit__(None, None, None)
     except BaseException as e:
         step(None)
-        if writer.tmp is not None:
+        if writer.tmp is not None and not closing:
             writer.__exit__(type(e), e, e.__traceback__)
         raise
-    with deferred_interrupts():
-        writer.__exit__(None, None, None)
     step(None)
     timings["total"] = time.perf_counter() - t_start
     result.timings = timings

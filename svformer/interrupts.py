@@ -5,7 +5,9 @@ SIGTERM both raise :class:`Interrupted` — a ``KeyboardInterrupt`` — in the m
 clean-up code runs for both (temporary files and folders are removed on the way out).
 :func:`deferred_interrupts` holds a signal for the duration of a short critical section (creating a
 temporary, renaming it into place, removing it again) and raises it when the section ends, so an
-output is either complete at its final path or absent, and no temporary survives.
+output is either complete at its final path or absent, and no temporary survives. An interrupt that
+some library catches and drops is raised again when the next such section starts (no new output
+appears after an interrupt), and :func:`swallowed` tells the CLI about it.
 
 Forked children (worker pools) get the handlers that were in place before, so they keep the
 default behaviour of worker processes.
@@ -27,6 +29,7 @@ _previous: dict[int, object] = {}  # handlers before signals_raise, while it is 
 _owner: int | None = None  # pid of the process that installed the handlers
 _depth = 0  # nesting of deferred_interrupts in the main thread
 _pending: int | None = None  # a signal held back by deferred_interrupts
+_raised: int | None = None  # the signal last raised as Interrupted (raised again if some library swallowed it)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -54,7 +57,18 @@ def _handler(signum: int, frame: FrameType | None) -> None:
         if _pending is None:
             _pending = signum
         return
+    _raise(signum)
+
+
+def _raise(signum: int) -> None:
+    global _raised
+    _raised = signum
     raise Interrupted(signum)
+
+
+def swallowed() -> int | None:
+    """The signal raised as :class:`Interrupted` during :func:`signals_raise`, if any (even if caught since)."""
+    return _raised
 
 
 def _restore_in_child() -> None:
@@ -78,11 +92,11 @@ def signals_raise() -> Iterator[None]:
 
     Outside the main thread (where Python cannot install handlers) the block runs unchanged.
     """
-    global _owner, _depth, _pending
+    global _owner, _depth, _pending, _raised
     if threading.current_thread() is not threading.main_thread() or _owner is not None:
         yield  # not the main thread, or already active (nested)
         return
-    _depth, _pending, _owner = 0, None, os.getpid()
+    _depth, _pending, _raised, _owner = 0, None, None, os.getpid()
     try:
         for signum in SIGNALS:
             if signal.getsignal(signum) is not signal.SIG_IGN:  # e.g. SIGINT of a background job stays ignored
@@ -93,7 +107,7 @@ def signals_raise() -> Iterator[None]:
         for signum, old in _previous.items():
             signal.signal(signum, old)
         _previous.clear()
-        _depth, _pending, _owner = 0, None, None
+        _depth, _pending, _raised, _owner = 0, None, None, None
 
 
 class _Deferred:
@@ -104,8 +118,11 @@ class _Deferred:
 
     def __enter__(self) -> None:
         global _depth
-        if threading.current_thread() is threading.main_thread():
-            _depth += 1
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if _raised is not None and not self.drop and sys.exc_info()[1] is None:
+            _raise(_raised)  # an interrupt that some library caught and dropped: no new output after it
+        _depth += 1
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> bool:
@@ -121,7 +138,8 @@ class _Deferred:
         unwinding = exc if exc is not None else sys.exc_info()[1]
         if isinstance(unwinding, KeyboardInterrupt):
             return False  # already on the way out for an interrupt
-        raise Interrupted(signum)
+        _raise(signum)
+        return False
 
 
 def deferred_interrupts(drop: bool = False) -> _Deferred:

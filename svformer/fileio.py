@@ -50,6 +50,18 @@ def _name_final(e: BaseException, tmp: Path | None, final: Path) -> None:
         e.filename = str(final)
 
 
+def _missing_parents(path: Path) -> list[Path]:
+    """The folders above ``path`` that do not exist yet, innermost first."""
+    return [p for p in path.parents if not p.exists()]
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed write created (innermost first), unless something else is in them now."""
+    for d in folders:
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``, else delete it.
@@ -59,6 +71,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     tmp_path: Path | None = None
+    made = _missing_parents(path)
     try:
         with deferred_interrupts():
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,6 +87,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             if tmp_path is not None:
                 with contextlib.suppress(FileNotFoundError):
                     tmp_path.unlink()
+            _remove_empty(made)
         _name_final(e, tmp_path, path)
         raise
 
@@ -120,6 +134,7 @@ def atomic_directory(path: str | os.PathLike, force: bool = False) -> Iterator[P
     """
     path = Path(path)
     tmp: Path | None = None
+    made = _missing_parents(path)
     try:
         with deferred_interrupts():
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -140,5 +155,6 @@ def atomic_directory(path: str | os.PathLike, force: bool = False) -> Iterator[P
         with deferred_interrupts():
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
+            _remove_empty(made)
         _name_final(e, tmp, path)
         raise

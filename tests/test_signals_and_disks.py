@@ -5,10 +5,10 @@ at its final path or absent, no temporary left behind, and the same command succ
 from __future__ import annotations
 
 import csv
+import errno
 import math
 import os
 import random
-import shutil
 import signal
 import subprocess
 import time
@@ -21,7 +21,7 @@ from fixtures_models import make_model
 from svformer_deploy.deploy.cli import main
 from svformer_deploy.deploy.energy.records import read_record
 from svformer_deploy.export.bundle import load_bundle, sha256_file
-from svformer_deploy.svformer.checkpoint import save_checkpoint
+from svformer_deploy.svformer.checkpoint import load_checkpoint, save_checkpoint
 from test_sim_cli import write_clip
 
 PAGE = 4096
@@ -247,8 +247,30 @@ def test_sigint_and_sigterm_at_random_moments_leave_whole_outputs_and_a_rerun_su
         proc = interrupt(args, work, sig, delay)
         interrupted += check_outcome(proc, sig)
         outputs_whole(command, work)
-    assert interrupted >= 2, "the signals sent during start-up did not interrupt the command"
+    assert interrupted >= 2, "signals sent once the command had installed its handlers did not interrupt it"
     monkeypatch.chdir(work)
     code, _, err = run(capfd, *args)
     assert code == 0, err
     outputs_whole(command, work)
+
+
+def test_a_checkpoint_on_a_full_disk_is_an_os_error_naming_it_and_leaves_nothing(work, tiny_disk):
+    ckpt = load_checkpoint(work / "rgb.pt")
+    tiny_disk.limit((work / "rgb.pt").stat().st_size // 2)
+    with pytest.raises(OSError) as info:  # not torch's RuntimeError from inside its zip writer
+        save_checkpoint(tiny_disk.path / "train" / "last.pt", ckpt.build_model())
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(tiny_disk.path / "train" / "last.pt")
+    assert tiny_disk.contents() == []
+
+
+# ---------------------------------------------------------------------------------------------
+# --debug
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("where", ["after", "before"])
+def test_debug_adds_the_traceback_and_keeps_the_exit_code(capfd, where):
+    args = ["info", "--arch", "gigantic"]
+    code, _, plain = run(capfd, *args)
+    code_debug, _, err = run(capfd, *(args + ["--debug"] if where == "after" else ["--debug", *args]))
+    assert code == code_debug == 2
+    assert "Traceback" not in plain and "Traceback (most recent call last)" in err and "SVFormerError" in err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [plain.strip()]

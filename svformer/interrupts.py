@@ -37,7 +37,10 @@ class Interrupted(KeyboardInterrupt):
 
     def __init__(self, signum: int):
         self.signum = int(signum)
-        super().__init__(signal_name(self.signum))
+        super().__init__(self.signum)  # args stay (signum,) so the exception pickles
+
+    def __str__(self) -> str:
+        return signal_name(self.signum)
 
 
 def signal_name(signum: int | None) -> str:
@@ -72,7 +75,7 @@ def swallowed() -> int | None:
 
 
 def _restore_in_child() -> None:
-    global _owner, _depth, _pending
+    global _depth, _pending, _raised
     if _owner is None or not _previous:
         return
     for signum, old in _previous.items():
@@ -80,7 +83,7 @@ def _restore_in_child() -> None:
             signal.signal(signum, old)
         except (ValueError, TypeError):  # forked from a thread other than the main one: keep the pid check
             pass
-    _depth, _pending = 0, None
+    _depth, _pending, _raised = 0, None, None
 
 
 os.register_at_fork(after_in_child=_restore_in_child)

@@ -225,6 +225,10 @@ COMMANDS = {  # command line (in the work folder); about how long it runs once i
 }
 
 
+FINAL = {"export": ["sig.svfd/manifest.json"], "simulate": ["sig_runs"],
+         "energy-report": ["sig/r.csv", "sig/html/index.html"]}
+
+
 def outputs_whole(command: str, work: Path) -> None:
     if command == "export" and (work / "sig.svfd").exists():
         complete_bundle(work / "sig.svfd")
@@ -251,6 +255,7 @@ def test_sigint_and_sigterm_at_random_moments_leave_whole_outputs_and_a_rerun_su
     monkeypatch.chdir(work)
     code, _, err = run(capfd, *args)
     assert code == 0, err
+    assert all((work / p).exists() for p in FINAL[command])
     outputs_whole(command, work)
 
 

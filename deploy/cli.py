@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one ``error:`` line (exit 2, or 1 for failed checks); see deploy/errors.py."""
     from svformer_deploy.deploy.errors import run_cli
 
-    return run_cli(cli, argv)
+    return run_cli(cli, argv, process_exits=argv is None)  # argv None: the console script, which exits next
 
 
 if __name__ == "__main__":

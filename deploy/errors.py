@@ -64,19 +64,20 @@ def outcome(e: BaseException) -> tuple[int, list[str], bool]:
     raise e  # SystemExit, GeneratorExit
 
 
-def run_cli(cli: click.Group, argv: list[str] | None = None) -> int:
+def run_cli(cli: click.Group, argv: list[str] | None = None, process_exits: bool = False) -> int:
     """Run ``cli`` on ``argv`` under the contract above; returns the exit code.
 
-    SIGINT and SIGTERM are handled for the whole run (restored afterwards): either one unwinds the
-    command through its clean-up and gives the interrupt line and code. Signals arriving while the
-    outcome is reported are held back and dropped (the command has ended).
+    SIGINT and SIGTERM are handled for the whole run: either one unwinds the command through its
+    clean-up and gives the interrupt line and code. Signals arriving while the outcome is reported
+    are held back and dropped (the command has ended). Afterwards the previous handlers come back,
+    or, with ``process_exits`` (the console script), the two signals are ignored until the exit.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args  # accepted anywhere on the command line
     args = [a for a in args if a != "--debug"]
     if not debug:  # library warnings would break the one-line contract on stderr
         warnings.simplefilter("ignore")
-    with signals_raise():
+    with signals_raise(then_ignore=process_exits):
         try:
             cli.main(args=args, prog_name="svformer-deploy", standalone_mode=False)
             if swallowed() is not None:  # a library caught the interrupt; the outputs made are complete

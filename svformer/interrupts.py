@@ -90,10 +90,12 @@ os.register_at_fork(after_in_child=_restore_in_child)
 
 
 @contextmanager
-def signals_raise() -> Iterator[None]:
+def signals_raise(then_ignore: bool = False) -> Iterator[None]:
     """SIGINT and SIGTERM raise :class:`Interrupted` in the block; the previous handlers come back after.
 
-    Outside the main thread (where Python cannot install handlers) the block runs unchanged.
+    With ``then_ignore`` (the process ends right after the block) they are ignored after it instead,
+    so a signal during interpreter shutdown cannot turn a finished run into a kill. Outside the main
+    thread (where Python cannot install handlers) the block runs unchanged.
     """
     global _owner, _depth, _pending, _raised
     if threading.current_thread() is not threading.main_thread() or _owner is not None:
@@ -108,7 +110,7 @@ def signals_raise() -> Iterator[None]:
     finally:
         _depth += 1  # a signal from here on is only recorded, then forgotten with the handlers
         for signum, old in _previous.items():
-            signal.signal(signum, old)
+            signal.signal(signum, signal.SIG_IGN if then_ignore else old)
         _previous.clear()
         _depth, _pending, _raised, _owner = 0, None, None, None
 

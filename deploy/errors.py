@@ -34,7 +34,7 @@ def _interrupt_line(e: BaseException) -> str:
 
 
 def _os_error_line(e: OSError) -> str:
-    reason = (e.strerror or _one_line(e)).lower()
+    reason = e.strerror[:1].lower() + e.strerror[1:] if e.strerror else _one_line(e)  # "no space left on device"
     if e.filename is None:
         return f"error: {reason}"
     where = str(e.filename) if e.filename2 is None else f"{e.filename} -> {e.filename2}"

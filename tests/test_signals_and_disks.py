@@ -101,6 +101,10 @@ class TinyDisk:
                        capture_output=True)
         (self.path / self.FILLER).write_bytes(b"\0" * PAGE)
 
+    def read_only(self, on: bool = True) -> None:
+        subprocess.run(["mount", "-o", f"remount,{'ro' if on else 'rw'}", "tmpfs", str(self.path)], check=True,
+                       capture_output=True)
+
     def contents(self) -> list[str]:
         return sorted(p.name for p in self.path.iterdir() if p.name != self.FILLER)
 
@@ -180,6 +184,20 @@ def test_energy_report_on_a_full_disk_is_one_error_and_leaves_no_report(capfd, w
     complete_report(tiny_disk.path / "r.csv", tiny_disk.path / "html")
     assert expected.is_file()
     no_temporaries(tiny_disk.path)
+
+
+def test_a_read_only_file_system_is_one_error_naming_the_output(capfd, work, tiny_disk):
+    tiny_disk.limit(1 << 20)
+    tiny_disk.read_only()
+    try:
+        code, _, err = run(capfd, "energy-report", work / "recs", "--csv", tiny_disk.path / "r.csv")
+        one_error_line(code, err, f"{tiny_disk.path / 'r.csv'}: read-only file system")
+        code, _, err = run(capfd, "export", work / "rgb.pt", "-o", tiny_disk.path / "b.svfd", "--targets", "nir",
+                           "--check-clips", "0")
+        one_error_line(code, err, str(tiny_disk.path / "b.svfd"), "read-only file system")
+    finally:
+        tiny_disk.read_only(False)
+    assert tiny_disk.contents() == []
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,21 +31,19 @@ class LazyGroup(click.Group):
         return getattr(importlib.import_module(module), attr)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="--debug anywhere on the command line shows the traceback of an error as well "
+                    "(the exit code stays the same).")
 @click.version_option(package_name="svformer-deploy")
-@click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli() -> None:
     """Deploy trained SVFormer spiking video transformers: export, simulate, count, report energy."""
-    ctx.ensure_object(dict)
-    ctx.obj["debug"] = debug
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: user errors become one ``error:`` line (exit 2, or 1 for failed checks)."""
+    """Entry point: user errors become one ``error:`` line (exit 2, or 1 for failed checks); see deploy/errors.py."""
     from svformer_deploy.deploy.errors import run_cli
 
-    return run_cli(cli, argv)
+    return run_cli(cli, argv, process_exits=argv is None)  # argv None: the console script, which exits next
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from svformer_deploy.svformer.checkpoint import Checkpoint, load_checkpoint
 from svformer_deploy.svformer.checkpoint import versions as checkpoint_versions
 from svformer_deploy.svformer.data.datasets import InputSpec
 from svformer_deploy.svformer.errors import CheckFailed, SVFormerError
+from svformer_deploy.svformer.interrupts import deferred_interrupts
 
 from . import ir
 from .bundle import BundleWriter, default_bundle_path, sha256_file
@@ -374,19 +375,27 @@ def export_checkpoint(checkpoint: str | Path, opts: ExportOptions | None = None,
         QuantConfig(weight_bits=opts.weight_bits)  # validates the bit width before any work
     out = Path(opts.output) if opts.output is not None else default_bundle_path(checkpoint)
 
+    # The temporary bundle exists only inside this try, whose except removes it: a signal (SIGINT/SIGTERM)
+    # while it is being created, or while the finished bundle is published, is held until that is done.
+    writer = BundleWriter(out, force=opts.force)
+    closing = False  # set once the writer's own exit (publish, or clean up if that fails) has started
     try:
-        writer = BundleWriter(out, force=opts.force).__enter__()
-    except OSError as e:
-        raise SVFormerError(f"{out}: cannot create the bundle there ({e.strerror or e})") from None
-    try:
+        with deferred_interrupts():
+            try:
+                writer.__enter__()
+            except OSError as e:
+                raise SVFormerError(f"{out}: cannot create the bundle there ({e.strerror or e})") from None
         result = _export_into(writer, checkpoint, ckpt, model, opts, targets, quantized, step, warnings)
         step("publish bundle")
         writer.manifest["timings"] = {k: round(v, 3) for k, v in timings.items()}
+        with deferred_interrupts():
+            closing = True
+            writer.__exit__(None, None, None)
     except BaseException as e:
         step(None)
-        writer.__exit__(type(e), e, e.__traceback__)
+        if writer.tmp is not None and not closing:
+            writer.__exit__(type(e), e, e.__traceback__)
         raise
-    writer.__exit__(None, None, None)
     step(None)
     timings["total"] = time.perf_counter() - t_start
     result.timings = timings

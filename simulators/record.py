@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import errno
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from svformer_deploy.svformer.errors import SVFormerError
+from svformer_deploy.svformer.fileio import write_new_file
 
 if TYPE_CHECKING:
     from .counting import LayerInfo
@@ -182,47 +180,6 @@ def record_name(stem: str, view: int, created: str | None = None) -> str:
     return f"{stamp}_{_safe(stem)}_v{view}.json"
 
 
-def _claim(out: Path, name: str, text: bytes) -> Path:
-    """Write ``text`` to a temporary file, then hard-link it to the first free ``name`` / ``name-<n>``.
-
-    ``os.link`` fails with EEXIST when the name is taken, so two writers never get the same file
-    and a reader never sees a partial one (the fallback without hard links: ``O_EXCL`` create).
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        n = 0
-        while True:
-            path = out / (name if n == 0 else name.replace(".json", f"-{n}.json"))
-            try:
-                os.link(tmp, path)
-                return path
-            except FileExistsError:
-                n += 1
-            except OSError as e:
-                if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-                    raise
-                try:
-                    fd2 = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-                except FileExistsError:
-                    n += 1
-                    continue
-                try:
-                    with os.fdopen(fd2, "wb") as f:
-                        f.write(text)
-                except BaseException:
-                    path.unlink(missing_ok=True)
-                    raise
-                return path
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
 def write_records(records: Sequence[dict[str, Any]], out_dir: str | Path, stem: str) -> list[Path]:
     """Write the records of one clip's views into ``out_dir`` (created if needed), atomically, all or none.
 
@@ -243,7 +200,7 @@ def write_records(records: Sequence[dict[str, Any]], out_dir: str | Path, stem: 
     try:
         for rec, text in zip(records, texts, strict=True):
             name = record_name(stem, int(rec["input"].get("view", 0)), rec.get("created"))
-            written.append(_claim(out, name, text))
+            written.append(write_new_file(out, name, text))
     except BaseException:
         for p in written:
             p.unlink(missing_ok=True)

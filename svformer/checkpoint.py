@@ -32,7 +32,7 @@ import torch
 
 from .config import LIMITS, SVFormerConfig
 from .errors import SVFormerError
-from .fileio import write_with_atomic
+from .fileio import write_buffered_atomic
 from .model import SVFormer
 from .variants import variant_config
 
@@ -180,9 +180,10 @@ def save_checkpoint(
     preprocessing: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``model`` in the checkpoint format, atomically."""
+    """Write ``model`` in the checkpoint format, atomically (serialised in memory first, so a full disk is an
+    ``OSError`` naming ``path`` rather than an error inside torch's writer)."""
     ckpt = make_checkpoint(model, class_names, preprocessing, training)
-    return write_with_atomic(path, lambda tmp: torch.save(ckpt.to_dict(), tmp))
+    return write_buffered_atomic(path, lambda buf: torch.save(ckpt.to_dict(), buf))
 
 
 def _safe_torch_load(path: Path) -> Any:

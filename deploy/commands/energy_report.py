@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import sys
 from pathlib import Path
 
@@ -65,16 +64,8 @@ def energy_report(records, cost_model, as_json, csv_path, md_path, html_dir, no_
         from svformer_deploy.deploy.energy.html import INDEX, render_html
 
         outputs.append(("HTML", html_dir / INDEX, render_html(report)))
-    try:
-        with staged_outputs() as stage:
-            written = [(what, stage.text(path, text)) for what, path, text in outputs]
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise
-        from svformer_deploy.svformer.errors import SVFormerError
-
-        raise SVFormerError(f"{e.filename or 'report'}: cannot write the report ({e.strerror or e}); "
-                            "no report file was written") from None
+    with staged_outputs() as stage:  # an OSError names the file; none of the outputs is written
+        written = [(what, stage.text(path, text)) for what, path, text in outputs]
     if as_json:
         emit_json(report)
     else:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import h5py
 import networkx as nx
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from svformer_deploy.svformer.errors import SVFormerError
-from svformer_deploy.svformer.fileio import atomic_path
+from svformer_deploy.svformer.fileio import write_buffered_atomic
 
 from .. import ir
 from .partition import Part, layer_stride_padding, layer_weights
@@ -131,9 +131,18 @@ def netx_net(qg: nx.DiGraph, part: Part) -> NetxNet:
 
 
 def write_netx(net: NetxNet, path: str | Path) -> Path:
-    """Write ``net`` as a netx HDF5 file, atomically."""
+    """Write ``net`` as a netx HDF5 file, atomically.
+
+    The file is built in memory and written with plain Python I/O, so a full disk is an ``OSError``
+    naming ``path`` (libhdf5 writing to a full disk can crash the interpreter).
+    """
     path = Path(path)
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    write_buffered_atomic(path, lambda buf: _fill_netx(net, buf))
+    return path
+
+
+def _fill_netx(net: NetxNet, buf: BinaryIO) -> None:
+    with h5py.File(buf, "w") as f:
         root = f.create_group("layer")
         g0 = root.create_group("0")
         g0.create_dataset("type", data=np.bytes_("input"))
@@ -160,7 +169,6 @@ def write_netx(net: NetxNet, path: str | Path) -> Path:
             n.create_dataset("refDelay", data=np.int64(1))
             n.create_dataset("gradedSpike", data=np.bool_(False))
         f.create_dataset("svformer", data=json.dumps({"format": FORMAT, **net.meta}), dtype=h5py.string_dtype())
-    return path
 
 
 def read_netx(path: str | Path) -> NetxNet:

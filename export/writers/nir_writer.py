@@ -54,7 +54,7 @@ import nir
 import numpy as np
 from nir.serialization import hdf2dict
 from svformer_deploy.svformer.errors import SVFormerError
-from svformer_deploy.svformer.fileio import atomic_path
+from svformer_deploy.svformer.fileio import write_buffered_atomic
 
 from .. import ir
 from .partition import Part, dense_groups, layer_stride_padding, layer_weights
@@ -349,8 +349,7 @@ def ir_to_nir(g: nx.DiGraph, dt: float = DT) -> nir.NIRGraph:
 
 
 def _write(graph: nir.NIRGraph, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        nir.write(tmp, graph)
+    write_buffered_atomic(path, lambda buf: nir.write(buf, graph))  # HDF5 in memory: a full disk is an OSError
     return path
 
 

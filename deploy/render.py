@@ -32,7 +32,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | No
         for i, c in enumerate(row):
             widths[i] = max(widths[i], len(c))
     if align is None:
-        align = "".join("r" if rows and _is_number(rows[0][i]) else "l" for i in range(len(headers)))
+        align = "".join("r" if rows and _looks_numeric(rows[0][i]) else "l" for i in range(len(headers)))
 
     def line(values: Sequence[str]) -> str:
         return "  ".join(v.rjust(w) if a == "r" else v.ljust(w) for v, w, a in zip(values, widths, align, strict=True))
@@ -42,7 +42,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | No
     return "\n".join(s.rstrip() for s in out)
 
 
-def _is_number(v: Any) -> bool:
+def _looks_numeric(v: Any) -> bool:
     if isinstance(v, int | float):
         return True
     s = str(v).replace(",", "").replace("%", "").strip()

@@ -36,6 +36,7 @@ from typing import Any
 
 import networkx as nx
 from svformer_deploy.svformer.checkpoint import check_preprocessing
+from svformer_deploy.svformer.checks import is_int, short
 from svformer_deploy.svformer.errors import SVFormerError
 from svformer_deploy.svformer.fileio import atomic_directory, file_sha256, sha256_file, sha256_hex_pair
 
@@ -61,32 +62,25 @@ def default_bundle_path(checkpoint: str | Path) -> Path:
     return checkpoint.with_name(checkpoint.stem + SUFFIX)
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _short(v: Any) -> str:
-    text = repr(v)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _check_entry(mpath: Path, role: str, entry: Any) -> None:
     where = f"{mpath}: files[{role!r}]"
     if not isinstance(entry, dict):
-        raise SVFormerError(f"{where} must be an object with path, sha256 and bytes, got {_short(entry)}")
+        raise SVFormerError(f"{where} must be an object with path, sha256 and bytes, got {short(entry)}")
     rel = entry.get("path")
     if not isinstance(rel, str) or not rel:
-        raise SVFormerError(f"{where}: path must be a non-empty string, got {_short(rel)}")
+        raise SVFormerError(f"{where}: path must be a non-empty string, got {short(rel)}")
     parts = PurePosixPath(rel).parts
     if ("\\" in rel or "\0" in rel or rel.startswith("/") or PurePosixPath(rel).is_absolute()
             or any(p in ("..", ".") for p in rel.split("/")) or not parts):
-        raise SVFormerError(f"{where}: path {_short(rel)} must be relative and stay inside the bundle "
+        raise SVFormerError(f"{where}: path {short(rel)} must be relative and stay inside the bundle "
                             "(no absolute path, no '..')")
     if not is_sha256(entry.get("sha256")):
-        raise SVFormerError(f"{where}: sha256 must be a hex SHA-256 digest, got {_short(entry.get('sha256'))}")
+        raise SVFormerError(f"{where}: sha256 must be a hex SHA-256 digest, got {short(entry.get('sha256'))}")
     size = entry.get("bytes")
-    if not _is_int(size) or not 0 <= size <= MAX_FILE_BYTES:
-        raise SVFormerError(f"{where}: bytes must be an integer in 0..{MAX_FILE_BYTES}, got {_short(size)}")
+    if not is_int(size) or not 0 <= size <= MAX_FILE_BYTES:
+        raise SVFormerError(f"{where}: bytes must be an integer in 0..{MAX_FILE_BYTES}, got {short(size)}")
 
 
 def _check_manifest(mpath: Path, m: dict[str, Any]) -> None:
@@ -108,13 +102,13 @@ def _check_manifest(mpath: Path, m: dict[str, Any]) -> None:
     if "ir" not in files:
         raise SVFormerError(f"{mpath}: the manifest lists no 'ir' graph")
     if not is_sha256(m["model_hash"]):
-        raise SVFormerError(f"{mpath}: model_hash must be a hex SHA-256 digest, got {_short(m['model_hash'])}")
+        raise SVFormerError(f"{mpath}: model_hash must be a hex SHA-256 digest, got {short(m['model_hash'])}")
     for key in ("config", "input"):
         if not isinstance(m[key], dict):
-            raise SVFormerError(f"{mpath}: {key} must be an object, got {_short(m[key])}")
+            raise SVFormerError(f"{mpath}: {key} must be an object, got {short(m[key])}")
     if m["input"].get("encoding", "pixels") not in ("pixels", "events"):
         raise SVFormerError(f"{mpath}: input encoding must be \"pixels\" or \"events\", "
-                            f"got {_short(m['input'].get('encoding'))}")
+                            f"got {short(m['input'].get('encoding'))}")
     names = m.get("class_names")
     if names is not None and not (isinstance(names, list) and len(names) <= MAX_CLASSES
                                   and all(isinstance(n, str) for n in names)):
@@ -123,10 +117,10 @@ def _check_manifest(mpath: Path, m: dict[str, Any]) -> None:
         check_preprocessing(str(mpath), m["preprocessing"])
     for key in ("arch", "created"):
         if m.get(key) is not None and not isinstance(m[key], str):
-            raise SVFormerError(f"{mpath}: {key} must be a string, got {_short(m[key])}")
+            raise SVFormerError(f"{mpath}: {key} must be a string, got {short(m[key])}")
     for key in ("source", "versions", "quantization", "partition", "fidelity"):
         if m.get(key) is not None and not isinstance(m[key], dict):
-            raise SVFormerError(f"{mpath}: {key} must be an object, got {_short(m[key])}")
+            raise SVFormerError(f"{mpath}: {key} must be an object, got {short(m[key])}")
 
 
 @dataclass
@@ -266,7 +260,7 @@ def load_bundle(path: str | Path) -> Bundle:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise SVFormerError(f"{mpath}: not an svformer-deploy bundle manifest")
     if manifest.get("version") != VERSION:
-        raise SVFormerError(f"{mpath}: bundle version {_short(manifest.get('version'))} is not supported ({VERSION})")
+        raise SVFormerError(f"{mpath}: bundle version {short(manifest.get('version'))} is not supported ({VERSION})")
     for key in ("files", "model_hash", "config", "input"):
         if key not in manifest:
             raise SVFormerError(f"{mpath}: manifest lacks {key!r}")

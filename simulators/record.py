@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from svformer_deploy.svformer.checks import is_int, is_number, short
 from svformer_deploy.svformer.errors import SVFormerError
 from svformer_deploy.svformer.fileio import write_new_file
 
@@ -339,21 +340,10 @@ def read_record(path: str | Path) -> RunRecord:
 # ------------------------------------------------------------------------------------------
 # validation
 # ------------------------------------------------------------------------------------------
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
 
 def _is_count(v: Any) -> bool:
-    return _is_int(v) and 0 <= v <= MAX_COUNT
+    return is_int(v) and 0 <= v <= MAX_COUNT
 
-
-def _is_num(v: Any) -> bool:
-    """A finite number that converts to float (an int of 10^400 does not)."""
-    if isinstance(v, bool):
-        return False
-    if isinstance(v, int):
-        return abs(v) <= 10**300
-    return isinstance(v, float) and math.isfinite(v)
 
 
 def _opt(v: Any, check: Callable[[Any], bool]) -> bool:
@@ -385,25 +375,25 @@ def validate_record(data: Any, source: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise bad("the document is not a JSON object")
     if data.get("format") != FORMAT:
-        raise bad(f"format is {_short(data.get('format'))}, expected {FORMAT!r}")
+        raise bad(f"format is {short(data.get('format'))}, expected {FORMAT!r}")
     version = data.get("version")
-    if not _is_int(version) or version not in READABLE_VERSIONS:
-        raise bad(f"unsupported version {_short(version)} (this report reads versions "
+    if not is_int(version) or version not in READABLE_VERSIONS:
+        raise bad(f"unsupported version {short(version)} (this report reads versions "
                   f"{', '.join(map(str, READABLE_VERSIONS))})")
     model = data.get("model")
     if not isinstance(model, dict) or not isinstance(model.get("hash"), str) or not model["hash"]:
         raise bad("model.hash is missing")
     for key, check in (("arch", lambda v: isinstance(v, str)), ("bundle", lambda v: isinstance(v, str)),
                        ("quantized", lambda v: isinstance(v, bool)), ("passes", _str_list),
-                       ("weight_bits", lambda v: _is_int(v) and 1 <= v <= 64),
+                       ("weight_bits", lambda v: is_int(v) and 1 <= v <= 64),
                        ("config", lambda v: isinstance(v, dict)), ("class_names", _str_list)):
         if not _opt(model.get(key), check):
             raise bad(f"model.{key} has the wrong type ({type(model[key]).__name__})")
     if not isinstance(data.get("executor", "float"), str):
         raise bad("executor must be a string")
     T = data.get("time_steps")
-    if not _is_int(T) or not 1 <= T <= MAX_TIME_STEPS:
-        raise bad(f"time_steps must be a positive integer (at most {MAX_TIME_STEPS}), got {_short(T)}")
+    if not is_int(T) or not 1 <= T <= MAX_TIME_STEPS:
+        raise bad(f"time_steps must be a positive integer (at most {MAX_TIME_STEPS}), got {short(T)}")
     inp = data.get("input")
     if inp is not None:
         if not isinstance(inp, dict):
@@ -417,7 +407,7 @@ def validate_record(data: Any, source: str | Path) -> dict[str, Any]:
     if pred is not None:
         top5 = pred.get("top5") if isinstance(pred, dict) else None
         if not isinstance(top5, list) or not all(isinstance(e, list) and len(e) == 2 and isinstance(e[0], str)
-                                                 and _is_num(e[1]) for e in top5):
+                                                 and is_number(e[1]) for e in top5):
             raise bad("prediction.top5 must be a list of [label, score] pairs")
     layers = data.get("layers")
     if not isinstance(layers, list) or not layers:
@@ -435,9 +425,9 @@ def validate_record(data: Any, source: str | Path) -> dict[str, Any]:
             if not isinstance(layer.get(key), str) or not layer[key]:
                 raise bad(f"{where}: {key} is missing")
         if not STAGE_PATTERN.fullmatch(layer["stage"]):
-            raise bad(f"{where}: stage must be PE<i>, S<i>, LP or CH, got {_short(layer['stage'])}")
+            raise bad(f"{where}: stage must be PE<i>, S<i>, LP or CH, got {short(layer['stage'])}")
         if layer["name"] in names:
-            raise bad(f"duplicate layer name {_short(layer['name'])}")
+            raise bad(f"duplicate layer name {short(layer['name'])}")
         names.add(layer["name"])
         if "origin" in layer:
             if not _str_list(layer["origin"]) or not layer["origin"]:
@@ -445,13 +435,13 @@ def validate_record(data: Any, source: str | Path) -> dict[str, Any]:
         elif version >= 2:
             raise bad(f"{where}: origin is missing")
         if layer.get("input_kind", "real") not in ("spike", "real"):
-            raise bad(f"{where}: input_kind must be 'spike' or 'real', got {_short(layer.get('input_kind'))}")
+            raise bad(f"{where}: input_kind must be 'spike' or 'real', got {short(layer.get('input_kind'))}")
         inn = layer.get("input_neurons")
         if not _str_list(inn):
             raise bad(f"{where}: input_neurons must be a list of layer names")
         for key in ("dense_macs", "params", "dense_bias_adds"):
             if key in layer and not _is_count(layer[key]):
-                raise bad(f"{where}: {key} must be a non-negative integer below 2^63, got {_short(layer[key])}")
+                raise bad(f"{where}: {key} must be a non-negative integer below 2^63, got {short(layer[key])}")
         if "dense_macs" not in layer:
             raise bad(f"{where}: dense_macs is missing")
         if layer["op"] in ("spike_matmul_kv", "spike_matmul_q_kv") and layer["dense_macs"] > 0 and not inn:
@@ -461,21 +451,21 @@ def validate_record(data: Any, source: str | Path) -> dict[str, Any]:
             raise bad(f"{where}: counts must be an object")
         for key, v in counts.items():
             if key not in COUNT_KEYS:
-                raise bad(f"{where}: unknown counter {_short(key)} (known: {', '.join(COUNT_KEYS)})")
+                raise bad(f"{where}: unknown counter {short(key)} (known: {', '.join(COUNT_KEYS)})")
             if not _is_count(v):
-                raise bad(f"{where}: counts.{key} must be a non-negative integer below 2^63, got {_short(v)}")
+                raise bad(f"{where}: counts.{key} must be a non-negative integer below 2^63, got {short(v)}")
             sums[key] += v
         per_step = layer.get("per_step", {})
         if not isinstance(per_step, dict):
             raise bad(f"{where}: per_step must be an object")
         for key, seq in per_step.items():
             if key not in COUNT_KEYS:
-                raise bad(f"{where}: unknown per_step counter {_short(key)}")
+                raise bad(f"{where}: unknown per_step counter {short(key)}")
             if not isinstance(seq, list) or len(seq) != T or not all(_is_count(v) for v in seq):
                 raise bad(f"{where}: per_step.{key} must be {T} non-negative integers")
             if sum(seq) != counts.get(key, 0):
                 raise bad(f"{where}: per_step.{key} sums to {sum(seq)}, counts.{key} is {counts.get(key, 0)}")
-        if layer.get("word_bits") is not None and (not _is_int(layer["word_bits"])
+        if layer.get("word_bits") is not None and (not is_int(layer["word_bits"])
                                                    or not 1 <= layer["word_bits"] <= 64):
             raise bad(f"{where}: word_bits must be an integer in 1..64")
         if layer["op"] == "neuron":
@@ -484,14 +474,14 @@ def validate_record(data: Any, source: str | Path) -> dict[str, Any]:
     for layer in layers:
         missing = [n for n in layer["input_neurons"] if n not in neurons]
         if missing:
-            raise bad(f"layer {layer['name']}: input_neurons {_short(missing)} are not neuron layers of this record")
+            raise bad(f"layer {layer['name']}: input_neurons {short(missing)} are not neuron layers of this record")
     totals = data.get("totals")
     if totals is not None:
         if not isinstance(totals, dict):
             raise bad("totals must be an object")
         for key, v in totals.items():
             if key in sums and v != sums[key]:
-                raise bad(f"totals.{key} is {_short(v)} but the layers sum to {sums[key]}")
+                raise bad(f"totals.{key} is {short(v)} but the layers sum to {sums[key]}")
     _normalise(data, T)
     return data
 
@@ -501,13 +491,13 @@ def _validate_neuron(layer: dict, where: str, T: int, counts: dict, bad: Callabl
     if not _is_count(n) or n < 1:
         raise bad(f"{where}: neurons must be a positive integer below 2^63")
     fr = layer.get("firing_rate")
-    if not _is_num(fr) or not 0.0 <= fr <= 1.0:
-        raise bad(f"{where}: firing_rate must be a number in [0, 1], got {_short(fr)}")
+    if not is_number(fr) or not 0.0 <= fr <= 1.0:
+        raise bad(f"{where}: firing_rate must be a number in [0, 1], got {short(fr)}")
     expected = counts.get("spikes_out", 0) / (n * T)
     if abs(fr - expected) > 1e-9 + 1e-6 * expected:
         raise bad(f"{where}: firing_rate {fr} does not match spikes_out / (neurons x T) = {expected:.6g}")
     for key in ("tau", "v_threshold"):
-        if layer.get(key) is not None and not _is_num(layer[key]):
+        if layer.get(key) is not None and not is_number(layer[key]):
             raise bad(f"{where}: {key} must be a finite number")
     if layer.get("tau") is not None and layer["tau"] <= 0:
         raise bad(f"{where}: tau must be > 0")
@@ -526,10 +516,3 @@ def _normalise(data: dict[str, Any], T: int) -> None:
             per_step.setdefault("spikes_out", [0] * T)
 
 
-def _short(v: Any, limit: int = 60) -> str:
-    """``repr(v)`` cut to ``limit`` characters (error messages quote untrusted values)."""
-    try:
-        text = repr(v)
-    except ValueError:  # an int too long to print
-        text = f"<{type(v).__name__}>"
-    return text if len(text) <= limit else text[:limit] + "..."

@@ -20,7 +20,6 @@ authors' ``model_state`` / DDP ``module.`` prefixed ones) is accepted with an ex
 
 from __future__ import annotations
 
-import math
 import pickle
 import warnings
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any
 
 import torch
 
+from .checks import short
 from .config import LIMITS, SVFormerConfig
 from .errors import SVFormerError
 from .fileio import write_buffered_atomic
@@ -59,51 +59,21 @@ def default_preprocessing(cfg: SVFormerConfig) -> dict[str, Any]:
     }
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
+def check_preprocessing(where: str, prep: Any, config: SVFormerConfig | None = None) -> dict[str, Any]:
+    """Validate a ``preprocessing`` object (manifest or checkpoint) and return it unchanged.
 
-def _short(v: Any) -> str:
-    text = repr(v)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def check_preprocessing(where: str, prep: Any) -> dict[str, Any]:
-    """Types and ranges of a ``preprocessing`` object (manifest or checkpoint); returns it unchanged."""
-    from .data.datasets import KINDS
-    from .data.events import FIT_METHODS, MAX_SENSOR_SIDE, SPLIT_METHODS
+    The rules are :meth:`svformer.data.datasets.InputSpec.from_preprocessing`'s (types, ranges, and the
+    config's defaults for missing keys); whether it fits the model's input shape is checked where the
+    input is used.
+    """
+    from .data.datasets import InputSpec
 
     if not isinstance(prep, dict):
-        raise SVFormerError(f"{where}: preprocessing must be an object, got {_short(prep)}")
-    w = f"{where}: preprocessing"
-    if prep.get("input", "video") not in KINDS:
-        raise SVFormerError(f"{w} input must be one of {', '.join(KINDS)}, got {_short(prep.get('input'))}")
-    for key, lo, hi in (("time_steps", 1, LIMITS["time_steps"]), ("size", 1, LIMITS["img_size"]),
-                        ("frame_stride", 1, 1 << 16), ("polarities", 1, 2)):
-        if key in prep and not (_is_int(prep[key]) and lo <= prep[key] <= hi):
-            raise SVFormerError(f"{w} {key} must be an integer in {lo}..{hi}, got {_short(prep[key])}")
-    for key in ("mean", "std"):
-        if key not in prep:
-            continue
-        v = prep[key]
-        values = list(v) if isinstance(v, list | tuple) else [v]
-        if not values or len(values) > 64 or not all(_is_number(x) and abs(x) <= 1e6 for x in values):
-            raise SVFormerError(f"{w} {key} must be a finite number or a list of them, got {_short(v)}")
-        if key == "std" and not all(x > 0 for x in values):
-            raise SVFormerError(f"{w} std must be > 0 (it divides the pixels), got {_short(v)}")
-    if "split" in prep and prep["split"] not in SPLIT_METHODS:
-        raise SVFormerError(f"{w} split must be one of {', '.join(SPLIT_METHODS)}, got {_short(prep['split'])}")
-    if "fit" in prep and prep["fit"] not in FIT_METHODS:
-        raise SVFormerError(f"{w} fit must be one of {', '.join(FIT_METHODS)}, got {_short(prep['fit'])}")
-    sensor = prep.get("sensor_size")
-    if sensor is not None:
-        if not (isinstance(sensor, list | tuple) and len(sensor) == 2
-                and all(_is_int(s) and 1 <= s <= MAX_SENSOR_SIDE for s in sensor)):
-            raise SVFormerError(f"{w} sensor_size must be [W, H] in 1..{MAX_SENSOR_SIDE}, got {_short(sensor)}")
+        raise SVFormerError(f"{where}: preprocessing must be an object, got {short(prep)}")
+    InputSpec.from_preprocessing(prep, config, where, match_model=False)
     return prep
 
 
@@ -283,7 +253,8 @@ def _from_ours(path: Path, obj: dict[str, Any]) -> Checkpoint:
             config=cfg,
             state_dict=state,
             class_names=[str(c) for c in obj.get("class_names") or [f"class_{i}" for i in range(cfg.num_classes)]],
-            preprocessing=dict(check_preprocessing(str(path), obj.get("preprocessing") or default_preprocessing(cfg))),
+            preprocessing=dict(check_preprocessing(str(path), obj.get("preprocessing") or default_preprocessing(cfg),
+                                                   cfg)),
             arch=str(obj.get("arch", "custom")),
             versions=dict(obj.get("versions") or {}),
             training=dict(obj.get("training") or {}),

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .checks import short
 from .errors import SVFormerError
 
 STAGE_TYPES = ("lfe", "gsa")
@@ -29,10 +30,6 @@ LIMITS: dict[str, int] = {
 }
 MAX_MLP_RATIO = 16.0
 
-
-def _short(v: Any) -> str:
-    text = repr(v)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -121,28 +118,28 @@ class SVFormerConfig:
         if not all(is_int(d) and 0 <= d <= LIMITS["depth"] for d in self.depths):
             raise SVFormerError(f"config: depths must be integers in 0..{LIMITS['depth']}, got {list(self.depths)}")
         if not all(is_int(c) and 1 <= c <= LIMITS["dim"] for c in self.dims):
-            raise SVFormerError(f"config: dims must be integers in 1..{LIMITS['dim']}, got {_short(self.dims)}")
+            raise SVFormerError(f"config: dims must be integers in 1..{LIMITS['dim']}, got {short(self.dims)}")
         if not all(isinstance(t, str) for t in self.stage_types):
-            raise SVFormerError(f"config: stage types must be strings, got {_short(self.stage_types)}")
+            raise SVFormerError(f"config: stage types must be strings, got {short(self.stage_types)}")
         for name, key, lo in (("head_dim", "dim", 1), ("img_size", "img_size", 1), ("time_steps", "time_steps", 1),
                               ("num_classes", "num_classes", 1), ("in_channels", "in_channels", 1),
                               ("first_patch", "patch", 1), ("patch", "patch", 1)):
             v = getattr(self, name)
             if not (is_int(v) and lo <= v <= LIMITS[key]):
-                raise SVFormerError(f"config: {name} must be an integer in {lo}..{LIMITS[key]}, got {_short(v)}")
+                raise SVFormerError(f"config: {name} must be an integer in {lo}..{LIMITS[key]}, got {short(v)}")
         for name in ("mlp_ratio", "init_tau", "v_threshold", "surrogate_alpha", "drop_path"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise SVFormerError(f"config: {name} must be a finite number, got {_short(v)}")
+                raise SVFormerError(f"config: {name} must be a finite number, got {short(v)}")
         if not 0 < self.mlp_ratio <= MAX_MLP_RATIO or int(self.dims[0] * self.mlp_ratio) < 1:
             raise SVFormerError(f"config: mlp_ratio must be in (0, {MAX_MLP_RATIO:g}], got {self.mlp_ratio}")
         if not 0 <= self.drop_path < 1:
             raise SVFormerError(f"config: drop_path must be in [0, 1), got {self.drop_path}")
         for name in ("neuron", "norm", "surrogate"):
             if not isinstance(getattr(self, name), str):
-                raise SVFormerError(f"config: {name} must be a string, got {_short(getattr(self, name))}")
+                raise SVFormerError(f"config: {name} must be a string, got {short(getattr(self, name))}")
         if not isinstance(self.local_pathway, bool):
-            raise SVFormerError(f"config: local_pathway must be true or false, got {_short(self.local_pathway)}")
+            raise SVFormerError(f"config: local_pathway must be true or false, got {short(self.local_pathway)}")
         if not isinstance(self.extra, dict):
             raise SVFormerError("config: extra must be an object")
 
@@ -196,7 +193,7 @@ class SVFormerConfig:
             raise SVFormerError(f"config: expected an object, got {type(d).__name__}")
         for name in ("depths", "dims", "stage_types"):
             if name in d and not isinstance(d[name], list | tuple):
-                raise SVFormerError(f"config: {name} must be a list, got {_short(d[name])}")
+                raise SVFormerError(f"config: {name} must be a list, got {short(d[name])}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

@@ -12,6 +12,7 @@ from typing import Any
 
 import networkx as nx
 import numpy as np
+from svformer_deploy.svformer.checks import is_int, short
 from svformer_deploy.svformer.fileio import atomic_path, file_sha256, sha256_file
 
 from .graph import legacy_stage
@@ -147,9 +148,6 @@ def is_sha256(v: Any) -> bool:
     return isinstance(v, str) and len(v) == 64 and set(v) <= _SHA256
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
@@ -161,18 +159,14 @@ def _need(cond: bool, msg: str) -> None:
 
 
 def _check_shape(v: Any, what: str, min_size: int = 0) -> tuple[int, ...]:
-    _need(isinstance(v, list) and len(v) <= 8 and all(_is_int(s) and min_size <= s < MAX_INT for s in v),
-          f"{what} must be a list of at most 8 integers >= {min_size}, got {_short(v)}")
+    _need(isinstance(v, list) and len(v) <= 8 and all(is_int(s) and min_size <= s < MAX_INT for s in v),
+          f"{what} must be a list of at most 8 integers >= {min_size}, got {short(v)}")
     n = 1
     for s in v:
         n *= s
     _need(n <= MAX_TENSOR_ELEMENTS, f"{what} {v} has {n} elements per step, above the limit {MAX_TENSOR_ELEMENTS}")
     return tuple(v)
 
-
-def _short(v: Any) -> str:
-    text = repr(v)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # attribute name -> smallest allowed value (ints); other ints only need |v| < 2**31
@@ -184,12 +178,12 @@ def _attr_value(cls: type, name: str, annotation: str, v: Any, where: str) -> An
     """Type-check one JSON attribute against the op field's annotation; returns the constructor value."""
     what = f"{where}: attribute {name!r}"
     if annotation.startswith("tuple[int, int]"):  # stride, padding: an int or a pair
-        items = [v] if _is_int(v) else v
-        _need(isinstance(items, list) and len(items) == (1 if _is_int(v) else 2) and all(map(_is_int, items)),
-              f"{what} must be an integer or a pair of integers, got {_short(v)}")
+        items = [v] if is_int(v) else v
+        _need(isinstance(items, list) and len(items) == (1 if is_int(v) else 2) and all(map(is_int, items)),
+              f"{what} must be an integer or a pair of integers, got {short(v)}")
         lo = _INT_MIN.get(name, -MAX_INT)
         _need(all(lo <= i <= 1 << 16 for i in items), f"{what} {v} is out of range ({lo}..65536)")
-        return v if _is_int(v) else tuple(v)
+        return v if is_int(v) else tuple(v)
     if annotation == "Shape":
         return _check_shape(v, what, 1)
     optional = annotation.endswith("| None")
@@ -198,15 +192,15 @@ def _attr_value(cls: type, name: str, annotation: str, v: Any, where: str) -> An
         return None
     base = annotation.split("|")[0].strip()
     if base == "int":
-        _need(_is_int(v) and _INT_MIN.get(name, -MAX_INT) <= v < MAX_INT,
-              f"{what} must be an integer >= {_INT_MIN.get(name, -MAX_INT)}, got {_short(v)}")
+        _need(is_int(v) and _INT_MIN.get(name, -MAX_INT) <= v < MAX_INT,
+              f"{what} must be an integer >= {_INT_MIN.get(name, -MAX_INT)}, got {short(v)}")
     elif base == "float":
-        _need(_is_number(v) and abs(v) <= MAX_ABS_VALUE, f"{what} must be a finite number, got {_short(v)}")
+        _need(_is_number(v) and abs(v) <= MAX_ABS_VALUE, f"{what} must be a finite number, got {short(v)}")
         return float(v)
     elif base == "bool":
-        _need(isinstance(v, bool), f"{what} must be true or false, got {_short(v)}")
+        _need(isinstance(v, bool), f"{what} must be true or false, got {short(v)}")
     elif base == "str":
-        _need(isinstance(v, str) and len(v) <= 64, f"{what} must be a short string, got {_short(v)}")
+        _need(isinstance(v, str) and len(v) <= 64, f"{what} must be a short string, got {short(v)}")
     else:
         raise IRError(f"{what} is an array field and belongs under \"arrays\"")
     return v
@@ -226,8 +220,8 @@ def _check_doc(doc: Any) -> None:
     graph = doc.get("graph")
     _need(isinstance(graph, dict), "\"graph\" must be an object")
     T = graph.get("time_steps")
-    _need(_is_int(T) and 1 <= T <= MAX_TIME_STEPS, f"graph time_steps must be an integer in 1..{MAX_TIME_STEPS}, "
-          f"got {_short(T)}")
+    _need(is_int(T) and 1 <= T <= MAX_TIME_STEPS, f"graph time_steps must be an integer in 1..{MAX_TIME_STEPS}, "
+          f"got {short(T)}")
     _need(graph.get("ir_version") == IR_VERSION, f"graph ir_version must be {IR_VERSION}")
     passes = graph.get("passes", [])
     _need(isinstance(passes, list) and all(isinstance(p, str) for p in passes), "graph passes must be a list of names")
@@ -256,7 +250,7 @@ def _check_doc(doc: Any) -> None:
     for i, e in enumerate(edges):
         _need(isinstance(e, dict) and isinstance(e.get("src"), str) and isinstance(e.get("dst"), str),
               f"edge #{i} must be an object with src and dst names")
-        _need(_is_int(e.get("port")) and 0 <= e["port"] <= 1, f"edge #{i}: port must be 0 or 1")
+        _need(is_int(e.get("port")) and 0 <= e["port"] <= 1, f"edge #{i}: port must be 0 or 1")
         _check_shape(e.get("shape"), f"edge #{i}: shape")
         _need(e.get("kind") in _KINDS and e.get("rate") in _RATES, f"edge #{i}: bad kind or rate")
 
@@ -333,13 +327,13 @@ def load(path: str | Path, *, json_data: bytes | None = None, arrays_path: str |
     doc = strict_json_loads(json_data, str(path), "IR JSON file")
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         fmt = doc.get("format") if isinstance(doc, dict) else None
-        raise IRError(f"{path}: not an svformer-deploy IR file (format {_short(fmt)})")
+        raise IRError(f"{path}: not an svformer-deploy IR file (format {short(fmt)})")
     if doc.get("ir_version") != IR_VERSION:
-        raise IRError(f"{path}: IR version {_short(doc.get('ir_version'))} is not supported "
+        raise IRError(f"{path}: IR version {short(doc.get('ir_version'))} is not supported "
                       f"(this build reads {IR_VERSION})")
     name = doc.get("arrays_file", npz_path_for(path).name)
     if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
-        raise IRError(f"{path}: arrays_file must be the plain name of a file beside it, got {_short(name)}")
+        raise IRError(f"{path}: arrays_file must be the plain name of a file beside it, got {short(name)}")
     recorded = doc.get("arrays_sha256")
     if recorded is not None and not is_sha256(recorded):
         raise IRError(f"{path}: arrays_sha256 is not a SHA-256 digest")
@@ -442,18 +436,18 @@ def from_json_and_arrays(doc: dict, arrays: dict[str, np.ndarray]) -> nx.DiGraph
         name = entry["name"]
         cls = NODE_TYPES.get(entry["op"])
         if cls is None:
-            raise IRError(f"node {name!r}: unknown op {_short(entry['op'])}")
+            raise IRError(f"node {name!r}: unknown op {short(entry['op'])}")
         fields = {f.name: f for f in dataclasses.fields(cls)}
         kwargs = {}
         for k, v in entry["attrs"].items():
             if k not in fields:
-                raise IRError(f"node {name!r}: unknown attribute {_short(k)} for {entry['op']}")
+                raise IRError(f"node {name!r}: unknown attribute {short(k)} for {entry['op']}")
             kwargs[k] = _attr_value(cls, k, str(fields[k].type), v, f"node {name!r}")
         for k, key in entry.get("arrays", {}).items():
             if k not in fields or "np.ndarray" not in str(fields[k].type):
-                raise IRError(f"node {name!r}: unknown array {_short(k)} for {entry['op']}")
+                raise IRError(f"node {name!r}: unknown array {short(k)} for {entry['op']}")
             if key not in arrays:
-                raise IRError(f"node {name!r}: array {_short(key)} ({k}) is missing from the npz file")
+                raise IRError(f"node {name!r}: array {short(key)} ({k}) is missing from the npz file")
             kwargs[k] = _check_array(arrays[key], f"node {name!r}: array {k}")
         for k, f in fields.items():
             if str(f.type) == "np.ndarray" and kwargs.get(k) is None:
@@ -471,7 +465,7 @@ def from_json_and_arrays(doc: dict, arrays: dict[str, np.ndarray]) -> nx.DiGraph
             q = {}
             for k, key in entry["quant"].items():
                 if key not in arrays:
-                    raise IRError(f"node {name!r}: quant array {_short(key)} is missing from the npz file")
+                    raise IRError(f"node {name!r}: quant array {short(key)} is missing from the npz file")
                 q[k] = _check_array(arrays[key], f"node {name!r}: quant array {k}")
             _check_quant(op, name, q, tuple(entry["shape"]), T)
             attrs["quant"] = q
@@ -480,7 +474,7 @@ def from_json_and_arrays(doc: dict, arrays: dict[str, np.ndarray]) -> nx.DiGraph
         g.add_node(name, **attrs)
     for e in doc["edges"]:
         if e["src"] not in g or e["dst"] not in g:
-            raise IRError(f"edge {_short(e['src'])} -> {_short(e['dst'])} names an unknown node")
+            raise IRError(f"edge {short(e['src'])} -> {short(e['dst'])} names an unknown node")
         if g.has_edge(e["src"], e["dst"]):
             raise IRError(f"edge {e['src']} -> {e['dst']} is listed twice")
         g.add_edge(e["src"], e["dst"], port=e["port"], shape=tuple(e["shape"]), kind=e["kind"], rate=e["rate"])

@@ -38,9 +38,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..checks import is_number, short
+from ..config import LIMITS
 from ..errors import SVFormerError
 from .events import (
     FIT_METHODS,
+    MAX_SENSOR_SIDE,
     SPLIT_METHODS,
     load_event_clip,
     load_video_events,
@@ -50,6 +53,7 @@ from .events import (
 from .media import EVENT_EXTENSIONS, VIDEO_EXTENSIONS
 
 KINDS = ("video", "events", "video-events")
+MAX_NORMALISATION = 1e6  # bound on |mean| and std of a preprocessing object
 
 
 @dataclass(frozen=True)
@@ -113,13 +117,16 @@ class InputSpec:
         return EVENT_EXTENSIONS if self.kind == "events" else VIDEO_EXTENSIONS
 
     @classmethod
-    def from_preprocessing(cls, prep: Mapping[str, Any] | None, config: Any = None, where: str = "") -> InputSpec:
+    def from_preprocessing(cls, prep: Mapping[str, Any] | None, config: Any = None, where: str = "",
+                           match_model: bool = True) -> InputSpec:
         """Validate and read a ``preprocessing`` dict (:meth:`to_preprocessing`'s format).
 
         ``config`` (an :class:`svformer.config.SVFormerConfig`) fills what ``prep`` leaves out (an empty or
         missing ``prep`` means the config's default: events for 2 input channels, else video) and must agree
-        with it (time steps, size, channels). ``where`` prefixes error messages (e.g. the file). Raises
-        :class:`SVFormerError` for anything inconsistent or malformed.
+        with it (time steps, size, channels) unless ``match_model`` is False. Values are bounded (time steps
+        and size by the model limits of :data:`svformer.config.LIMITS`, |mean|, std <= 1e6, sensor sides
+        below 2^16). ``where`` prefixes error messages (e.g. the file). Raises :class:`SVFormerError` for
+        anything inconsistent or malformed; this is the one validation of a ``preprocessing`` object.
         """
         at = f"{where}: " if where else ""
         if prep is not None and not isinstance(prep, Mapping):
@@ -128,45 +135,49 @@ class InputSpec:
         if "input" not in p and config is None:
             raise SVFormerError(f"{at}preprocessing names no input kind ('input': {', '.join(KINDS)})")
         kind = p.get("input", "events" if config is not None and config.in_channels == 2 else "video")
-        if kind not in KINDS:
-            raise SVFormerError(f"{at}preprocessing input {kind!r} is unknown; expected one of {', '.join(KINDS)}")
+        if not isinstance(kind, str) or kind not in KINDS:
+            raise SVFormerError(f"{at}preprocessing input {short(kind)} is unknown; "
+                                f"expected one of {', '.join(KINDS)}")
 
-        def integer(key: str, default: Any) -> int:
+        def integer(key: str, default: Any, hi: int) -> int:
             v = p.get(key, default)
-            if isinstance(v, bool) or not isinstance(v, int | float) or v != int(v) or v < 1:
-                raise SVFormerError(f"{at}preprocessing {key} must be a positive integer, got {v!r}")
+            if not (is_number(v) and v == int(v) and 1 <= v <= hi):
+                raise SVFormerError(f"{at}preprocessing {key} must be an integer in 1..{hi}, got {short(v)}")
             return int(v)
 
         def text(key: str, default: str) -> str:
             v = p.get(key, default)
             if not isinstance(v, str):
-                raise SVFormerError(f"{at}preprocessing {key} must be a string, got {v!r}")
+                raise SVFormerError(f"{at}preprocessing {key} must be a string, got {short(v)}")
             return v
 
         def numbers(key: str, default: float) -> float | tuple[float, ...]:
             v = p.get(key, default)
             vals = list(v) if isinstance(v, list | tuple) else [v]
-            if not vals or any(isinstance(x, bool) or not isinstance(x, int | float) or not np.isfinite(x)
-                               for x in vals):
-                raise SVFormerError(f"{at}preprocessing {key} must be a number or a list of numbers, got {v!r}")
+            if not vals or len(vals) > 64 or not all(is_number(x) and abs(x) <= MAX_NORMALISATION for x in vals):
+                raise SVFormerError(f"{at}preprocessing {key} must be a finite number or a list of them, "
+                                    f"got {short(v)}")
             vals = [float(x) for x in vals]
             return vals[0] if len(set(vals)) == 1 else tuple(vals)
 
-        steps = integer("time_steps", config.time_steps if config is not None else None)
-        size = integer("size", config.img_size if config is not None else None)
+        steps = integer("time_steps", config.time_steps if config is not None else None, LIMITS["time_steps"])
+        size = integer("size", config.img_size if config is not None else None, LIMITS["img_size"])
+        if "polarities" in p:
+            integer("polarities", None, 2)
         sensor = p.get("sensor_size")
         if sensor is not None:
-            if not isinstance(sensor, list | tuple) or len(sensor) != 2 or any(
-                    isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sensor):
-                raise SVFormerError(f"{at}preprocessing sensor_size must be [width, height], got {sensor!r}")
+            if not (isinstance(sensor, list | tuple) and len(sensor) == 2
+                    and all(is_number(s) and s == int(s) and 1 <= s <= MAX_SENSOR_SIDE for s in sensor)):
+                raise SVFormerError(f"{at}preprocessing sensor_size must be [width, height] in "
+                                    f"1..{MAX_SENSOR_SIDE}, got {short(sensor)}")
             sensor = (int(sensor[0]), int(sensor[1]))
         try:
-            spec = cls(kind=kind, time_steps=steps, size=size, frame_stride=integer("frame_stride", 4),
+            spec = cls(kind=kind, time_steps=steps, size=size, frame_stride=integer("frame_stride", 4, 1 << 16),
                        mean=numbers("mean", 0.45), std=numbers("std", 0.225), split=text("split", "number"),
                        fit=text("fit", "auto"), sensor_size=sensor)
         except SVFormerError as e:
             raise SVFormerError(f"{at}preprocessing: {e}") from None
-        if config is not None:
+        if config is not None and match_model:
             spec.check_shape((config.in_channels, config.img_size, config.img_size), config.time_steps, where)
         return spec
 

@@ -30,12 +30,19 @@ def run_cli(*args: str, cwd: str | Path | None = None, timeout: float = 600) -> 
     )
 
 
-def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str, code: int = 2) -> None:
-    """The contract for bad input: exit ``code``, one ``error:`` line on stderr, no traceback."""
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert lines and lines[0].startswith("error:"), proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert sum(line.startswith("error:") for line in lines) == 1, proc.stderr
+def one_error_line(code: int, err: str, *fragments: str, exit_code: int = 2) -> str:
+    """The contract for bad input: exit ``exit_code``, stderr starts with the one ``error:`` line (naming
+    every fragment, case-insensitive), no traceback, never an internal error. Returns that line."""
+    assert code == exit_code, (code, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines and lines[0].startswith("error:"), err
+    assert "Traceback" not in err and "internal error" not in err, err
+    assert sum(line.startswith("error:") for line in lines) == 1, err
     for f in fragments:
         assert f.lower() in lines[0].lower(), (f, lines[0])
+    return lines[0]
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str, code: int = 2) -> None:
+    """:func:`one_error_line` for a finished process."""
+    one_error_line(proc.returncode, proc.stderr, *fragments, exit_code=code)

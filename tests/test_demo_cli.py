@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CLI, assert_one_line_error
+from conftest import CLI, one_error_line
 from fixtures_models import single_thread  # noqa: F401
 from svformer_deploy.deploy.cli import main
 from svformer_deploy.deploy.energy.records import read_record
@@ -30,7 +30,7 @@ def run(capsys, *args) -> tuple[int, str, str]:
 
 
 def one_error(code: int, err: str, *fragments: str) -> None:
-    assert_one_line_error(subprocess.CompletedProcess([], code, "", err), *fragments)
+    one_error_line(code, err, *fragments)
 
 
 def failed_mid_chain(code: int, err: str, fragment: str) -> None:

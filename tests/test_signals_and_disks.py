@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import conftest
 import pytest
 from conftest import CLI
 from energy_fixtures import hand_record, write_record
@@ -35,12 +36,9 @@ def run(capfd, *args: object) -> tuple[int, str, str]:
 
 
 def one_error_line(code: int, err: str, *fragments: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, (code, err)
-    assert len(lines) == 1 and lines[0].startswith("error:"), err  # nothing else: no traceback, no HDF5 stack
-    for f in fragments:
-        assert f.lower() in lines[0].lower(), (f, lines[0])
-    return lines[0]
+    line = conftest.one_error_line(code, err, *fragments)
+    assert len([x for x in err.splitlines() if x.strip()]) == 1, err  # nothing else: no HDF5 stack either
+    return line
 
 
 def no_temporaries(*folders: Path) -> None:

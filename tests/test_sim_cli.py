@@ -9,7 +9,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, data_path, run_cli
+from conftest import data_path, one_error_line, run_cli
 from fixtures_models import make_input, make_model, single_thread  # noqa: F401
 from svformer_deploy.deploy.cli import main
 from svformer_deploy.deploy.energy.records import read_record
@@ -185,8 +185,7 @@ def small_rgb(tmp_path_factory) -> tuple[Path, Path]:
 def expect_error(capsys, tmp_path, args, *fragments):
     code = main([str(a) for a in [*args, "--out", tmp_path / "runs"]])
     out, err = capsys.readouterr()
-    proc = type("P", (), {"returncode": code, "stderr": err, "stdout": out})
-    assert_one_line_error(proc, *fragments)
+    one_error_line(code, err, *fragments)
     assert out == ""
     assert not (tmp_path / "runs").exists(), "a failed run left a run record folder behind"
 

@@ -11,6 +11,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from conftest import one_error_line
 from fixtures_models import make_model
 from svformer_deploy.deploy.cli import main
 from svformer_deploy.deploy.render import json_document
@@ -26,14 +27,8 @@ def cli(capsys, *args) -> tuple[int, str, str]:
 
 def one_error(result: tuple[int, str, str], *fragments: str) -> str:
     code, out, err = result
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
-    assert "Traceback" not in err and "internal error" not in err, err
-    for f in fragments:
-        assert f.lower() in lines[0].lower(), (f, lines[0])
     assert out == ""
-    return lines[0]
+    return one_error_line(code, err, *fragments)
 
 
 # -- checkpoints -------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ class SimulationReport:
         return rows
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``simulate --json`` document (cli-contract.md, plus details)."""
+        """The ``simulate --json`` document (docs/cli.md, plus details)."""
         layers = self.layer_summary()
         totals = {k: sum(row[k] for row in layers) for k in COUNT_KEYS}
         inp = self.input

@@ -41,7 +41,7 @@ def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
 class SVFormerConfig:
     """Hyper-parameters of one SVFormer network.
 
-    Defaults are SVFormer-base as released by the authors (``svformer-architecture.md`` §2-3).
+    Defaults are SVFormer-base as released by the authors (``docs/model.md``).
     Stage ``i`` is a patch embedding followed by ``depths[i]`` blocks of type ``stage_types[i]``
     (``lfe``: local feature extractor, ``gsa``: global self-attention) with ``dims[i]`` channels.
     """

@@ -1,4 +1,4 @@
-"""SVFormer, faithful to the authors' released model (``svformer-architecture.md``).
+"""SVFormer, faithful to the authors' released model (``docs/model.md``).
 
 Module and parameter names follow the authors' code, so their state_dicts load unchanged.
 Input: a clip ``[B, C, T, H, W]`` (the authors' layout, :meth:`SVFormer.forward`) or a frame

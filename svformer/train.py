@@ -1,4 +1,4 @@
-"""CPU training of SVFormer models (the recipe of ``svformer-architecture.md`` §7, scaled down).
+"""CPU training of SVFormer models (the authors' recipe scaled down to a CPU).
 
 - **Optimiser**: AdamW (betas 0.9/0.999, eps 1e-8). No weight decay on BatchNorm parameters and on
   1-D parameters (biases); every other parameter, including the 0-D PLIF scalar ``w``, is decayed

@@ -10,7 +10,7 @@ from svformer_deploy.deploy.render import emit_json, fmt_int, fmt_si, table
 
 
 def model_info(arch: str | None = None, checkpoint: str | Path | None = None, **overrides: Any) -> dict[str, Any]:
-    """Everything ``info`` reports, as one JSON-ready dict (see cli-contract.md)."""
+    """Everything ``info`` reports, as one JSON-ready dict (see docs/cli.md)."""
     from svformer_deploy.svformer.checkpoint import load_checkpoint
     from svformer_deploy.svformer.complexity import dense_macs_by_stage, layer_costs, neuron_layer_count, stage_order
     from svformer_deploy.svformer.model import SVFormer

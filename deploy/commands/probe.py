@@ -39,7 +39,7 @@ def probe_report(
     frame_stride: int = 4,
     sheet: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Everything ``probe`` reports, as one JSON-ready dict (see cli-contract.md); optionally writes the sheet."""
+    """Everything ``probe`` reports, as one JSON-ready dict (see docs/cli.md); optionally writes the sheet."""
     from svformer_deploy.svformer.data.video import DEFAULT_MEAN, DEFAULT_STD, read_views
 
     if sheet is not None:

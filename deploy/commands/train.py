@@ -183,7 +183,7 @@ def train(ctx: click.Context, as_json: bool, **params: Any) -> None:
     Examples:
       svformer-deploy train --synthetic --synthetic-classes 4 --arch 3stg --size 32 -T 8 --dims 16,32,64 \\
           --depths 1,1,1 --head-dim 16 --first-patch 2 --epochs 16 --threads 1 -o runs/syn
-      svformer-deploy train --nmnist ../shared/data/events/nmnist-small --arch 3stg --size 34 -T 8 \\
+      svformer-deploy train --nmnist nmnist-small --arch 3stg --size 34 -T 8 \\
           --dims 32,64,128 --depths 1,1,1 --head-dim 32 --epochs 30 -b 32 -o runs/nmnist
       svformer-deploy train --resume runs/nmnist/last.pt --epochs 40
     """

@@ -19,7 +19,7 @@ Two rewrites, each exact in real arithmetic:
    A position-dependent bias (``fuse_linear`` output) stays on the conv. What stays is listed by
    :func:`remaining_affines`.
 
-Fidelity target (``design.md``): float64 identical spikes; float32 max |dlogit| <= 1e-4 and spike
+Fidelity target (``docs/export.md``): float64 identical spikes; float32 max |dlogit| <= 1e-4 and spike
 flips <= 1e-4 of spikes (:func:`check`).
 """
 

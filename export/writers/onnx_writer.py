@@ -23,7 +23,7 @@ loop over the T steps, so ``torch.onnx.export(..., dynamo=True)`` unrolls it: th
   logits float64.
 
 :func:`check_onnx` runs the file in onnxruntime and compares it with PyTorch (target: max |Δlogit|
-<= 1e-4, design.md).
+<= 1e-4, docs/export.md).
 """
 
 from __future__ import annotations

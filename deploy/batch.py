@@ -24,9 +24,6 @@ from pathlib import Path
 from svformer_deploy.svformer.data.media import EVENT_EXTENSIONS, VIDEO_EXTENSIONS
 from svformer_deploy.svformer.errors import SVFormerError
 
-VIDEO_SUFFIXES = VIDEO_EXTENSIONS  # the one list (svformer.data.media), under the names this module had
-EVENT_SUFFIXES = EVENT_EXTENSIONS
-
 
 @dataclass
 class BatchResult:
@@ -47,7 +44,7 @@ def find_clips(root: str | Path, kind: str) -> list[tuple[Path, str | None]]:
     root = Path(root)
     if not root.is_dir():
         raise SVFormerError(f"{root}: not a folder of clips")
-    suffixes = EVENT_SUFFIXES if kind == "events" else VIDEO_SUFFIXES
+    suffixes = EVENT_EXTENSIONS if kind == "events" else VIDEO_EXTENSIONS
     clips = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
                    and p.suffix.lower() in suffixes)
     if not clips:

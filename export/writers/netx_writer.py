@@ -3,12 +3,14 @@
 One file per part of :mod:`.partition` (``netx/part_<i>.h5``). Schema (netx 0.6.0; every value is a
 dataset)::
 
-    /layer/0/type  b"input"      shape (C, H, W)                (no neuron: input spikes only)
-    /layer/i/type  b"conv"       shape (C', H', W'), weight int (C', C/g, kH, kW), bias int (C') [optional],
+    /layer/0/type  b"input"      shape (C + n, H, W)            (no neuron: input spikes only)
+    /layer/i/type  b"conv"       shape (C' + r, H', W'), weight int (C' + r, (C + n)/g, kH, kW),
+                                 bias int (C') [only in files with n = 0 written by fold=False],
                                  stride (2), padding (2), dilation (2), groups,
                                  inChannels, outChannels, kernelSize (informational)
              /neuron/            type b"CUBA", iDecay 4096, vDecay, vThMant, refDelay 1, gradedSpike False
-    /svformer                    JSON string: part index, IR node names, layouts, source graph hash
+    /svformer                    JSON string: part index, IR node names, layouts, source graph hash,
+                                 const_channels n, relays (r per layer; 0 for the last)
 
 Integer semantics (Lava's fixed-point CPU model, ``targets.md`` §7; reproduced by :func:`simulate_netx`):
 ``a = conv(spikes, weight)``; ``u = rtz(u·(4096 - iDecay)) + (a << 6)`` (iDecay = 4096: no current

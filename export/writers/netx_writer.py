@@ -5,7 +5,7 @@ dataset)::
 
     /layer/0/type  b"input"      shape (C + n, H, W)            (no neuron: input spikes only)
     /layer/i/type  b"conv"       shape (C' + r, H', W'), weight int (C' + r, (C + n)/g, kH, kW),
-                                 bias int (C') [only in files with n = 0 written by fold=False],
+                                 bias int (C') [only with fold=False; the exporter never writes it],
                                  stride (2), padding (2), dilation (2), groups,
                                  inChannels, outChannels, kernelSize (informational)
              /neuron/            type b"CUBA", iDecay 4096, vDecay, vThMant, refDelay 1, gradedSpike False

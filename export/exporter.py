@@ -413,7 +413,15 @@ def _abs(out: Path, entry: Any) -> Any:
 def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any, opts: ExportOptions,
                  targets: tuple[str, ...], quantized: bool, step: Callable[[str], None],
                  warnings: list[str]) -> ExportResult:
-    from .writers.netx_writer import LAVA_ALIGNED, netx_issue, netx_net, simulate_netx, write_netx
+    from .writers.netx_writer import (
+        LAVA_RECIPE,
+        data_outputs,
+        netx_input,
+        netx_issue,
+        netx_net,
+        simulate_netx,
+        write_netx,
+    )
     from .writers.nir_writer import nir_part_issue, read_nir_ir, run_spikingjelly_part, write_nir, write_nir_part
     from .writers.onnx_writer import FLOAT32_WHY, check_onnx, write_onnx
 
@@ -522,11 +530,12 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
             rel = f"netx/part_{p.index}.h5"
             w.add_file("netx", rel, lambda f, net=net: write_netx(net, f), many=True)
             part_dicts[p.index]["netx"] = rel
-            part_dicts[p.index]["lava"] = {"layers": len(p.layers), "run": LAVA_ALIGNED}
+            part_dicts[p.index]["lava"] = {"layers": len(p.layers), "const_channels": net.const_channels,
+                                           "input_shape": list(net.in_shape)}
             netx_files += 1
             if rec is not None:
                 x, outs = record_part_io(qg, p, rec)
-                got = simulate_netx(net, x)[0]
+                got = data_outputs(net, simulate_netx(net, netx_input(net, x, flush=False))[0])
                 for la, a, b in zip(p.layers, got, outs, strict=True):
                     tally.add(f"part {p.index} {la.neuron}", b, a)
         if netx_files and rec is not None:
@@ -561,6 +570,7 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
         "passes": list(float_graph.graph.get("passes", [])) + (["quantize"] if qg is not None else []),
         "targets": list(targets), "quantization": quant_info, "onnx": onnx_info,
         "fusion": res.fusion.to_dict() if res.fusion is not None else None,
+        "netx": {"lava_run": LAVA_RECIPE} if netx_files else None,
         "partition": {"summary": summary, "parts": [part_dicts[p.index] for p in part.parts], "host": part.host},
         "fidelity": {"inputs": inputs.description, "checks": [r.to_dict() for r in rows],
                      "passed": all(r.passed is not False for r in rows)},

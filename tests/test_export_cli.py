@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ import torch
 from conftest import CLI, assert_one_line_error
 from fixtures_models import make_model, single_thread  # noqa: F401
 from svformer_deploy.deploy.cli import main
+from svformer_deploy.deploy.commands.export import render_export
 from svformer_deploy.export.bundle import load_bundle, sha256_file
 from svformer_deploy.export.writers.netx_writer import read_netx
 from svformer_deploy.svformer.checkpoint import load_checkpoint, save_checkpoint
@@ -93,6 +95,13 @@ def test_quantized_export_writes_a_complete_bundle_and_manifest(capsys, tiny_ckp
     netx_parts = [p for p in part["parts"] if "netx" in p]
     assert all("rescaled" in p["netx_issue"] for p in part["parts"] if "netx" not in p)
     assert read_netx(out / netx_parts[0]["netx"]).meta["nodes"] == netx_parts[0]["nodes"]
+    for p in netx_parts:  # the Lava invocation the files cannot carry: constant channels, L flush steps
+        net = read_netx(out / p["netx"])
+        assert p["lava"] == {"layers": len(net.layers), "const_channels": net.const_channels,
+                             "input_shape": list(net.in_shape)}
+    assert "Network(net_config=part_<i>.h5) with default arguments" in m["netx"]["lava_run"]
+    summary = render_export(SimpleNamespace(manifest=m, output_dir=out, fidelity=[], warnings=[]))
+    assert f"  netx in Lava  {m['netx']['lava_run']}" in summary.splitlines()
     assert "residual add" in part["host"]["blocks1.0.add1"]
     assert m["fidelity"]["inputs"]["check_clips"] == 4 and m["fidelity"]["inputs"]["check"].startswith("random")
     assert len(m["model_hash"]) == 64 and bundle.graph("ir_quantized").graph["quant"]["weight_bits"] == 8

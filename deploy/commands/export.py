@@ -44,6 +44,8 @@ def render_export(result: Any) -> str:
         size = sum(e["bytes"] for e in entries)
         what = entries[0]["path"] if len(entries) == 1 else f"{len(entries)} files ({Path(entries[0]['path']).parent}/)"
         lines.append(f"    {role:<20} {what:<28} {fmt_si(size, 'B')}")
+    if (m.get("netx") or {}).get("lava_run"):
+        lines.append(f"  netx in Lava  {m['netx']['lava_run']}")
     lines.append("")
     rows = []
     for r in result.fidelity:

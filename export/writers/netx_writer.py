@@ -3,30 +3,38 @@
 One file per part of :mod:`.partition` (``netx/part_<i>.h5``). Schema (netx 0.6.0; every value is a
 dataset)::
 
-    /layer/0/type  b"input"      shape (C, H, W)                (no neuron: input spikes only)
-    /layer/i/type  b"conv"       shape (C', H', W'), weight int (C', C/g, kH, kW), bias int (C') [optional],
+    /layer/0/type  b"input"      shape (C + n, H, W)            (no neuron: input spikes only)
+    /layer/i/type  b"conv"       shape (C' + r, H', W'), weight int (C' + r, (C + n)/g, kH, kW),
+                                 bias int (C') [only with fold=False; the exporter never writes it],
                                  stride (2), padding (2), dilation (2), groups,
                                  inChannels, outChannels, kernelSize (informational)
              /neuron/            type b"CUBA", iDecay 4096, vDecay, vThMant, refDelay 1, gradedSpike False
-    /svformer                    JSON string: part index, IR node names, layouts, source graph hash
+    /svformer                    JSON string: part index, IR node names, layouts, source graph hash,
+                                 const_channels n, relays (r per layer; 0 for the last)
 
 Integer semantics (Lava's fixed-point CPU model, ``targets.md`` §7; reproduced by :func:`simulate_netx`):
 ``a = conv(spikes, weight)``; ``u = rtz(u·(4096 - iDecay)) + (a << 6)`` (iDecay = 4096: no current
 memory); ``v = clip24(rtz(v·(4096 - vDecay)) + u + (bias << 6))``; spike where ``v > vThMant << 6``;
 ``v = 0`` where spiking. This is exactly the quantize pass's neuron (``decay`` = vDecay,
-``theta`` = vThMant·64, ``x = acc + bias``) when the conditions of :func:`netx_issue` hold. Lava
-delays every layer by one step (the synaptic sum of step k reaches the neuron at step k+1), and its
-neurons integrate their bias during those warm-up steps; :func:`simulate_netx` with
-``lava_timing=True`` reproduces that timing, with ``False`` the undelayed timing of the IR.
-Running the file as ``netx.hdf5.Network(path, reset_interval=R, reset_offset=1)`` (R larger than
-the run) with L zero steps after the T input steps (:data:`LAVA_ALIGNED`) clears layer i's state at
-Lava step i + 2, just before its first input, and then Lava reproduces the quantized graph exactly,
-L steps late (``export/writers/lava_run.py --aligned``; tested).
+``theta`` = vThMant·64, ``x = acc + bias``) when the conditions of :func:`netx_issue` hold.
+
+Lava delays every layer by one step (the synaptic sum of step k reaches the neuron at step k+1) and
+adds a file ``bias`` to ``v`` at every step, also during those warm-up steps, before any input
+arrives; no file content switches either off. The written files therefore hold **no bias**
+(:func:`fold_bias`): the input layer has ``n`` extra *constant channels* after the data channels
+(the user sets them to 1 at every input step), each layer's bias is a weight from those channels at
+one tap that lies inside the unpadded input for every output position, and every non-final layer
+gets ``n`` *relay* neurons that fire exactly when the constant channels reach them and serve as the
+next layer's constant channels, in step with the data. Run as :data:`LAVA_RECIPE` (default
+``netx.hdf5.Network`` arguments), Lava then equals the quantized graph from its first step, L steps
+late (``export/writers/lava_run.py``, :func:`lava_compare`; tested).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -48,9 +56,12 @@ ACC_BITS_MAX = 18  # |acc| <= 2^17 - 1: a << 6 fits Lava's 24-bit current and th
 BIAS_MAX = 2**15 - 1  # Lava keeps bias_mant as int16
 WEIGHT_MAX = 127  # 8-bit signed synaptic weights
 FORMAT = "svformer-deploy/netx"
-LAVA_ALIGNED = ("netx.hdf5.Network(net_config=path, reset_interval=R, reset_offset=1) with R > T + L, fed the T "
-                "input steps then L zero steps: Lava's output at step t + L (layer i's v, u at step t + i + 1) "
-                "equals the graph's at step t")
+MAX_CONST_CHANNELS = 16  # constant input channels (and relays per layer) a file may need
+LAVA_RECIPE = ("netx.hdf5.Network(net_config=part_<i>.h5) with default arguments; source io.source.RingBuffer: "
+               "the part's input spikes [T, C, H, W] with lava.const_channels channels of ones appended, then "
+               "lava.layers (L) zero frames, in netx order (W, H, C, t); sink io.sink.RingBuffer(buffer=T + L) on "
+               "net.out; net.run(RunSteps(T + L), Loihi2SimCfg(select_tag='fixed_pt')); sink frames L .. L + T - 1 "
+               "are the graph's output steps 0 .. T - 1")
 
 
 @dataclass
@@ -67,6 +78,7 @@ class NetxLayer:
     v_decay: int
     threshold: int  # vThMant: spikes where v > threshold << 6
     i_decay: int = DECAY_ONE
+    relays: int = 0  # the last ``relays`` output channels relay the constant channels (not graph neurons)
 
 
 @dataclass
@@ -76,6 +88,11 @@ class NetxNet:
     in_shape: tuple[int, int, int]
     layers: list[NetxLayer]
     meta: dict[str, Any] = field(default_factory=dict)
+    const_channels: int = 0  # the last ``const_channels`` input channels are 1 at every input step
+
+    @property
+    def data_in_channels(self) -> int:
+        return self.in_shape[0] - self.const_channels
 
 
 def netx_issue(qg: nx.DiGraph, part: Part) -> str | None:
@@ -109,14 +126,10 @@ def netx_issue(qg: nx.DiGraph, part: Part) -> str | None:
             return f"{layer.neuron}: resets to {op.v_reset}; Lava resets to 0"
         if int(nq["decay"]) >= DECAY_ONE:
             return f"{layer.neuron}: voltage decay {int(nq['decay'])} does not fit Lava's 12-bit dv"
-    return None
+    return _fold_issue(_graph_layers(qg, part))
 
 
-def netx_net(qg: nx.DiGraph, part: Part) -> NetxNet:
-    """The netx layers of ``part`` (integer weights, biases and CUBA parameters of the quantized graph)."""
-    issue = netx_issue(qg, part)
-    if issue is not None:
-        raise SVFormerError(f"part {part.index} is not netx-expressible: {issue}")
+def _graph_layers(qg: nx.DiGraph, part: Part) -> list[NetxLayer]:
     layers = []
     for layer in part.layers:
         w, b, groups = layer_weights(qg, layer, quantized=True)
@@ -127,7 +140,114 @@ def netx_net(qg: nx.DiGraph, part: Part) -> NetxNet:
                                 stride=stride, padding=padding, groups=groups, in_shape=tuple(layer.in_shape),
                                 out_shape=tuple(layer.out_shape), v_decay=int(nq["decay"]),
                                 threshold=int(np.asarray(nq["theta"]).reshape(-1)[0]) // 64))
-    return NetxNet(in_shape=tuple(part.in_shape), layers=layers, meta=part.to_dict())
+    return layers
+
+
+def netx_net(qg: nx.DiGraph, part: Part, fold: bool = True) -> NetxNet:
+    """The netx network of ``part``: as written (``fold``: biases carried by constant channels, :func:`fold_bias`)
+    or, with ``fold=False``, the quantized graph's layers themselves (bias in the neuron)."""
+    issue = netx_issue(qg, part)
+    if issue is not None:
+        raise SVFormerError(f"part {part.index} is not netx-expressible: {issue}")
+    net = NetxNet(in_shape=tuple(part.in_shape), layers=_graph_layers(qg, part), meta=part.to_dict())
+    return fold_bias(net) if fold else net
+
+
+def _always_valid_tap(k: int, pad: int, stride: int, n_in: int, n_out: int) -> int | None:
+    """A kernel tap that lands inside the unpadded input for every output position, or None."""
+    for j in range(k):
+        if pad <= j and (n_out - 1) * stride - pad + j <= n_in - 1:
+            return j
+    return None
+
+
+def _const_channels_needed(layers: list[NetxLayer]) -> int:
+    """n: each bias is a sum of n weights of at most 127, and n relay weights of at most 127 exceed vThMant."""
+    if not any(la.bias is not None and np.any(la.bias) for la in layers):
+        return 0
+    n = 1
+    for i, la in enumerate(layers):
+        if la.bias is not None:
+            n = max(n, -(-int(np.abs(la.bias).max()) // WEIGHT_MAX))
+        if i + 1 < len(layers):
+            n = max(n, -(-(la.threshold + 1) // WEIGHT_MAX))
+    return n
+
+
+def _fold_issue(layers: list[NetxLayer]) -> str | None:
+    n = _const_channels_needed(layers)
+    if n == 0:
+        return None
+    if n > MAX_CONST_CHANNELS:
+        return (f"its biases/thresholds need {n} constant input channels of 8-bit weights "
+                f"(more than {MAX_CONST_CHANNELS}); netx adds a file bias from Lava's first step, before any input")
+    for i, la in enumerate(layers, start=1):
+        for d in range(2):
+            if _always_valid_tap(la.weight.shape[2 + d], la.padding[d], la.stride[d], la.in_shape[1 + d],
+                                 la.out_shape[1 + d]) is None:
+                return (f"layer {i}: no kernel tap lies inside the unpadded input for every output position, so its "
+                        "bias cannot be carried by a constant input channel (netx would add it from Lava's first step)")
+    return None
+
+
+def fold_bias(net: NetxNet) -> NetxNet:
+    """``net`` without biases: what stock netx (default arguments) runs like the quantized graph from step 0.
+
+    With n = :func:`_const_channels_needed` > 0: the input gets n constant channels after the data channels;
+    layer i's weights become ``[O_i + r_i, C_i + n, kH, kW]`` with ``groups`` 1 (a grouped conv becomes
+    block-diagonal): the data weights, the bias b[o] split into n weights ``|w| <= 127`` from the constant
+    channels at an always-valid tap, and for non-final layers r_i = n relay neurons with weight
+    ``ceil((vThMant + 1) / n)`` from each constant channel at that tap (input ``> vThMant << 6``, so they spike
+    exactly at the steps the constants arrive and reset to 0). The relays are the next layer's constant
+    channels. The final layer has no relays: the output shape is the graph's. With n = 0 ``net`` is returned.
+    """
+    n = _const_channels_needed(net.layers)
+    if n == 0:
+        return net
+    issue = _fold_issue(net.layers)
+    if issue is not None:
+        raise SVFormerError(f"cannot fold the biases into constant channels: {issue}")
+    out = []
+    for i, la in enumerate(net.layers):
+        last = i + 1 == len(net.layers)
+        o_n, ci = la.weight.shape[0], la.in_shape[0]
+        kh, kw = la.weight.shape[2:]
+        w = np.zeros((o_n + (0 if last else n), ci + n, kh, kw), np.int64)
+        og, cg = o_n // la.groups, ci // la.groups
+        for g in range(la.groups):
+            w[g * og:(g + 1) * og, g * cg:(g + 1) * cg] = la.weight[g * og:(g + 1) * og]
+        ty, tx = (_always_valid_tap(w.shape[2 + d], la.padding[d], la.stride[d], la.in_shape[1 + d],
+                                    la.out_shape[1 + d]) for d in range(2))
+        for o, b in enumerate(np.zeros(o_n, np.int64) if la.bias is None else la.bias.reshape(-1)):
+            rest = int(b)
+            for j in range(n):
+                w[o, ci + j, ty, tx] = int(np.sign(rest)) * min(abs(rest), WEIGHT_MAX)
+                rest -= int(w[o, ci + j, ty, tx])
+        if not last:
+            w[o_n:, ci:, ty, tx] = -(-(la.threshold + 1) // n)
+        r = 0 if last else n
+        out.append(NetxLayer(weight=w, bias=None, stride=la.stride, padding=la.padding, groups=1,
+                             in_shape=(ci + n, *la.in_shape[1:]), out_shape=(o_n + r, *la.out_shape[1:]),
+                             v_decay=la.v_decay, threshold=la.threshold, i_decay=la.i_decay, relays=r))
+    meta = {**net.meta, "const_channels": n, "relays": [la.relays for la in out]}
+    return NetxNet(in_shape=(net.in_shape[0] + n, *net.in_shape[1:]), layers=out, meta=meta, const_channels=n)
+
+
+def netx_input(net: NetxNet, spikes: torch.Tensor, flush: bool = True) -> torch.Tensor:
+    """The input of :data:`LAVA_RECIPE` for data spikes ``[T, B, C, H, W]``: the file's constant channels
+    (ones) appended and, with ``flush``, L zero frames after the T steps (``[T + L, B, C + n, H, W]``)."""
+    x = spikes.to(torch.float64)
+    if x.dim() != 5 or x.shape[2] != net.data_in_channels:
+        raise SVFormerError(f"netx data input must be spikes [T, B, {net.data_in_channels}, H, W], got {list(x.shape)}")
+    x = torch.cat([x, torch.ones((*x.shape[:2], net.const_channels, *x.shape[3:]), dtype=x.dtype)], dim=2)
+    if flush:
+        x = torch.cat([x, torch.zeros((len(net.layers), *x.shape[1:]), dtype=x.dtype)])
+    return x
+
+
+def data_outputs(net: NetxNet, per_layer: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per-layer results ``[T, B, C', H, W]`` of :func:`simulate_netx` without the relay channels (graph neurons)."""
+    return [t[:, :, :t.shape[2] - la.relays] for la, t in zip(net.layers, per_layer, strict=True)]
 
 
 def write_netx(net: NetxNet, path: str | Path) -> Path:
@@ -199,9 +319,15 @@ def read_netx(path: str | Path) -> NetxNet:
                     v_decay=int(n["vDecay"][()]), threshold=int(n["vThMant"][()]), i_decay=int(n["iDecay"][()])))
                 shape = out_shape
             meta = json.loads(f["svformer"][()].decode()) if "svformer" in f else {}
-    except (OSError, KeyError, ValueError) as e:
+        relays = meta.get("relays", [0] * len(layers))
+        if len(relays) != len(layers):
+            raise ValueError(f"meta lists relays of {len(relays)} layers, the file has {len(layers)}")
+        for la, r in zip(layers, relays, strict=True):
+            la.relays = int(r)
+        const_channels = int(meta.get("const_channels", 0))
+    except (OSError, KeyError, ValueError, TypeError) as e:
         raise SVFormerError(f"{path}: not a readable netx file ({type(e).__name__}: {e})") from None
-    return NetxNet(in_shape=in_shape, layers=layers, meta=meta)
+    return NetxNet(in_shape=in_shape, layers=layers, meta=meta, const_channels=const_channels)
 
 
 def _rtz_decay(x: torch.Tensor, decay: int) -> torch.Tensor:
@@ -253,3 +379,89 @@ def simulate_netx(net: NetxNet, spikes: torch.Tensor, lava_timing: bool = False
         vs.append(torch.stack(v_steps))
         us.append(torch.stack(u_steps))
     return outs, vs, us
+
+
+# ---------------------------------------------------------------------------------------------
+# Stock Lava (separate venv): run the recipe and compare
+# ---------------------------------------------------------------------------------------------
+LAVA_RUN = Path(__file__).with_name("lava_run.py")
+
+
+def default_lava_venv() -> Path:
+    """``SVFORMER_LAVA_VENV`` or ``~/.cache/svformer-deploy/lava-venv`` (built by ``make lava-venv``)."""
+    return Path(os.environ.get("SVFORMER_LAVA_VENV", Path.home() / ".cache" / "svformer-deploy" / "lava-venv"))
+
+
+def lava_python(venv: str | Path | None = None) -> Path | None:
+    """The Lava venv's python, or None when the venv is missing or incomplete."""
+    venv = Path(venv) if venv is not None else default_lava_venv()
+    py = venv / "bin" / "python"
+    return py if py.exists() and (venv / ".svformer-lava-ok").exists() else None
+
+
+@dataclass
+class LavaComparison:
+    """One netx file run in stock Lava by :data:`LAVA_RECIPE` vs :func:`simulate_netx` on the same file."""
+
+    path: str
+    steps: int  # T input steps (Lava ran T + L)
+    layers: int
+    output_values: int  # output neuron-steps compared (T · C' · H' · W')
+    output_spikes: int  # spikes among them in the integer executor
+    spike_mismatches: int  # sink frames L .. L + T - 1 vs the integer executor's output steps 0 .. T - 1
+    early_spikes: int  # spikes in sink frames 0 .. L - 1 (none expected)
+    state_mismatches: int | None  # v, u of every neuron at every Lava step vs Lava's timing (None: not read)
+    seconds: float
+    output: np.ndarray = field(repr=False)  # Lava's sink, all T + L frames [T + L, C', H', W']
+
+    @property
+    def exact(self) -> bool:
+        return self.spike_mismatches == 0 and self.early_spikes == 0 and self.state_mismatches in (0, None)
+
+
+def lava_compare(cases: list[tuple[str | Path, np.ndarray]], workdir: str | Path, python: str | Path | None = None,
+                 states: bool = False, timeout: float = 1800.0) -> list[LavaComparison]:
+    """Run netx files in stock Lava exactly as :data:`LAVA_RECIPE` says and compare with our integer executor.
+
+    ``cases``: (netx file, one clip of the part's input spikes ``[T, C, H, W]``, data channels only). All
+    files run in one Lava process (``lava_run.py``; ``python``: the Lava venv's, default :func:`lava_python`).
+    The output of sink frames L .. L + T - 1 is compared with :func:`simulate_netx` of the file on the
+    undelayed input (the quantized graph's semantics, :func:`netx_issue`); with ``states`` every layer's
+    ``v`` and ``u`` (relays included) at every Lava step is compared with ``simulate_netx(lava_timing=True)``
+    on the recipe's input, and the stepped run's sink with the one-shot run's.
+    """
+    py = Path(python) if python is not None else lava_python()
+    if py is None:
+        raise SVFormerError(f"no Lava venv at {default_lava_venv()} (build it with make lava-venv)")
+    workdir = Path(workdir)
+    args, nets = [], []
+    for k, (h5, spikes) in enumerate(cases):
+        x = np.asarray(spikes)
+        np.savez(workdir / f"lava_in_{k}.npz", spikes=x.astype(np.int8))
+        args += [str(h5), str(workdir / f"lava_in_{k}.npz"), str(workdir / f"lava_out_{k}.npz")]
+        nets.append((read_netx(h5), torch.from_numpy(x.astype(np.float64))[:, None]))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    proc = subprocess.run([str(py), str(LAVA_RUN), *(["--states"] if states else []), *args],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+    if proc.returncode != 0:
+        raise SVFormerError(f"Lava run failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    results = []
+    for k, ((h5, _), (net, x)) in enumerate(zip(cases, nets, strict=True)):
+        out = dict(np.load(workdir / f"lava_out_{k}.npz"))
+        T, L = x.shape[0], len(net.layers)
+        want = data_outputs(net, simulate_netx(net, netx_input(net, x, flush=False))[0])[-1][:, 0].numpy()
+        got = out["spikes"]
+        if got.shape != (T + L, *want.shape[1:]):
+            raise SVFormerError(f"{h5}: Lava's output has shape {got.shape}, expected {(T + L, *want.shape[1:])}")
+        state_mismatches = None
+        if states:
+            _, vs, us = simulate_netx(net, netx_input(net, x), lava_timing=True)
+            state_mismatches = int((out["spikes_stepped"] != got).sum())
+            for i in range(L):
+                state_mismatches += int((out[f"v{i}"] != vs[i][:, 0].numpy()).sum())
+                state_mismatches += int((out[f"u{i}"] != us[i][:, 0].numpy()).sum())
+        results.append(LavaComparison(
+            path=str(h5), steps=T, layers=L, output_values=int(want.size), output_spikes=int(want.sum()),
+            spike_mismatches=int((got[L:] != want).sum()), early_spikes=int(got[:L].sum()),
+            state_mismatches=state_mismatches, seconds=float(out["seconds"]), output=got))
+    return results

@@ -12,7 +12,7 @@ dataset)::
     /svformer                    JSON string: part index, IR node names, layouts, source graph hash,
                                  const_channels n, relays (r per layer; 0 for the last)
 
-Integer semantics (Lava's fixed-point CPU model, ``targets.md`` §7; reproduced by :func:`simulate_netx`):
+Integer semantics (Lava's fixed-point CPU model, ``docs/export.md``; reproduced by :func:`simulate_netx`):
 ``a = conv(spikes, weight)``; ``u = rtz(u·(4096 - iDecay)) + (a << 6)`` (iDecay = 4096: no current
 memory); ``v = clip24(rtz(v·(4096 - vDecay)) + u + (bias << 6))``; spike where ``v > vThMant << 6``;
 ``v = 0`` where spiking. This is exactly the quantize pass's neuron (``decay`` = vDecay,

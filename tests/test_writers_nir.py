@@ -262,3 +262,22 @@ def test_unreadable_or_foreign_nir_files_give_one_line_errors(tmp_path: Path) ->
         f["node/nodes/lif1"].create_dataset("type", data="MysteryNeuron", dtype=h5py.string_dtype())
     with pytest.raises(nw.NIRFileError, match="unknown NIR type 'MysteryNeuron'"):
         nw.read_nir(path)
+    path = nw.write_nir(g, tmp_path / "nested.nir")  # an unknown type inside an extension subgraph is named too
+    with h5py.File(path, "r+") as f:
+        del f["node/nodes/head/nodes/output/type"]
+        f["node/nodes/head/nodes/output"].create_dataset("type", data="Mystery", dtype=h5py.string_dtype())
+    with pytest.raises(nw.NIRFileError, match="node 'head/output' has an unknown NIR type 'Mystery'"):
+        nw.read_nir(path)
+    path = nw.write_nir(g, tmp_path / "v1.nir")  # a file of the old format (custom node types) is refused
+    with h5py.File(path, "r+") as f:
+        doc = json.loads(f["node/metadata/svformer"][()])
+        del f["node/metadata/svformer"]
+        f["node/metadata"].create_dataset("svformer", data=json.dumps({**doc, "version": 1}),
+                                          dtype=h5py.string_dtype())
+    with pytest.raises(nw.NIRFileError, match="format version 1, this reader takes 2; export the model again"):
+        nw.read_nir_ir(path)
+    path = nw.write_nir(g, tmp_path / "edges.nir")  # edges that disagree with the recorded IR inputs
+    graph = nir.read(path)
+    graph.edges.remove(("lif0", "conv1"))
+    with pytest.raises(nw.NIRFileError, match="NIR nodes and edges do not match"):
+        nw.nir_to_ir(graph)

@@ -478,7 +478,7 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
         diffs = ir.diff_graphs(float_graph, read_nir_ir(path))
         rows.append(FidelityRow(step="nir", label="nir model.nir round trip", target="identical graph read back",
                                 passed=not diffs, detail="; ".join(diffs[:3]) or
-                                "read_nir + nir_to_ir give the same nodes, edges, attributes and arrays"))
+                                "plain nir.read + nir_to_ir give the same nodes, edges, attributes and arrays"))
         if part.parts:
             step("write NIR parts")
             written = []

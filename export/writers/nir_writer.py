@@ -1,22 +1,23 @@
-"""NIR files of an IR graph: the whole graph with documented extension nodes, and standard-only parts.
+"""NIR files of an IR graph: the whole graph (plain NIR with documented extension subgraphs), and standard-only parts.
 
-``model.nir`` (:func:`write_nir`, read back by :func:`read_nir`, converted back by :func:`nir_to_ir`)
-holds every IR node, one NIR node each:
-
-Each op's ``to_nir`` hook (:mod:`export.ir.ops`) builds its node from a :class:`NirContext`:
+``model.nir`` (:func:`write_nir`; :func:`read_nir` is plain ``nir.read``; :func:`nir_to_ir` converts back)
+opens with the released ``nir.read`` (default arguments, type-checked, nothing registered). Each op's
+``to_nir`` hook (:mod:`export.ir.ops`) gives its NIR form from a :class:`NirContext`:
 
 =================  ==========================================================================
-IR op              NIR node
+IR op              NIR form
 =================  ==========================================================================
 ``input``          ``Input`` (shape [C, H, W])
-``conv2d``         ``Conv2d`` (groups kept; zero bias when the op has none); a position-
-                   dependent bias (``fuse_linear``) -> extension ``SVFPositionalConv2d``
+``conv2d``         ``Conv2d`` (groups written dense with zero off-group weights, groups = 1; zero
+                   bias when the op has none); a position-dependent bias (``fuse_linear``) ->
+                   extension ``SVFPositionalConv2d``; a non-square kernel -> ``SVFConv2d``
 ``linear``         on a vector: ``Affine`` (``Linear`` without bias); on tokens [N, C] ->
                    extension ``SVFTokenLinear`` (NIR's Affine is 1-D only)
 ``neuron``         ``LIF`` with dt = 1e-4, tau = dt/k, r = 1 (``decay_input``; else r = 1/k),
                    v_leak = v_reset, v_threshold = nextafter(float32(V_th), -inf) (peers fire on
                    ``>``, SpikingJelly on ``>=``; targets.md §6)
-``add``            ``Scale`` with scale 1 receiving both inputs (NIR sums fan-in edges)
+``add``            no node: every consumer gets the edges of both inputs (NIR sums fan-in); the
+                   IR node is kept in the graph metadata (``implicit``)
 ``flatten``        ``Flatten`` (start_dim 0)
 ``affine``         extension ``SVFChannelAffine`` (per-step scale/bias left by TDBN)
 ``batchnorm``      extension ``SVFBatchNorm`` (unfolded graphs only)
@@ -27,12 +28,18 @@ IR op              NIR node
 ``output``         ``Output``
 =================  ==========================================================================
 
-Every node carries ``metadata["svformer"]``: a JSON string with the IR name, op, attributes, input
-order (ports), origin and output spec, so :func:`nir_to_ir` rebuilds the IR graph exactly (arrays
-keep their dtypes); the graph's metadata holds ``dt`` and the IR graph attributes. NIR node names
-are the IR names with ``.``/``+`` replaced (torch module names cannot contain dots). Plain
-``nir.read`` refuses the extension types; :func:`read_nir` knows them without touching nir's
-private registry.
+An extension is a nested ``nir.NIRGraph`` (NIR's own node type) whose metadata says what it is
+(``nir_extension``, ``op``, ``params`` JSON, ``array_<field>`` datasets) and whose body is
+``input -> <op>__<node>__in (self-loop)``, ``<op>__<node> (self-loop) -> output``: two ``Delay`` nodes of
+NaN delays, so that it type-checks for any input/output shapes while no consumer can run it (none of
+the peers maps ``Delay``; one that did would meet a NaN delay and an output that does not depend on
+the input). An extension with several inputs gets one ``SVFPort`` extension per input, placing the
+flattened input at its offset in a vector of the summed sizes, so NIR's fan-in sum of the ports is
+their concatenation in port order. Every node carries ``metadata["svformer"]``: a JSON string with
+the IR name, op, attributes, input order (ports), origin and output spec, so :func:`nir_to_ir`
+rebuilds the IR graph exactly (arrays keep their dtypes); the graph's metadata holds ``dt`` and the
+IR graph attributes. NIR node names are the IR names with ``.``/``+`` replaced (torch module names
+cannot contain dots).
 
 ``nir/part_<i>.nir`` (:func:`write_nir_part`): one sequential part of :mod:`.partition` with only
 standard nodes (``Input`` -> [``Conv2d`` -> ``LIF``] x L -> ``Output``), float32, grouped
@@ -43,7 +50,7 @@ runnable in SpikingJelly (``nir_exchange.import_from_nir``), snnTorch and Norse.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
@@ -52,7 +59,6 @@ import h5py
 import networkx as nx
 import nir
 import numpy as np
-from nir.serialization import hdf2dict
 from svformer_deploy.svformer.errors import SVFormerError
 from svformer_deploy.svformer.fileio import write_buffered_atomic
 
@@ -61,7 +67,8 @@ from .partition import Part, dense_groups, layer_stride_padding, layer_weights
 
 DT = 1e-4  # seconds per step written for peers (snnTorch assumes 1e-4 whatever the file says)
 FORMAT = "svformer-deploy/nir"
-VERSION = 1
+VERSION = 2  # 1: custom node types (plain nir.read refused them); 2: plain NIR with extension subgraphs
+EXTENSION = "svformer/nir-extension/1"  # metadata["nir_extension"] of every extension subgraph
 
 
 class NIRFileError(SVFormerError):
@@ -69,34 +76,35 @@ class NIRFileError(SVFormerError):
 
 
 # ---------------------------------------------------------------------------------------------
-# extension nodes
+# extension operations (what an op's to_nir hook returns when NIR has no node for it)
 # ---------------------------------------------------------------------------------------------
+_SHAPES = ("input_shape", "input2_shape", "output_shape")
+
+
 @dataclass(eq=False)
-class _Extension(nir.NIRNode):
-    """Base of the extension nodes: ``input_shape`` (per step, no batch axis), ``output_shape``.
+class _Extension:
+    """Base of the extension operations: ``input_shape`` (per step, no batch axis), ``output_shape``;
+    two-input operations also have ``input2_shape`` (port 1). Written as a nested ``nir.NIRGraph``
+    (:func:`extension_graph`); array fields become ``array_<field>`` metadata datasets (absent when None),
+    the other fields the ``params`` JSON."""
 
-    Two-input nodes also have ``input2_shape`` (port 1). Optional arrays that are absent are left
-    out of the file (HDF5 has no None).
-    """
+    metadata: dict[str, Any] = field(default_factory=dict, kw_only=True)
 
-    optional: ClassVar[tuple[str, ...]] = ()
-
-    def __post_init__(self) -> None:
-        self.input_type = {"input": np.asarray(self.input_shape)}
-        if getattr(self, "input2_shape", None) is not None:
-            self.input_type["input2"] = np.asarray(self.input2_shape)
-        self.output_type = {"output": np.asarray(self.output_shape)}
-
-    def to_dict(self) -> dict[str, Any]:
-        d = super().to_dict()
-        return {k: v for k, v in d.items() if v is not None}
-
-    @classmethod
-    def from_dict(cls, kwargs: dict[str, Any]) -> nir.NIRNode:
-        kwargs = dict(kwargs)
-        for name in cls.optional:
-            kwargs.setdefault(name, None)
-        return super().from_dict(kwargs)
+    def params(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """(JSON-able parameters incl. shapes, arrays by field name)."""
+        js: dict[str, Any] = {}
+        arrays: dict[str, np.ndarray] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "metadata" or v is None:
+                continue
+            if f.name in _SHAPES:
+                js[f.name] = [int(s) for s in np.asarray(v).reshape(-1)]
+            elif isinstance(v, np.ndarray):
+                arrays[f.name] = v
+            else:
+                js[f.name] = v.item() if isinstance(v, np.generic) else v
+        return js, arrays
 
 
 @dataclass(eq=False)
@@ -112,7 +120,6 @@ class SVFChannelAffine(_Extension):
     axis: int
     scale: np.ndarray | None = None
     bias: np.ndarray | None = None
-    optional: ClassVar[tuple[str, ...]] = ("scale", "bias")
 
 
 @dataclass(eq=False)
@@ -137,7 +144,6 @@ class SVFTokenLinear(_Extension):
     output_shape: np.ndarray
     weight: np.ndarray
     bias: np.ndarray | None = None
-    optional: ClassVar[tuple[str, ...]] = ("bias",)
 
 
 @dataclass(eq=False)
@@ -148,6 +154,20 @@ class SVFPositionalConv2d(_Extension):
     output_shape: np.ndarray
     weight: np.ndarray
     bias: np.ndarray
+    stride: np.ndarray
+    padding: np.ndarray
+    groups: int
+
+
+@dataclass(eq=False)
+class SVFConv2d(_Extension):
+    """2-D convolution as PyTorch's ``conv2d`` (``bias`` [C_out] optional): used for non-square kernels, whose
+    shapes nir 1.0.8's type inference gets wrong (it uses the first kernel dimension for both)."""
+
+    input_shape: np.ndarray
+    output_shape: np.ndarray
+    weight: np.ndarray
+    bias: np.ndarray | None
     stride: np.ndarray
     padding: np.ndarray
     groups: int
@@ -230,14 +250,76 @@ class SVFConv3dHead(_Extension):
     weight: np.ndarray
     groups: int
     bias: np.ndarray | None = None
-    optional: ClassVar[tuple[str, ...]] = ("bias",)
+
+
+@dataclass(eq=False)
+class SVFAdd(_Extension):
+    """Y = X0 + X1 (shape ``output_shape``) materialised as a node: its input is the fan-in sum of two
+    ``SVFPort`` at offset 0. Written only when an implicit add would repeat an edge (``add(x, x)``)."""
+
+    input_shape: np.ndarray
+    input2_shape: np.ndarray
+    output_shape: np.ndarray
+
+
+@dataclass(eq=False)
+class SVFPort(_Extension):
+    """Input ``port`` of the multi-input extension ``of``: Y = 0 ∈ R^total; Y[offset : offset + size] =
+    flatten(X) (C order). NIR sums the ports entering the extension, which is then the concatenation of
+    its flattened inputs in port order (ports of ``SVFAdd`` all have offset 0: their sum)."""
+
+    input_shape: np.ndarray
+    output_shape: np.ndarray
+    port: int
+    offset: int
+    size: int
+    of: str
 
 
 EXTENSIONS: dict[str, type[_Extension]] = {
     cls.__name__: cls
-    for cls in (SVFChannelAffine, SVFBatchNorm, SVFTokenLinear, SVFPositionalConv2d, SVFSplitHeads, SVFMergeHeads,
-                SVFToTokens, SVFToImage, SVFSpikeMatmulKV, SVFSpikeMatmulQKV, SVFConcat, SVFConv3dHead)
+    for cls in (SVFChannelAffine, SVFBatchNorm, SVFTokenLinear, SVFPositionalConv2d, SVFConv2d, SVFSplitHeads,
+                SVFMergeHeads, SVFToTokens, SVFToImage, SVFSpikeMatmulKV, SVFSpikeMatmulQKV, SVFConcat, SVFConv3dHead,
+                SVFAdd, SVFPort)
 }
+
+
+@dataclass(eq=False)
+class _FanIn:
+    """What the ``add`` hook returns: no node, consumers receive both inputs' edges."""
+
+    metadata: dict[str, Any]
+
+
+def _marker(shape: Any) -> nir.Delay:
+    """A ``Delay`` of NaN delays: a node no peer maps and no correct consumer can run."""
+    return nir.Delay(delay=np.full(tuple(int(s) for s in np.asarray(shape).reshape(-1)), np.nan, np.float32))
+
+
+def extension_graph(spec: _Extension, name: str, in_shape: Any | None = None) -> nir.NIRGraph:
+    """The nested ``nir.NIRGraph`` of an extension operation named ``name`` in the top graph: ``input ->
+    <Op>__<name>__in`` (self-loop) and ``<Op>__<name>`` (self-loop) ``-> output``, metadata ``nir_extension``,
+    ``op``, ``params`` (JSON), ``array_<field>`` and the node's ``svformer`` JSON. ``in_shape`` overrides
+    the input shape (a multi-input extension reads the concatenation of its ports)."""
+    op = type(spec).__name__
+    js, arrays = spec.params()
+    shape_in = js["input_shape"] if in_shape is None else [int(s) for s in in_shape]
+    a, b = f"{op}__{name}__in", f"{op}__{name}"
+    nodes = {"input": nir.Input(input_type={"input": np.asarray(shape_in, np.int64)}), a: _marker(shape_in),
+             b: _marker(js["output_shape"]),
+             "output": nir.Output(output_type={"output": np.asarray(js["output_shape"], np.int64)})}
+    md: dict[str, Any] = {"nir_extension": EXTENSION, "op": op, "params": json.dumps(js), **spec.metadata}
+    md.update({f"array_{k}": v for k, v in arrays.items()})
+    return nir.NIRGraph(nodes=nodes, edges=[("input", a), (a, a), (b, b), (b, "output")], metadata=md,
+                        type_check=False)
+
+
+def extension_op(node: Any) -> str | None:
+    """The extension operation name (``SVFConcat``, ...) of a NIR node, or None for a standard node."""
+    md = getattr(node, "metadata", None)
+    if isinstance(node, nir.NIRGraph) and isinstance(md, dict) and _plain(md.get("nir_extension")) == EXTENSION:
+        return _plain(md.get("op"))
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,14 +377,12 @@ def nir_names(g: nx.DiGraph) -> dict[str, str]:
     return out
 
 
-def _meta(g: nx.DiGraph, n: str, arrays: list[str]) -> dict[str, str]:
+def _doc(g: nx.DiGraph, n: str, arrays: list[str]) -> dict[str, Any]:
     d = g.nodes[n]
     op = d["op"]
-    doc = {"name": n, "op": op.op, "attrs": {k: ir.json_value(v, f"{n}.{k}") for k, v in op.attributes().items()},
-           "arrays": arrays, "inputs": ir.inputs_of(g, n), "origin": list(d["origin"]), "stage": d["stage"],
-           "shape": list(d["shape"]),
-           "kind": d["kind"], "rate": d["rate"]}
-    return {"svformer": json.dumps(doc)}
+    return {"name": n, "op": op.op, "attrs": {k: ir.json_value(v, f"{n}.{k}") for k, v in op.attributes().items()},
+            "arrays": arrays, "inputs": ir.inputs_of(g, n), "origin": list(d["origin"]), "stage": d["stage"],
+            "shape": list(d["shape"]), "kind": d["kind"], "rate": d["rate"]}
 
 
 def _shape(g: nx.DiGraph, n: str) -> np.ndarray:
@@ -312,8 +392,9 @@ def _shape(g: nx.DiGraph, n: str) -> np.ndarray:
 @dataclass
 class NirContext:
     """What an op's ``to_nir`` hook (:mod:`export.ir.ops`) gets: the ``nir`` module, the extension classes
-    (``ext.SVFConcat``, ...), per-step shapes of input 0 / input 1 / the output, the node's metadata,
-    ``dt`` and :func:`lif_node`."""
+    (``ext.SVFConcat``, ...), ``fan_in`` (an op that is no node: consumers get its inputs' edges),
+    ``dense`` (a grouped conv weight written dense), per-step shapes of input 0 / input 1 / the output, the
+    node's metadata, ``dt`` and :func:`lif_node`."""
 
     in_shape: np.ndarray
     in2_shape: np.ndarray | None
@@ -322,30 +403,95 @@ class NirContext:
     dt: float
     nir: ClassVar[Any] = nir
     ext: ClassVar[Any] = SimpleNamespace(**EXTENSIONS)
+    fan_in: ClassVar[Any] = _FanIn
+    dense: ClassVar[Any] = staticmethod(dense_groups)
     lif: ClassVar[Any] = staticmethod(lif_node)
 
 
-def _node(g: nx.DiGraph, n: str, dt: float) -> nir.NIRNode:
+def _node(g: nx.DiGraph, n: str, dt: float) -> Any:
     op = ir.op_of(g, n)
     ins = ir.inputs_of(g, n)
     shape = _shape(g, n)
     ctx = NirContext(in_shape=_shape(g, ins[0]) if ins else shape,
                      in2_shape=_shape(g, ins[1]) if len(ins) > 1 else None, shape=shape,
-                     meta=_meta(g, n, list(op.arrays())), dt=dt)
+                     meta={"svformer": json.dumps(_doc(g, n, list(op.arrays())))}, dt=dt)
     return op.to_nir(ctx)
 
 
-def ir_to_nir(g: nx.DiGraph, dt: float = DT) -> nir.NIRGraph:
-    """The whole IR graph as a NIR graph (standard nodes + extensions; not type-checked: tokens and
-    heads do not fit NIR's 1-D Affine types)."""
-    ir.validate(g)
+@dataclass
+class _Plan:
+    nodes: dict[str, Any]  # NIR name -> standard nir node, _Extension, or (_Extension, total) for ported ones
+    edges: list[tuple[str, str]]
+    implicit: list[dict[str, Any]]  # docs of the IR nodes written as fan-in (add)
+
+
+def _plan(g: nx.DiGraph, dt: float) -> _Plan:
+    """Which NIR node each IR node becomes, the port nodes and the edges (fan-in adds resolved)."""
     names = nir_names(g)
-    nodes = {names[n]: _node(g, n, dt) for n in g.nodes}
-    edges = [(names[s], names[t]) for s, t in g.edges]
+    nodes: dict[str, Any] = {}
+    edges: list[tuple[str, str]] = []
+    implicit: list[dict[str, Any]] = []
+    srcs: dict[str, list[str]] = {}  # IR name -> NIR nodes whose outputs sum to its value
+    taken = set(names.values())
+    for n in nx.topological_sort(g):
+        spec, ins, nm = _node(g, n, dt), ir.inputs_of(g, n), names[n]
+        if isinstance(spec, _FanIn):
+            union = [s for i in ins for s in srcs[i]]
+            if len(set(union)) == len(union):
+                srcs[n] = union
+                implicit.append(json.loads(spec.metadata["svformer"]))
+                continue
+            size = int(np.prod(_shape(g, n)))  # add(x, x) and the like: a node fed by two ports at offset 0
+            spec = SVFAdd(_shape(g, ins[0]), _shape(g, ins[1]), _shape(g, n), metadata=spec.metadata)
+            layout = [(0, size)] * len(ins)
+        elif len(ins) > 1:
+            if not isinstance(spec, _Extension):
+                raise SVFormerError(f"{n}: a standard NIR node cannot take {len(ins)} distinct inputs")
+            sizes = [int(np.prod(_shape(g, i))) for i in ins]
+            layout = [(sum(sizes[:k]), sizes[k]) for k in range(len(ins))]
+        else:
+            layout = None
+        if layout is None:
+            edges += [(s, nm) for i in ins for s in srcs[i]]
+            nodes[nm] = spec
+        else:
+            total = max(o + s for o, s in layout)
+            for k, (src, (off, size)) in enumerate(zip(ins, layout, strict=True)):
+                pn = f"{nm}__port{k}"
+                if pn in taken:
+                    raise SVFormerError(f"{n}: NIR port name {pn!r} clashes with a node name")
+                taken.add(pn)
+                nodes[pn] = SVFPort(_shape(g, src), np.asarray([total]), k, off, size, n)
+                edges += [(s, pn) for s in srcs[src]] + [(pn, nm)]
+            nodes[nm] = (spec, total)
+        srcs[n] = [nm]
+    return _Plan(nodes, edges, implicit)
+
+
+def ir_to_nir(g: nx.DiGraph, dt: float = DT) -> nir.NIRGraph:
+    """The whole IR graph as a plain NIR graph (standard nodes + extension subgraphs), type-checked by nir
+    exactly as ``nir.read`` will check it."""
+    ir.validate(g)
+    plan = _plan(g, dt)
+    nodes: dict[str, nir.NIRNode] = {}
+    for nm, spec in plan.nodes.items():
+        if isinstance(spec, tuple):
+            nodes[nm] = extension_graph(spec[0], nm, (spec[1],))
+        elif isinstance(spec, _Extension):
+            nodes[nm] = extension_graph(spec, nm)
+        else:
+            nodes[nm] = spec
     doc = {"format": FORMAT, "version": VERSION, "graph": ir.json_attributes(g.graph), "order": list(g.nodes),
-           "extensions": sorted({type(v).__name__ for v in nodes.values() if isinstance(v, _Extension)})}
-    return nir.NIRGraph(nodes=nodes, edges=edges, metadata={"dt": float(dt), "svformer": json.dumps(doc)},
-                        type_check=False)
+           "implicit": plan.implicit, "extensions": sorted({extension_op(v) for v in nodes.values()} - {None})}
+    names = set(nodes)
+    try:
+        graph = nir.NIRGraph(nodes=nodes, edges=list(plan.edges), type_check=True,
+                             metadata={"dt": float(dt), "svformer": json.dumps(doc)})
+    except (ValueError, AssertionError, KeyError) as e:
+        raise SVFormerError(f"NIR type check of the whole graph failed ({type(e).__name__}: {e})") from None
+    if set(graph.nodes) != names:  # nir adds Input/Output nodes to dangling roots/leaves
+        raise SVFormerError(f"NIR graph has dangling nodes: nir added {sorted(set(graph.nodes) - names)}")
+    return graph
 
 
 def _write(graph: nir.NIRGraph, path: Path) -> Path:
@@ -354,7 +500,7 @@ def _write(graph: nir.NIRGraph, path: Path) -> Path:
 
 
 def write_nir(g: nx.DiGraph, path: str | Path, dt: float = DT) -> Path:
-    """Write the whole graph to ``path`` (NIR HDF5 with extension nodes), atomically."""
+    """Write the whole graph to ``path`` (plain NIR HDF5 with extension subgraphs), atomically."""
     return _write(ir_to_nir(g, dt), Path(path))
 
 
@@ -369,36 +515,25 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def _build(name: str, d: dict[str, Any], path: Path) -> nir.NIRNode:
-    t = _plain(d.get("type"))
-    if t in EXTENSIONS:
-        cls = EXTENSIONS[t]
-        known = {f.name for f in fields(cls) if f.init}
-        unknown = set(d) - known - {"type"}
-        if unknown:
-            raise NIRFileError(f"{path}: node {name!r} ({t}) has unknown fields {sorted(unknown)}")
-        kwargs = {k: v for k, v in d.items() if k != "type"}
-        for k in ("axis", "part", "parts", "heads", "head_dim", "height", "width", "groups"):
-            if k in kwargs:
-                kwargs[k] = int(kwargs[k])
-        for k in ("eps", "scale") if t != "SVFChannelAffine" else ("eps",):
-            if k in kwargs and np.ndim(kwargs[k]) == 0:
-                kwargs[k] = float(kwargs[k])
-        return cls.from_dict({"type": t, **kwargs})
-    if t == "NIRGraph":
-        raise NIRFileError(f"{path}: node {name!r} is a nested NIR graph, which this reader does not take")
-    try:
-        return nir.dict2NIRNode(dict(d))
-    except AssertionError:
-        raise NIRFileError(f"{path}: node {name!r} has an unknown NIR type {t!r}") from None
+_NIR_TYPES = {name for name, v in vars(nir).items() if isinstance(v, type) and issubclass(v, nir.NIRNode)}
+
+
+def _unknown_type(group: h5py.Group, where: str = "") -> str | None:
+    """'node <name> has an unknown NIR type <t>' for the first node (nested graphs too) nir does not know."""
+    for name, sub in group.get("nodes", {}).items():
+        t = _plain(sub["type"][()]) if "type" in sub else None
+        if t not in _NIR_TYPES:
+            return f"node {where + name!r} has an unknown NIR type {t!r}"
+        if t == "NIRGraph":
+            found = _unknown_type(sub, f"{where}{name}/")
+            if found:
+                return found
+    return None
 
 
 def read_nir(path: str | Path) -> nir.NIRGraph:
-    """Read a NIR file written by :func:`write_nir` or any plain NIR file, knowing the extension nodes.
-
-    Not type-checked (the extension shapes are per token/head). Raises :class:`NIRFileError` naming
-    the file for anything unreadable.
-    """
+    """``nir.read(path)`` (released nir, default arguments: type-checked) of any NIR file, with errors as
+    :class:`NIRFileError` naming the file (nir itself gives a bare AssertionError for unknown types)."""
     path = Path(path)
     if not path.is_file():
         raise NIRFileError(f"{path}: no such NIR file")
@@ -406,20 +541,19 @@ def read_nir(path: str | Path) -> nir.NIRGraph:
         with h5py.File(path, "r") as f:
             if "node" not in f:
                 raise NIRFileError(f"{path}: not a NIR file (no 'node' group)")
-            d = hdf2dict(f["node"])
+            node = f["node"]
+            if "type" not in node or _plain(node["type"][()]) != "NIRGraph" or "nodes" not in node:
+                raise NIRFileError(f"{path}: the top node is not a NIR graph")
+            unknown = _unknown_type(node)
     except NIRFileError:
         raise
-    except (OSError, KeyError, ValueError) as e:
+    except (OSError, KeyError, ValueError, TypeError) as e:
         raise NIRFileError(f"{path}: not a readable NIR (HDF5) file ({e})") from None
-    if _plain(d.get("type")) != "NIRGraph" or "nodes" not in d or "edges" not in d:
-        raise NIRFileError(f"{path}: the top node is not a NIR graph")
+    if unknown:
+        raise NIRFileError(f"{path}: {unknown}")
     try:
-        nodes = {k: _build(k, v, path) for k, v in d["nodes"].items()}
-        edges = [(_plain(a), _plain(b)) for a, b in np.asarray(d["edges"]).reshape(-1, 2).tolist()]
-        return nir.NIRGraph(nodes=nodes, edges=edges, metadata=dict(d.get("metadata", {})), type_check=False)
-    except NIRFileError:
-        raise
-    except (TypeError, ValueError, KeyError, AssertionError) as e:
+        return nir.read(str(path))
+    except (TypeError, ValueError, KeyError, AssertionError, OSError) as e:
         raise NIRFileError(f"{path}: malformed NIR graph ({type(e).__name__}: {e})") from None
 
 
@@ -433,16 +567,42 @@ def _json_meta(md: dict, what: str) -> dict:
         raise NIRFileError(f"{what}: unreadable svformer metadata ({e})") from None
 
 
+def _regroup(w: np.ndarray, groups: int) -> np.ndarray:
+    """Inverse of :func:`dense_groups` (the diagonal blocks of a dense weight)."""
+    if groups == 1:
+        return w
+    co, ci = w.shape[:2]
+    per, cig = co // groups, ci // groups
+    return np.stack([w[o, (o // per) * cig:(o // per + 1) * cig] for o in range(co)])
+
+
+def _array(node: Any, meta: dict, field_name: str) -> Any:
+    if extension_op(node) is not None:
+        return node.metadata.get(f"array_{field_name}")
+    value = getattr(node, field_name, None)
+    if meta["op"] == "conv2d" and field_name == "weight" and isinstance(value, np.ndarray):
+        return _regroup(value, int(meta["attrs"].get("groups", 1)))
+    return value
+
+
 def nir_to_ir(graph: nir.NIRGraph, source: str = "NIR graph") -> nx.DiGraph:
     """Rebuild the IR graph from a NIR graph written by :func:`write_nir` (exact: structure, attributes,
-    arrays and their dtypes); validated like any IR file."""
+    arrays and their dtypes); validated like any IR file, and its NIR nodes and edges must be those the
+    writer gives the rebuilt graph."""
     gdoc = _json_meta(graph.metadata, source)
     if gdoc.get("format") != FORMAT:
         raise NIRFileError(f"{source}: not an svformer-deploy NIR graph")
-    by_ir: dict[str, tuple[str, dict]] = {}
+    if gdoc.get("version") != VERSION:
+        raise NIRFileError(f"{source}: svformer-deploy NIR format version {gdoc.get('version')}, this reader "
+                           f"takes {VERSION}; export the model again")
+    by_ir: dict[str, tuple[str | None, dict]] = {}
     for nname, node in graph.nodes.items():
+        if extension_op(node) == "SVFPort":
+            continue
         meta = _json_meta(node.metadata, f"{source}: node {nname!r}")
         by_ir[meta["name"]] = (nname, meta)
+    for meta in gdoc.get("implicit", []):
+        by_ir[meta["name"]] = (None, meta)
     order = gdoc["order"]
     if sorted(order) != sorted(by_ir):
         raise NIRFileError(f"{source}: its nodes do not match the recorded IR node list")
@@ -450,33 +610,32 @@ def nir_to_ir(graph: nir.NIRGraph, source: str = "NIR graph") -> nx.DiGraph:
     docs, edges = [], []
     for i, name in enumerate(order):
         nname, meta = by_ir[name]
-        node = graph.nodes[nname]
         entry = {"name": name, "op": meta["op"], "attrs": meta["attrs"], "arrays": {}, "origin": meta["origin"],
                  "shape": meta["shape"], "kind": meta["kind"], "rate": meta["rate"]}
         if "stage" in meta:
             entry["stage"] = meta["stage"]
-        for field in meta["arrays"]:
-            value = getattr(node, field, None)
+        for fname in meta["arrays"]:
+            value = _array(graph.nodes[nname], meta, fname) if nname is not None else None
             if not isinstance(value, np.ndarray):
-                raise NIRFileError(f"{source}: node {nname!r} lacks its array {field!r}")
-            arrays[f"{i}.{field}"] = value
-            entry["arrays"][field] = f"{i}.{field}"
+                raise NIRFileError(f"{source}: node {nname or name!r} lacks its array {fname!r}")
+            arrays[f"{i}.{fname}"] = value
+            entry["arrays"][fname] = f"{i}.{fname}"
         docs.append(entry)
         for port, src in enumerate(meta["inputs"]):
             edges.append({"src": src, "dst": name, "port": port, "shape": by_ir[src][1]["shape"],
                           "kind": by_ir[src][1]["kind"], "rate": by_ir[src][1]["rate"]})
-    nir_edges = {(a, b) for a, b in graph.edges}
-    want = {(by_ir[e["src"]][0], by_ir[e["dst"]][0]) for e in edges}
-    if nir_edges != want:
-        raise NIRFileError(f"{source}: its edges do not match the recorded inputs of the nodes")
     try:
-        return ir.from_json_and_arrays({"graph": gdoc["graph"], "nodes": docs, "edges": edges}, arrays)
+        back = ir.from_json_and_arrays({"graph": gdoc["graph"], "nodes": docs, "edges": edges}, arrays)
     except ir.IRError as e:
         raise NIRFileError(f"{source}: {e}") from None
+    plan = _plan(back, float(graph.metadata.get("dt", DT)))
+    if set(plan.nodes) != set(graph.nodes) or sorted(plan.edges) != sorted(map(tuple, graph.edges)):
+        raise NIRFileError(f"{source}: its NIR nodes and edges do not match the recorded IR graph")
+    return back
 
 
 def read_nir_ir(path: str | Path) -> nx.DiGraph:
-    """:func:`read_nir` then :func:`nir_to_ir`."""
+    """:func:`read_nir` (plain ``nir.read``) then :func:`nir_to_ir`."""
     return nir_to_ir(read_nir(path), str(path))
 
 

@@ -14,7 +14,7 @@ hook               used by
 ``ref_float``      float semantics of the reference interpreter (``export.reference``); the
                    ONNX writer traces it (``model.onnx``, ``model_fp32.onnx``)
 ``ref_fixed``      fixed-point semantics of the reference interpreter; traced for ``model_int8.onnx``
-``to_nir``         the NIR node the NIR writer emits (standard node or documented extension)
+``to_nir``         the NIR form the NIR writer emits (standard node, documented extension, or fan-in)
 ``netx_refusal``   why the op never runs in a netx/standard-NIR core chain, or None when it is a
                    chain layer (synapses or CUBA neuron; ``export.writers.partition`` decides)
 =================  ==========================================================================

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy as np
-
 from ..tensor import REAL, TensorSpec
 from .base import CostInput, Node, _need
 
@@ -48,8 +46,8 @@ class Add(Node):
     def ref_fixed(self, ref: Any, n: str, t: int, ins: list, state: dict) -> Any:
         return ref.sat(ins[0] + ins[1], ref.p(n, "bits"))
 
-    def to_nir(self, x: Any) -> Any:  # NIR sums the edges entering a node
-        return x.nir.Scale(scale=np.ones(tuple(int(s) for s in x.shape), dtype=np.float32), metadata=x.meta)
+    def to_nir(self, x: Any) -> Any:  # no node: NIR sums the edges entering a node, so consumers get both inputs
+        return x.fan_in(metadata=x.meta)
 
     def netx_refusal(self) -> str | None:
         return "residual add (membrane shortcut): netx chains are strictly sequential (no fan-in)"

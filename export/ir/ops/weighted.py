@@ -177,9 +177,14 @@ class Conv2d(Node):
         if self.bias is not None and self.bias.ndim == 3:
             return x.ext.SVFPositionalConv2d(x.in_shape, x.shape, self.weight, self.bias, np.asarray(self.stride),
                                              np.asarray(self.padding), self.groups, metadata=x.meta)
+        if self.weight.shape[2] != self.weight.shape[3]:  # nir 1.0.8 infers conv shapes from weight.shape[2] only
+            return x.ext.SVFConv2d(x.in_shape, x.shape, self.weight, self.bias, np.asarray(self.stride),
+                                   np.asarray(self.padding), self.groups, metadata=x.meta)
         bias = self.bias if self.bias is not None else np.zeros(self.weight.shape[0], dtype=self.weight.dtype)
-        return x.nir.Conv2d(input_shape=tuple(int(s) for s in x.in_shape[1:]), weight=self.weight, stride=self.stride,
-                            padding=self.padding, dilation=(1, 1), groups=self.groups, bias=bias, metadata=x.meta)
+        # groups written dense (zeros off the groups): nir 1.0.8 types a grouped Conv2d's input as weight.shape[1]
+        return x.nir.Conv2d(input_shape=tuple(int(s) for s in x.in_shape[1:]), weight=x.dense(self.weight, self.groups),
+                            stride=self.stride, padding=self.padding, dilation=(1, 1), groups=1, bias=bias,
+                            metadata=x.meta)
 
     def netx_refusal(self) -> str | None:
         return None  # a netx conv layer when it drives one neuron layer from spikes (partition decides)

@@ -178,6 +178,39 @@ def _error_row(step: str, label: str, target: str, e: BaseException) -> Fidelity
 
 
 # ---------------------------------------------------------------------------------------------
+def _simulator_row(bundle: Bundle, x: torch.Tensor) -> FidelityRow:
+    """Our event-driven simulator (``simulate``'s engine) vs the reference interpreter on the bundle's graph:
+    the integer executor on the quantized graph, else the float executor in float64."""
+    from svformer_deploy.simulators.executor import Simulator
+
+    quantized = bundle.has("ir_quantized")
+    g = bundle.graph("ir_quantized" if quantized else "ir")
+    sim_mode, ref_mode = ("integer", "fixed") if quantized else ("float", "float")
+    label = f"simulator {sim_mode} ({'ir_int' if quantized else 'ir'}.json) vs reference"
+    target = "identical spikes, max |dlogit| <= 1e-9"
+    names = ir.neuron_names(g)
+    try:
+        with torch.no_grad():
+            ref_logits, rec = ReferenceModel(g, dtype=torch.float64, mode=ref_mode).run(x, record=set(names))
+        sim = Simulator(g, sim_mode, torch.float64, count=False)
+        tally = SpikeTally()
+        max_diff, agree = 0.0, 0
+        for b in range(x.shape[1]):
+            r = sim.run(x[:, b].to(torch.float32), record_spikes=True)
+            want = ref_logits[b].double().numpy()
+            max_diff = max(max_diff, float(np.abs(r.logits - want).max()))
+            agree += int(np.argmax(r.logits) == np.argmax(want))
+            for n in names:
+                tally.add(n, rec[n][:, b], r.spikes[n])
+    except Exception as e:  # noqa: BLE001
+        return _error_row("simulator", label, target, e)
+    row = FidelityRow.from_spikes("simulator", label, tally, int(x.shape[1]),
+                                  f"svformer-deploy's {sim_mode} executor vs the reference interpreter")
+    row.max_abs_diff, row.top1_agreement, row.target = max_diff, agree / x.shape[1], target
+    row.passed = bool(row.passed and max_diff <= 1e-9)
+    return row
+
+
 def _onnx_rows(bundle: Bundle, x: torch.Tensor, batch: int) -> list[FidelityRow]:
     from .writers.onnx_writer import check_onnx
 
@@ -395,6 +428,8 @@ def verify_bundle(path: str | Path, check_data: str | Path | None = None, clips:
     batch = _batch_size(bundle)
     peers_run: list[str] = []
     skipped: list[dict[str, str]] = []
+    step("run simulator")
+    rows.append(_simulator_row(bundle, x))
     step("run ONNX")
     rows += _onnx_rows(bundle, x, batch)
     if bundle.has("nir"):

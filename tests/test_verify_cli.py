@@ -1,7 +1,8 @@
 """``svformer-deploy verify``: a received bundle checked file by file and run in real runtimes (onnxruntime, nir,
 the installed NIR peers, Lava when its environment exists) against its own graph.
 
-Two small bundles are exported once per module: A (int8, every target) and B (another model, int8, onnx + netx).
+Small bundles are exported once per module: A (int8, onnx only: another model's ONNX file), B (int8, onnx + netx)
+and C (float, nir: model.nir and the NIR part files).
 """
 
 from __future__ import annotations
@@ -42,9 +43,9 @@ def one_error(code: int, err: str, *fragments: str, exit_code: int = 2) -> str:
 def bundles(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("verify")
     out = {}
-    for name, seed, targets in (("a", 0, None), ("b", 3, ("onnx", "netx"))):
+    for name, seed, bits, targets in (("a", 0, 8, ("onnx",)), ("b", 3, 8, ("onnx", "netx")), ("c", 3, None, ("nir",))):
         ckpt = save_checkpoint(root / f"{name}.pt", make_model("3stg", seed=seed, time_steps=2, norm="bn"))
-        opts = ExportOptions(output=root / f"{name}.svfd", weight_bits=8, targets=targets, check_clips=2,
+        opts = ExportOptions(output=root / f"{name}.svfd", weight_bits=bits, targets=targets, check_clips=2,
                              calibration_clips=4)
         out[name] = export_checkpoint(ckpt, opts).output_dir
     return out
@@ -83,6 +84,8 @@ def test_verify_passes_on_a_fresh_bundle_and_prints_the_export_table(capsys, bun
     assert doc["passed"] is True and doc["misses"] == [] and doc["model_hash"] == m["model_hash"]
     assert doc["files_checked"] == sum(len(e) if isinstance(e, list) else 1 for e in m["files"].values())
     assert doc["inputs"]["check"] == "random" and doc["inputs"]["check_clips"] == 4
+    sim = doc["fidelity"]["simulator integer (ir_int.json) vs reference"]
+    assert sim["passed"] and sim["flips"] == 0 and sim["spikes_ref"] > 0 and sim["max_abs_diff"] == 0
     onnx = doc["fidelity"]["onnx fixed (model.onnx, onnxruntime)"]
     assert onnx["passed"] and onnx["max_abs_diff"] <= 1e-4 and onnx["clips"] == 4
     netx = next(v for k, v in doc["fidelity"].items() if "Lava CUBA integer model" in k)
@@ -99,17 +102,19 @@ def test_verify_reads_nir_and_runs_the_part_files_in_every_installed_peer(capsys
     torch_clips = tmp_path / "clips.pt"
     torch.save(torch.poisson(torch.full((2, 3, 2, 32, 32), 0.3), generator=torch.Generator().manual_seed(5)),
                torch_clips)
-    code, out, err = run(capsys, "verify", bundles["a"], "--check-data", torch_clips, "--json")
+    code, out, err = run(capsys, "verify", bundles["c"], "--check-data", torch_clips, "--json")
     doc = json.loads(out)
     assert doc["inputs"] == {"check": str(torch_clips), "check_clips": 3, "kind": "events"} and not doc["warnings"]
     fid = doc["fidelity"]
     assert fid["nir model.nir (svformer-deploy reader)"]["passed"]
+    sim = fid["simulator float (ir.json) vs reference"]
+    assert sim["passed"] and sim["flips"] == 0 and sim["spikes_ref"] > 0 and sim["max_abs_diff"] <= 1e-9
     plain = fid["nir model.nir (plain nir.read)"]
-    assert plain["passed"] is plain_nir_read_works(bundles["a"] / "model.nir")  # a miss until nir.read opens it
+    assert plain["passed"] is plain_nir_read_works(bundles["c"] / "model.nir")  # a miss until nir.read opens it
     assert "spikingjelly" in doc["peers_run"]
     for peer in ("snntorch", "norse"):
         assert (peer in doc["peers_run"]) is (importlib.util.find_spec(peer) is not None)
-    n_parts = len(load_bundle(bundles["a"]).manifest["files"]["nir_parts"])
+    n_parts = len(load_bundle(bundles["c"]).manifest["files"]["nir_parts"])
     for peer in doc["peers_run"]:
         row = fid[f"nir {n_parts} standard part files ({peer})"]
         assert row["passed"] and row["flips"] == 0 and row["spikes_ref"] > 0 and row["clips"] == 3

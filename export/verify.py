@@ -25,6 +25,7 @@ spike comparison goes through :class:`export.fidelity.SpikeTally`; the rows are 
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import subprocess
@@ -279,15 +280,13 @@ def _peer_runner(peer: str) -> Callable[[Path, torch.Tensor], torch.Tensor] | No
         from .writers.nir_writer import DT
 
         graph = nir.read(str(path))
+        # optional peers (dev extras, not dependencies of the product): imported by name, only when installed
         if peer == "snntorch":
-            from snntorch.import_nir import import_from_nir
-
+            import_from_nir = importlib.import_module("snntorch.import_nir").import_from_nir
             with contextlib.redirect_stdout(io.StringIO()):  # snnTorch prints the tau arrays it reads
                 net = import_from_nir(graph)
         else:
-            from norse.torch import from_nir
-
-            net = from_nir(graph, dt=DT)
+            net = importlib.import_module("norse.torch").from_nir(graph, dt=DT)
         outs, state = [], None
         with torch.no_grad():
             for frame in x.to(torch.float32):

@@ -69,12 +69,15 @@ def render_export(result: Any) -> str:
     if q:
         lines.append(f"                calibration: {q.get('calibration')} "
                      f"({m['fidelity']['inputs'].get('calibration_clips', 0)} clips)")
+    def share(key: str) -> str:  # bundles written before the shares were split have only the core-capable one
+        v = part.get(key, part.get("core_dense_mac_share") if key == "core_capable_dense_mac_share" else None)
+        return "?" if v is None else f"{100 * v:.1f}%"
+
     lines.append(f"  partition     {part['parts']} core-capable sequential parts ({part['core_nodes']} nodes, "
-                 f"{100 * part['core_capable_dense_mac_share']:.1f}% of dense MACs), {part['host_nodes']} nodes on "
-                 "the host")
-    lines.append(f"                written: {part['netx_files']} netx files "
-                 f"({100 * part['netx_dense_mac_share']:.1f}% of dense MACs), {part['nir_part_files']} NIR part "
-                 f"files ({100 * part['nir_part_dense_mac_share']:.1f}% of dense MACs)")
+                 f"{share('core_capable_dense_mac_share')} of dense MACs), {part['host_nodes']} nodes on the host")
+    lines.append(f"                written: {part['netx_files']} netx files ({share('netx_dense_mac_share')} of dense "
+                 f"MACs), {part.get('nir_part_files', '?')} NIR part files ({share('nir_part_dense_mac_share')} of "
+                 "dense MACs)")
     if part.get("note"):
         lines.append(f"                {part['note']}")
     lines.append("  files")

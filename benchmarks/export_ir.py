@@ -119,7 +119,7 @@ def trained_figures(checkpoint: Path, nmnist: Path, cal_stride: int) -> None:
         rep = timed(f"check {cfg}", lambda q=q: check(folded, q, x, batch_size=64))
         f = rep.fidelity
         print(f"  {f.summary()}")
-        worst = ", ".join(f"{la.name} {la.agreement:.4f}" for la in f.worst_layers(3))
+        worst = ", ".join(f"{la.name} {la.flip_rate:.2%} flips/ref spike" for la in f.worst_layers(3))
         print(f"  worst layers: {worst}; max weight rel. error "
               f"{max(r['rel_error'] for r in rep.weights):.4f}")
     del labels

@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "simulate": "svformer_deploy.deploy.commands.simulate:simulate",
     "energy-report": "svformer_deploy.deploy.commands.energy_report:energy_report",
     "demo": "svformer_deploy.deploy.commands.demo:demo",
+    "verify": "svformer_deploy.deploy.commands.verify:verify",
 }
 
 

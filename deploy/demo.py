@@ -335,8 +335,8 @@ def reusable_bundle(layout: Layout, targets: tuple[str, ...] | None) -> Any | No
     files["manifest"] = str(layout.bundle / "manifest.json")
     fid = m.get("fidelity") or {}
     try:
-        rows = [FidelityRow(**row) for row in fid.get("checks", [])]
-    except TypeError:
+        rows = [FidelityRow.from_dict(row) for row in fid.get("checks", [])]
+    except (TypeError, AttributeError):
         return None
     return ExportResult(output_dir=layout.bundle, files=files, manifest=m, fidelity=rows,
                         warnings=list(m.get("warnings") or []), timings=dict(m.get("timings") or {}))

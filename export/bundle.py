@@ -224,6 +224,31 @@ class Bundle:
             self._check_model_hash(*digests)
         return str(self.manifest["model_hash"])
 
+    def check_files(self) -> int:
+        """Verify every file the manifest lists (inside the bundle, size, SHA-256) and the model hash; the count."""
+        n = 0
+        for role, entry in self.manifest["files"].items():
+            for e in entry if isinstance(entry, list) else [entry]:
+                target = self._resolve(role, e)
+                if e["path"] not in self._digests:
+                    self._verify(role, e, sha256_file(target), target)
+                n += 1
+        _ = self.model_hash
+        return n
+
+    def files(self, role: str) -> list[Path]:
+        """The paths of ``role``'s files (one or several), each checked on first use; [] when absent."""
+        entry = self.manifest["files"].get(role)
+        if entry is None:
+            return []
+        out = []
+        for e in entry if isinstance(entry, list) else [entry]:
+            target = self._resolve(role, e)
+            if e["path"] not in self._digests:
+                self._verify(role, e, sha256_file(target), target)
+            out.append(target)
+        return out
+
     @property
     def class_names(self) -> list[str]:
         return list(self.manifest.get("class_names") or [])

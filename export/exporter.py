@@ -43,7 +43,7 @@ from .passes.quantize import QuantConfig, load_calibration, quantize
 from .passes.quantize import check as quant_check
 from .pipeline import run_pipeline
 from .reference import ReferenceModel
-from .writers.partition import Part, Partition, partition, record_part_io
+from .writers.partition import Part, partition, record_part_io
 
 TARGETS = ("nir", "onnx", "netx")
 CHECK_BUDGET_MACS = 5e10  # default held-out clips: as many as fit this many dense MACs (2..100)
@@ -82,9 +82,42 @@ class FidelityRow:
     passed: bool | None = None
     detail: str = ""
     spikes: dict[str, Any] | None = None  # :func:`export.fidelity.spike_totals` of the spike comparison
+    layers: list[dict[str, Any]] | None = None  # per-layer rows (:meth:`LayerAgreement.to_dict`)
+
+    # the headline spike figures (from ``spikes``): flips per reference spike, precision, recall, first divergence
+    @property
+    def flip_rate(self) -> float | None:
+        return None if self.spikes is None else self.spikes["flip_rate"]
+
+    @property
+    def precision(self) -> float | None:
+        return None if self.spikes is None else self.spikes["precision"]
+
+    @property
+    def recall(self) -> float | None:
+        return None if self.spikes is None else self.spikes["recall"]
+
+    @property
+    def first_divergence(self) -> dict[str, Any] | None:
+        return None if self.spikes is None else self.spikes["first_divergence"]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """All fields; ``flip_rate`` (flips per reference spike), ``flips``, ``spikes_ref``, ``precision``,
+        ``recall`` and ``first_divergence`` at the top level when spikes were compared (``spike_agreement``,
+        the share of agreeing neuron-steps, silent ones included, is kept as an extra figure)."""
+        d = asdict(self)
+        if self.spikes is not None:
+            d.update({k: self.spikes[k] for k in ("flip_rate", "flips", "spikes_ref", "precision", "recall",
+                                                  "first_divergence")})
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FidelityRow:
+        """The row of a manifest's ``fidelity.checks`` entry (:meth:`to_dict`; derived keys are dropped)."""
+        from dataclasses import fields
+
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
     @classmethod
     def from_spikes(cls, step: str, label: str, tally: SpikeTally, clips: int, what: str) -> FidelityRow:
@@ -92,6 +125,7 @@ class FidelityRow:
         totals = spike_totals(tally.layers)
         return cls(step=step, label=label, spike_agreement=totals["spike_agreement"], clips=clips,
                    target="identical spikes", passed=totals["flips"] == 0, spikes=totals,
+                   layers=[la.to_dict() for la in tally.layers],
                    detail=f"{what}: {totals['flips']} flips of {totals['spikes_ref']} spikes")
 
     @classmethod
@@ -100,7 +134,8 @@ class FidelityRow:
                    spike_agreement=r.spike_agreement if r.positions else None, top1_agreement=r.top1_agreement,
                    clips=r.clips, target=r.target, passed=r.passed,
                    spikes=spike_totals(r.layers) if r.positions else None,
-                   detail=f"{r.flips} spike flips of {r.spikes_ref} spikes ({r.dtype})")
+                   layers=[la.to_dict() for la in r.layers] if r.positions else None,
+                   detail=f"{r.flips} spike flips of {r.spikes_ref} reference spikes ({r.dtype})")
 
     @classmethod
     def from_onnx(cls, label: str, r: Any) -> FidelityRow:
@@ -329,10 +364,11 @@ def check_batch_size(ckpt: Checkpoint) -> int:
     return int(np.clip(4e9 // max(dense_macs(ckpt.config), 1), 1, 64))
 
 
-def _core_share(g: nx.DiGraph, part: Partition) -> float:
+def _mac_share(g: nx.DiGraph, parts: list[Part]) -> float:
+    """Share of the graph's dense MACs done inside ``parts``."""
     costs = ir.graph_costs(g)
     total = sum(c["macs"] for c in costs.values()) or 1
-    core = sum(costs.get(n, {"macs": 0})["macs"] for n in {n for p in part.parts for n in p.nodes})
+    core = sum(costs.get(n, {"macs": 0})["macs"] for n in {n for p in parts for n in p.nodes})
     return core / total
 
 
@@ -415,11 +451,9 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
                  warnings: list[str]) -> ExportResult:
     from .writers.netx_writer import (
         LAVA_RECIPE,
-        data_outputs,
-        netx_input,
         netx_issue,
         netx_net,
-        simulate_netx,
+        part_outputs,
         write_netx,
     )
     from .writers.nir_writer import nir_part_issue, read_nir_ir, run_spikingjelly_part, write_nir, write_nir_part
@@ -535,7 +569,7 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
             netx_files += 1
             if rec is not None:
                 x, outs = record_part_io(qg, p, rec)
-                got = data_outputs(net, simulate_netx(net, netx_input(net, x, flush=False))[0])
+                got = part_outputs(net, x)
                 for la, a, b in zip(p.layers, got, outs, strict=True):
                     tally.add(f"part {p.index} {la.neuron}", b, a)
         if netx_files and rec is not None:
@@ -550,7 +584,12 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
     summary = {"parts": len(part.parts), "netx_files": netx_files,
                "nir_part_files": nir_parts,
                "core_nodes": len({n for p in part.parts for n in p.nodes}), "host_nodes": len(part.host),
-               "core_dense_mac_share": _core_share(float_graph, part)}
+               # dense MACs: in every core-capable part (sequential chains), and in the parts actually written
+               "core_capable_dense_mac_share": _mac_share(float_graph, part.parts),
+               "netx_dense_mac_share": _mac_share(float_graph, [p for p in part.parts
+                                                                 if "netx" in part_dicts[p.index]]),
+               "nir_part_dense_mac_share": _mac_share(float_graph, [p for p in part.parts
+                                                                     if "nir" in part_dicts[p.index]])}
     if not part.parts:
         summary["note"] = ("no conv/dense + neuron chain: every weighted layer feeds a residual add, a per-step "
                            "affine (time-dependent BN), an attention product or the head")

@@ -177,13 +177,19 @@ class FidelityReport:
         return self.flips == 0
 
     def worst_layers(self, n: int = 3) -> list[LayerAgreement]:
-        return sorted(self.layers, key=lambda la: la.agreement)[:n]
+        """The ``n`` layers with the most flips per reference spike."""
+        return sorted(self.layers, key=lambda la: -la.flip_rate)[:n]
 
     def summary(self) -> str:
-        """One line: label, logits, top-1, spikes."""
+        """One line: label, logits, top-1, spikes (flips per reference spike, precision, recall, divergence)."""
+        t = spike_totals(self.layers)
+        d = t["first_divergence"]
+        where = "none" if d is None else f"step {d['step']} {d['layer']}"
         s = (f"{self.label} [{self.dtype}, {self.clips} clips]: max |dlogit| {self.max_abs_logit_diff:.3g}, "
-             f"top-1 agreement {self.top1_agreement:.2%}, spike flips {self.flips}/{self.spikes_ref} "
-             f"({self.flip_rate:.2e} of spikes, agreement {self.spike_agreement:.6f})")
+             f"top-1 agreement {self.top1_agreement:.2%}, spike flips {self.flips} of {self.spikes_ref} reference "
+             f"spikes ({self.flip_rate:.2%}; precision {t['precision']:.2%}, recall {t['recall']:.2%}; first "
+             f"divergence {where}; neuron-step agreement "
+             f"{self.spike_agreement:.6f})")
         if self.passed is not None:
             s += f" -> {'PASS' if self.passed else 'FAIL'} ({self.target})"
         return s

@@ -75,6 +75,11 @@ def test_quantized_export_writes_a_complete_bundle_and_manifest(capsys, tiny_ckp
     q = fid["quantize int8"]["spikes"]
     assert q["spikes_ref"] > 0 and 0 < q["recall"] <= 1 and 0 < q["precision"] <= 1
     assert (q["first_divergence"] is None) == (q["flips"] == 0)
+    head = fid["quantize int8"]  # the headline: flips per reference spike, precision, recall, first divergence
+    assert head["flip_rate"] == q["flip_rate"] == q["flips"] / q["spikes_ref"] and head["flips"] == q["flips"]
+    assert (head["precision"], head["recall"], head["first_divergence"]) == (q["precision"], q["recall"],
+                                                                              q["first_divergence"])
+    assert head["layers"] and sum(la["flips"] for la in head["layers"]) == q["flips"]
 
     bundle = load_bundle(out)
     m = bundle.manifest
@@ -92,6 +97,11 @@ def test_quantized_export_writes_a_complete_bundle_and_manifest(capsys, tiny_ckp
             assert sha256_file(out / e["path"]) == e["sha256"] and (out / e["path"]).stat().st_size == e["bytes"], role
     part = m["partition"]
     assert part["summary"]["parts"] == len(part["parts"]) > 0 and part["summary"]["netx_files"] > 0
+    checks = {c["label"]: c for c in m["fidelity"]["checks"]}
+    assert checks["quantize int8"]["flip_rate"] == head["flip_rate"] and "precision" in checks["quantize int8"]
+    s = part["summary"]  # shares of dense MACs: written netx files < every core-capable part
+    assert 0 < s["netx_dense_mac_share"] < s["core_capable_dense_mac_share"] <= 1
+    assert s["nir_part_dense_mac_share"] == s["core_capable_dense_mac_share"]  # every part has a NIR file here
     netx_parts = [p for p in part["parts"] if "netx" in p]
     assert all("rescaled" in p["netx_issue"] for p in part["parts"] if "netx" not in p)
     assert read_netx(out / netx_parts[0]["netx"]).meta["nodes"] == netx_parts[0]["nodes"]

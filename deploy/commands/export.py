@@ -19,6 +19,42 @@ def _fmt(v: float | None, kind: str) -> str:
     return f"{100 * v:.4f}%" if v > 0.99 else f"{100 * v:.2f}%"
 
 
+def _fmt_flips(v: float | None) -> str:
+    """Flips per reference spike: a share that can exceed 100 % (a side firing where the other is silent)."""
+    if v is None:
+        return "-"
+    if v == 0:
+        return "0"
+    return f"{v:.2e}" if v < 1e-3 else f"{100 * v:.2f}%"
+
+
+def _fmt_divergence(d: dict[str, Any] | None, spikes: dict[str, Any] | None) -> str:
+    if spikes is None:
+        return "-"
+    return "none" if d is None else f"step {d['step']} {d['layer']}"
+
+
+FIDELITY_HEADERS = ["check", "max |dlogit|", "flips/ref spike", "precision", "recall", "first divergence",
+                    "top-1 agreement", "neuron-steps agree", "clips", "target", "result"]
+
+
+def render_fidelity(rows: list[Any]) -> str:
+    """The fidelity table (``export`` and ``verify``): one row per check (:class:`export.exporter.FidelityRow`).
+
+    The spike headline is *flips per reference spike* (spikes flipped, either way, as a share of the spikes the
+    reference fires) with precision and recall of the new side's spikes and the first (step, layer) where the two
+    runs differ; ``neuron-steps agree`` (agreeing neuron-steps, silent ones included) is only an extra column.
+    """
+    out = []
+    for r in rows:
+        verdict = "-" if r.passed is None else ("pass" if r.passed else "MISS")
+        out.append([r.label, _fmt(r.max_abs_diff, "diff"), _fmt_flips(r.flip_rate), _fmt(r.precision, "pct"),
+                    _fmt(r.recall, "pct"), _fmt_divergence(r.first_divergence, r.spikes),
+                    _fmt(r.top1_agreement, "pct"), _fmt(r.spike_agreement, "pct"),
+                    r.clips if r.clips is not None else "-", r.target or "-", verdict])
+    return table(FIDELITY_HEADERS, out, "lrrrrlrrrll")
+
+
 def render_export(result: Any) -> str:
     """The human-readable summary: files, partition, then the fidelity table (one row per check)."""
     m = result.manifest
@@ -33,9 +69,15 @@ def render_export(result: Any) -> str:
     if q:
         lines.append(f"                calibration: {q.get('calibration')} "
                      f"({m['fidelity']['inputs'].get('calibration_clips', 0)} clips)")
-    lines.append(f"  partition     {part['parts']} sequential core parts ({part['core_nodes']} nodes, "
-                 f"{100 * part['core_dense_mac_share']:.1f}% of dense MACs), {part['host_nodes']} nodes on the host; "
-                 f"netx files: {part['netx_files']}")
+    def share(key: str) -> str:  # bundles written before the shares were split have only the core-capable one
+        v = part.get(key, part.get("core_dense_mac_share") if key == "core_capable_dense_mac_share" else None)
+        return "?" if v is None else f"{100 * v:.1f}%"
+
+    lines.append(f"  partition     {part['parts']} core-capable sequential parts ({part['core_nodes']} nodes, "
+                 f"{share('core_capable_dense_mac_share')} of dense MACs), {part['host_nodes']} nodes on the host")
+    lines.append(f"                written: {part['netx_files']} netx files ({share('netx_dense_mac_share')} of dense "
+                 f"MACs), {part.get('nir_part_files', '?')} NIR part files ({share('nir_part_dense_mac_share')} of "
+                 "dense MACs)")
     if part.get("note"):
         lines.append(f"                {part['note']}")
     lines.append("  files")
@@ -47,16 +89,7 @@ def render_export(result: Any) -> str:
     if (m.get("netx") or {}).get("lava_run"):
         lines.append(f"  netx in Lava  {m['netx']['lava_run']}")
     lines.append("")
-    rows = []
-    for r in result.fidelity:
-        verdict = "-" if r.passed is None else ("pass" if r.passed else "MISS")
-        rows.append([r.label, _fmt(r.max_abs_diff, "diff"), _fmt(r.spike_agreement, "pct"),
-                     _fmt(r.top1_agreement, "pct"), r.clips if r.clips is not None else "-", r.target or "-", verdict])
-    if rows:
-        lines.append(table(["check", "max |dlogit|", "spike agreement", "top-1 agreement", "clips", "target", "result"],
-                           rows, "lrrrrll"))
-    else:
-        lines.append("no fidelity checks (--check-clips 0)")
+    lines.append(render_fidelity(result.fidelity) if result.fidelity else "no fidelity checks (--check-clips 0)")
     for w in result.warnings:
         lines.append(f"warning: {w}")
     return "\n".join(lines)

@@ -250,6 +250,15 @@ def data_outputs(net: NetxNet, per_layer: list[torch.Tensor]) -> list[torch.Tens
     return [t[:, :, :t.shape[2] - la.relays] for la, t in zip(net.layers, per_layer, strict=True)]
 
 
+def part_outputs(net: NetxNet, x: torch.Tensor) -> list[torch.Tensor]:
+    """Per-layer spikes ``[T, B, C', H, W]`` of the file's integer semantics on the graph's timing.
+
+    ``x``: the part's input spikes ``[T, B, C, H, W]`` (data channels only; the always-on channels are
+    added). What the quantized graph computes for the part, and what Lava gives L steps later.
+    """
+    return data_outputs(net, simulate_netx(net, netx_input(net, x, flush=False))[0])
+
+
 def write_netx(net: NetxNet, path: str | Path) -> Path:
     """Write ``net`` as a netx HDF5 file, atomically.
 

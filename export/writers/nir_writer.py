@@ -15,7 +15,7 @@ IR op              NIR form
                    extension ``SVFTokenLinear`` (NIR's Affine is 1-D only)
 ``neuron``         ``LIF`` with dt = 1e-4, tau = dt/k, r = 1 (``decay_input``; else r = 1/k),
                    v_leak = v_reset, v_threshold = nextafter(float32(V_th), -inf) (peers fire on
-                   ``>``, SpikingJelly on ``>=``; targets.md §6)
+                   ``>``, SpikingJelly on ``>=``; docs/export.md)
 ``add``            no node: every consumer gets the edges of both inputs (NIR sums fan-in); the
                    IR node is kept in the graph metadata (``implicit``)
 ``flatten``        ``Flatten`` (start_dim 0)
@@ -333,7 +333,7 @@ def peer_threshold(v_threshold: float) -> np.float32:
 
 def peer_tau(k: float, dt: float = DT) -> np.float32:
     """float32 tau = dt/k, nudged by a few ulps until float32(float32(dt)·(1/tau)) == float32(k) when
-    possible (Norse then reproduces the membrane bit for bit; targets.md §6)."""
+    possible (Norse then reproduces the membrane bit for bit; docs/export.md)."""
     tau = np.float32(dt / k)
     want, dt32 = np.float32(k), np.float32(dt)
     cand = tau

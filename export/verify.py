@@ -25,8 +25,6 @@ spike comparison goes through :class:`export.fidelity.SpikeTally`; the rows are 
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,7 +46,6 @@ from .writers.partition import Part, partition, record_part_io
 DEFAULT_CLIPS = 4
 PART_CLIPS = 4  # clips whose recorded spikes feed the NIR-part and netx checks
 LAVA_CLIPS = 2  # clips run in Lava (one Lava process, one step per call: slow)
-NIR_PEERS = ("spikingjelly", "snntorch", "norse")
 RANDOM_SEED = 1009  # random clips differ from the export's (seeds 0 and 1)
 
 
@@ -238,48 +235,10 @@ def _nir_rows(bundle: Bundle) -> list[FidelityRow]:
     return rows
 
 
-def _peer_runner(peer: str) -> Callable[[Path, torch.Tensor], torch.Tensor] | None:
-    """A function running a standard part file in ``peer`` (output spikes ``[T, B, ...]``), or None if not installed.
-
-    snnTorch and Norse read the file with plain ``nir.read`` and run one step per call with their own state.
-    """
-    if peer == "spikingjelly":
-        if importlib.util.find_spec("nirtorch") is None:
-            return None
-        from .writers.nir_writer import run_spikingjelly_part
-
-        return run_spikingjelly_part
-    if importlib.util.find_spec(peer) is None:
-        return None
-
-    def run(path: Path, x: torch.Tensor) -> torch.Tensor:
-        import contextlib
-        import io
-
-        import nir
-
-        from .writers.nir_writer import DT
-
-        graph = nir.read(str(path))
-        # optional peers (dev extras, not dependencies of the product): imported by name, only when installed
-        if peer == "snntorch":
-            import_from_nir = importlib.import_module("snntorch.import_nir").import_from_nir
-            with contextlib.redirect_stdout(io.StringIO()):  # snnTorch prints the tau arrays it reads
-                net = import_from_nir(graph)
-        else:
-            net = importlib.import_module("norse.torch").from_nir(graph, dt=DT)
-        outs, state = [], None
-        with torch.no_grad():
-            for frame in x.to(torch.float32):
-                y, state = net(frame) if state is None else net(frame, state)
-                outs.append(y)
-        return torch.stack(outs)
-
-    return run
-
-
 def _nir_part_rows(bundle: Bundle, x: torch.Tensor, peers_run: list[str],
                    skipped: list[dict[str, str]]) -> list[FidelityRow]:
+    from .writers.nir_writer import NIR_PEERS, nir_peer_installed, run_nir_peer
+
     g = bundle.graph("ir")
     parts = _parts(bundle, g, "nir")
     if not parts:
@@ -289,15 +248,14 @@ def _nir_part_rows(bundle: Bundle, x: torch.Tensor, peers_run: list[str],
     rows = []
     for peer in NIR_PEERS:
         label = f"nir {len(parts)} standard part files ({peer})"
-        run = _peer_runner(peer)
-        if run is None:
+        if not nir_peer_installed(peer):
             skipped.append({"check": label, "why": f"{peer} is not installed"})
             continue
         peers_run.append(peer)
         tally = SpikeTally()
         try:
             for p, path, xi, outs in io:
-                tally.add(f"part {p.index} {p.output}", outs[-1], run(path, xi))
+                tally.add(f"part {p.index} {p.output}", outs[-1], run_nir_peer(path, xi, peer))
         except Exception as e:  # noqa: BLE001 - a peer that cannot load or run a file is a miss
             rows.append(_error_row("nir", label, "identical spikes", e))
             continue

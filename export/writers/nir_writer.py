@@ -696,3 +696,48 @@ def run_spikingjelly_part(path: str | Path, x: Any) -> Any:
     with torch.no_grad():
         out, _ = gm(x.to(torch.float32))
     return out
+
+
+NIR_PEERS = ("spikingjelly", "snntorch", "norse")
+"""NIR consumers a standard part file is run in (snnTorch and Norse are optional: dev extras)."""
+
+
+def nir_peer_installed(peer: str) -> bool:
+    """Whether ``peer`` (one of :data:`NIR_PEERS`) can be imported here."""
+    import importlib.util
+
+    return importlib.util.find_spec("nirtorch" if peer == "spikingjelly" else peer) is not None
+
+
+def run_nir_peer(path: str | Path, x: Any, peer: str) -> Any:
+    """Output spikes ``[T, B, ...]`` of a standard part file run in ``peer`` on input spikes ``x`` ``[T, B, C, H, W]``.
+
+    SpikingJelly runs it multi-step (:func:`run_spikingjelly_part`); snnTorch
+    (``snntorch.import_nir.import_from_nir``) and Norse (``norse.torch.from_nir``, dt = :data:`DT`) read
+    the file with plain ``nir.read`` and run one time step per call with their own state. The optional
+    peers are imported by name, only when called.
+    """
+    import contextlib
+    import importlib
+    import io
+
+    import nir
+    import torch
+
+    if peer == "spikingjelly":
+        return run_spikingjelly_part(path, x)
+    if peer not in NIR_PEERS:
+        raise ValueError(f"unknown NIR peer {peer!r}; use one of {', '.join(NIR_PEERS)}")
+    graph = nir.read(str(path))
+    if peer == "snntorch":
+        import_from_nir = importlib.import_module("snntorch.import_nir").import_from_nir
+        with contextlib.redirect_stdout(io.StringIO()):  # snnTorch 1.0 prints the tau arrays it reads
+            net = import_from_nir(graph)
+    else:
+        net = importlib.import_module("norse.torch").from_nir(graph, dt=DT)
+    outs, state = [], None
+    with torch.no_grad():
+        for frame in x.to(torch.float32):
+            y, state = net(frame) if state is None else net(frame, state)
+            outs.append(y)
+    return torch.stack(outs)

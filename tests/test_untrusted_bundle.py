@@ -40,15 +40,18 @@ def build_bundle(path: Path, quantize: bool = False) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory) -> tuple[Path, Path]:
-    d = tmp_path_factory.mktemp("bundle")
+def bundle_and_events(d: Path, seed: int, n: int) -> tuple[Path, Path]:
+    """A tiny exported bundle ``d/m.svfd`` and an event recording ``d/ev.npy`` of ``n`` events (x, y, t, p)."""
     events = d / "ev.npy"
-    rng = np.random.default_rng(0)
-    n = 400
+    rng = np.random.default_rng(seed)
     np.save(events, np.stack([rng.integers(0, 32, n), rng.integers(0, 32, n), np.arange(n) * 10,
                               rng.integers(0, 2, n)], axis=1).astype(np.int64))
     return build_bundle(d / "m.svfd"), events
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> tuple[Path, Path]:
+    return bundle_and_events(tmp_path_factory.mktemp("bundle"), seed=0, n=400)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from svformer_deploy.deploy.cli import main
 from svformer_deploy.deploy.energy.cost_models import MAX_PJ, get_cost_model
 from svformer_deploy.svformer.errors import SVFormerError
 from svformer_deploy.svformer.fileio import sha256_file, sha256_hex_pair
-from test_untrusted_bundle import build_bundle
+from test_untrusted_bundle import build_bundle, bundle_and_events
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -26,13 +26,7 @@ DEEP = "\u0000deep\u0000"  # replaced by 5,000 nested lists in the JSON text
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> tuple[Path, Path]:
-    d = tmp_path_factory.mktemp("fuzz")
-    events = d / "ev.npy"
-    rng = np.random.default_rng(1)
-    n = 300
-    np.save(events, np.stack([rng.integers(0, 32, n), rng.integers(0, 32, n), np.arange(n) * 10,
-                              rng.integers(0, 2, n)], axis=1).astype(np.int64))
-    return build_bundle(d / "m.svfd"), events
+    return bundle_and_events(tmp_path_factory.mktemp("fuzz"), seed=1, n=300)
 
 
 @pytest.fixture(scope="module")

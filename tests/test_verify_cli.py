@@ -15,6 +15,7 @@ from pathlib import Path
 import nir
 import pytest
 import torch
+from conftest import one_error_line
 from fixtures_models import make_model, single_thread  # noqa: F401
 from svformer_deploy.deploy.cli import main
 from svformer_deploy.export.bundle import load_bundle, sha256_file
@@ -31,12 +32,9 @@ def run(capsys, *args) -> tuple[int, str, str]:
 
 
 def one_error(code: int, err: str, *fragments: str, exit_code: int = 2) -> str:
-    assert code == exit_code, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err, err
-    for f in fragments:
-        assert f.lower() in lines[0].lower(), (f, lines[0])
-    return lines[0]
+    line = one_error_line(code, err, *fragments, exit_code=exit_code)
+    assert len([x for x in err.splitlines() if x.strip()]) == 1, err
+    return line
 
 
 @pytest.fixture(scope="module")

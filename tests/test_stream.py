@@ -241,3 +241,11 @@ def test_simulate_runtime_onnx_live_prints_the_running_top5_and_agrees_with_the_
     code = main(["simulate", "--video", str(clip), "--model", str(bundles["float"]), "--runtime", "onnx",
                  "--integer"])
     one_error_line(code, capsys.readouterr().err, "--integer")
+
+
+def test_verify_runs_the_step_graph(bundles, capsys) -> None:
+    code = main(["verify", str(bundles["fixed"]), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    row = json.loads(out)["fidelity"]["onnx step fixed (model_step.onnx, onnxruntime)"]
+    assert row["passed"] and row["max_abs_diff"] == 0.0

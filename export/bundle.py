@@ -7,8 +7,9 @@ Layout (file roles in ``manifest.json["files"]``)::
       ir.json + ir.npz       role "ir": the float graph after the passes (what ``simulate`` runs)
       ir_int.json + .npz     role "ir_quantized" (only with --quantize): the quantized graph
       model.nir              role "nir"
-      model.onnx             role "onnx": float64 (float export) or fake-quantized (--quantize)
-      model_fp32.onnx        role "onnx_fp32" (float export only): the float graph in float32
+      model_step.onnx        role "onnx_step" (--onnx step, the default, or both): one time step, explicit state
+      model.onnx             role "onnx" (--onnx unrolled/both): float64 (float export) or fake-quantized (--quantize)
+      model_fp32.onnx        role "onnx_fp32" (--onnx unrolled/both, float export only): the float graph in float32
       netx/part_<i>.h5       role "netx" (list): Lava-DL netx blocks
 
 ``manifest.json``::

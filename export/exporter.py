@@ -66,6 +66,7 @@ class ExportOptions:
     check_clips: int | None = None
     calibration_clips: int | None = None
     seed: int = 0
+    onnx: str = "step"  # which ONNX graphs: "step" (model_step.onnx), "unrolled" (model.onnx ...) or "both"
 
 
 @dataclass
@@ -407,6 +408,8 @@ def export_checkpoint(checkpoint: str | Path, opts: ExportOptions | None = None,
     model = ckpt.build_model()
     quantized = opts.weight_bits is not None
     targets = resolve_targets(opts.targets, quantized)
+    if opts.onnx not in ONNX_CHOICES:
+        raise SVFormerError(f"unknown --onnx choice {opts.onnx!r}; use one of {', '.join(ONNX_CHOICES)}")
     if quantized:
         QuantConfig(weight_bits=opts.weight_bits)  # validates the bit width before any work
     out = Path(opts.output) if opts.output is not None else default_bundle_path(checkpoint)
@@ -476,7 +479,7 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
 
     qg = None
     quant_info = None
-    onnx_files = _onnx_files(quantized)
+    onnx_files = _onnx_files(quantized) if opts.onnx in ("unrolled", "both") else []
     if quantized:
         netx_mode = "netx" in targets and bool(part.parts)
         config = QuantConfig(weight_bits=opts.weight_bits, per_channel=not netx_mode, lava_thresholds=netx_mode)
@@ -530,15 +533,17 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
                 step("check NIR parts")
                 rows.append(_nir_parts_row(float_graph, written, w.tmp, few, run_spikingjelly_part))
 
+    onnx_step_info = None
     if "onnx" in targets:
         # quantized: one file, the fake-quantized graph (exact; the unrolled export is slow). Float: model.onnx in
         # float64 (the verified file: float32 rounding can flip a spike near a threshold) and model_fp32.onnx
         # (float32, what most runtimes take; checked and reported, not enforced).
         example = check if check is not None else random_clips(input_spec(ckpt), 2, 0)
         files = [(role, rel, float_graph if qg is None else qg, mode) for role, rel, mode in onnx_files]
-        onnx_info = {"graph": "fake-quantized (the fixed-point spec in float64, float32 weights)" if qg is not None
-                     else "float (folded graph) in float64; convolutions as gather + MatMul (onnxruntime has no "
-                          "float64 Conv)", **_onnx_io(files[0][3])}
+        if files:
+            onnx_info = {"graph": "fake-quantized (the fixed-point spec in float64, float32 weights)" if qg is not None
+                         else "float (folded graph) in float64; convolutions as gather + MatMul (onnxruntime has no "
+                              "float64 Conv)", **_onnx_io(files[0][3])}
         for role, rel, g, mode in files:
             step(f"write ONNX {mode}")
             path = w.add_file(role, rel, lambda p, g=g, mode=mode: write_onnx(g, p, example, mode=mode))
@@ -549,6 +554,18 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
                 step(f"check ONNX {mode}")
                 oc = check_onnx(path, g, check, mode=mode, label=f"onnx {mode}", batch_size=batch)
                 rows.append(FidelityRow.from_onnx(f"onnx {mode} ({rel})", oc))
+        if opts.onnx in ("step", "both"):
+            # the one-step graph: one frame, the step index and every state in, the new state out (streaming)
+            from .writers.onnx_step import check_onnx_step, state_specs, step_io, write_onnx_step
+
+            g, mode = (float_graph, "float64") if qg is None else (qg, "fixed")
+            step("write ONNX step")
+            path = w.add_file(STEP_ROLE, STEP_FILE, lambda p: write_onnx_step(g, p, mode=mode))
+            onnx_step_info = {"file": STEP_FILE, **step_io(state_specs(g, mode), mode)}
+            if check is not None:
+                step("check ONNX step")
+                oc = check_onnx_step(path, g, check, mode=mode, label=f"onnx step {mode}", batch_size=batch)
+                rows.append(FidelityRow.from_onnx(f"onnx step {mode} ({STEP_FILE})", oc))
 
     netx_files = 0
     if "netx" in targets and qg is not None:
@@ -604,10 +621,13 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
         "input": {"layout": "TCHW", "shape": [ckpt.config.time_steps, ckpt.config.in_channels, ckpt.config.img_size,
                                               ckpt.config.img_size],
                   "encoding": ir.op_of(float_graph, ir.input_node(float_graph)).encoding, "dtype": "float32",
-                  "onnx": "; ".join(f"{rel}: {io['input']} -> {io['output']}"
-                                    for rel, io in ((rel, _onnx_io(mode)) for _, rel, mode in onnx_files))},
+                  "onnx": "; ".join([f"{rel}: {io['input']} -> {io['output']}"
+                                     for rel, io in ((rel, _onnx_io(mode)) for _, rel, mode in onnx_files)]
+                                    + ([f"{STEP_FILE}: frame [B, C, H, W], t, state.* -> logits, new_state.*"]
+                                       if onnx_step_info else []))},
         "passes": list(float_graph.graph.get("passes", [])) + (["quantize"] if qg is not None else []),
         "targets": list(targets), "quantization": quant_info, "onnx": onnx_info,
+        "onnx_step": onnx_step_info,
         "fusion": res.fusion.to_dict() if res.fusion is not None else None,
         "netx": {"lava_run": LAVA_RECIPE} if netx_files else None,
         "partition": {"summary": summary, "parts": [part_dicts[p.index] for p in part.parts], "host": part.host},
@@ -616,6 +636,10 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
         "warnings": warnings,
     })
     return ExportResult(output_dir=w.path, files={}, manifest=man, fidelity=rows, warnings=warnings)
+
+
+STEP_ROLE, STEP_FILE = "onnx_step", "model_step.onnx"
+ONNX_CHOICES = ("step", "unrolled", "both")
 
 
 def _onnx_io(mode: str) -> dict[str, str]:

@@ -5,8 +5,9 @@
 1. every file the manifest lists: inside the bundle, size and SHA-256 (a mismatch, a missing file or
    a folder that is not a bundle is an error, exit 2), the model hash, and the IR graphs read and
    validated;
-2. ``model.onnx`` (and ``model_fp32.onnx``, reported only) run in onnxruntime against the bundle's
-   graph (the quantized graph's fixed-point semantics when quantized, else the float graph in float64);
+2. ``model.onnx`` (and ``model_fp32.onnx``, reported only) and the one-step ``model_step.onnx`` (one call
+   per step, state carried over) run in onnxruntime against the bundle's graph (the quantized graph's
+   fixed-point semantics when quantized, else the float graph in float64);
 3. ``model.nir`` opened with plain ``nir.read`` (a standard NIR reader) and with our reader, whose graph
    must equal the bundle's float graph;
 4. the standard NIR part files (``nir/part_<i>.nir``) run in every NIR peer that is installed
@@ -206,6 +207,18 @@ def _onnx_rows(bundle: Bundle, x: torch.Tensor, batch: int) -> list[FidelityRow]
             rows.append(FidelityRow.from_onnx(label, check_onnx(path, g, x, mode=mode, label=label,
                                                                  batch_size=batch)))
         except Exception as e:  # noqa: BLE001 - a file onnxruntime cannot load or run is a miss, with the reason
+            rows.append(_error_row("onnx", label, "runs and matches the bundle's graph", e))
+    if bundle.has("onnx_step"):
+        from .writers.onnx_step import check_onnx_step
+
+        mode = "fixed" if quantized else "float64"
+        path = bundle.file("onnx_step")
+        label = f"onnx step {mode} ({path.name}, onnxruntime)"
+        try:
+            rows.append(FidelityRow.from_onnx(label, check_onnx_step(
+                path, bundle.graph("ir_quantized" if quantized else "ir"), x, mode=mode, label=label,
+                batch_size=batch)))
+        except Exception as e:  # noqa: BLE001 - as above
             rows.append(_error_row("onnx", label, "runs and matches the bundle's graph", e))
     return rows
 

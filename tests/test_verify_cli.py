@@ -44,7 +44,7 @@ def bundles(tmp_path_factory) -> dict[str, Path]:
     for name, seed, bits, targets in (("a", 0, 8, ("onnx",)), ("b", 3, 8, ("onnx", "netx")), ("c", 3, None, ("nir",))):
         ckpt = save_checkpoint(root / f"{name}.pt", make_model("3stg", seed=seed, time_steps=2, norm="bn"))
         opts = ExportOptions(output=root / f"{name}.svfd", weight_bits=bits, targets=targets, check_clips=2,
-                             calibration_clips=4)
+                             calibration_clips=4, onnx="unrolled")
         out[name] = export_checkpoint(ckpt, opts).output_dir
     return out
 

@@ -112,11 +112,12 @@ def test_unknown_modes_are_refused(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def default_export(tmp_path_factory):
-    """``svformer-deploy export tiny.pt --strict`` (no other flags) on a tiny random 3stg model with T = 2."""
+    """``svformer-deploy export tiny.pt --strict --onnx unrolled`` (the unrolled files, otherwise the defaults) on a
+    tiny random 3stg model with T = 2."""
     root = tmp_path_factory.mktemp("onnx")
     model = make_model("3stg", time_steps=2)
     ckpt = save_checkpoint(root / "tiny.pt", model)
-    code = main(["export", str(ckpt), "--strict"])
+    code = main(["export", str(ckpt), "--strict", "--onnx", "unrolled"])
     assert code == 0
     return root / "tiny.svfd", load_model(ckpt)[0]  # (per-layer thresholds of make_model are not in state_dicts)
 

@@ -111,6 +111,10 @@ def render_export(result: Any) -> str:
               help="Held-out clips to check on (default: as many as fit 5e10 dense MACs, 2..100; 0 skips checks).")
 @click.option("--calibration-clips", type=click.IntRange(min=1), help="Calibration clips (default 2..32).")
 @click.option("--targets", help="Comma-separated writers: nir, onnx, netx (default nir,onnx; netx too when quantized).")
+@click.option("--onnx", "onnx", type=click.Choice(["step", "unrolled", "both"]), default="step", show_default=True,
+              help="ONNX graphs to write: the one-step graph model_step.onnx (frame, step index and state in; state "
+                   "out: streaming), the graph unrolled over all T steps (model.onnx, and model_fp32.onnx when not "
+                   "quantized; slow to export for large models), or both.")
 @click.option("--fuse-linear", is_flag=True, help="Fuse linear cascades (PW-DW-PW) into single convolutions.")
 @click.option("--arch", help="Variant name for bare state_dicts (base, ss, st, dp, wd, 3stg).")
 @click.option("--strict", is_flag=True, help="Exit 1 when a fidelity check misses its target.")
@@ -118,7 +122,7 @@ def render_export(result: Any) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def export(checkpoint, output, quant, bits, calibration, check_data, check_clips, calibration_clips, targets,
-           fuse_linear, arch, strict, force, as_json, quiet) -> None:
+           onnx, fuse_linear, arch, strict, force, as_json, quiet) -> None:
     """Export a trained checkpoint to a bundle: IR, NIR, ONNX and (quantized) Lava-DL netx, with fidelity checks."""
     import logging
 
@@ -135,7 +139,7 @@ def export(checkpoint, output, quant, bits, calibration, check_data, check_clips
     set_quiet(quiet)
     opts = ExportOptions(output=output, weight_bits=parse_quantize(quant, bits), calibration=calibration,
                          check_data=check_data, targets=parse_targets(targets), fuse=fuse_linear, force=force,
-                         arch=arch, check_clips=check_clips, calibration_clips=calibration_clips)
+                         arch=arch, check_clips=check_clips, calibration_clips=calibration_clips, onnx=onnx)
     steps = 12 + (2 if fuse_linear else 0) + (4 if opts.weight_bits is not None else 0)
     pbar = bar(steps, "export")
 

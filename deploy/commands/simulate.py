@@ -57,9 +57,13 @@ def render_simulation(doc: dict[str, Any]) -> str:
               show_default=True, help="Folder for the run records (one JSON file per view).")
 @click.option("--kernel", type=click.Choice(["auto", "events", "dense"]), default="auto", show_default=True,
               help="Accumulation kernels for spike inputs (counts do not depend on it).")
+@click.option("--runtime", type=click.Choice(["graph", "onnx"]), default="graph", show_default=True,
+              help="graph: the event-driven simulator (op counts, run records); onnx: the bundle's one-step ONNX "
+                   "graph in onnxruntime, fed one frame at a time (top-5 only).")
+@click.option("--live", is_flag=True, help="With --runtime onnx: print the running top-5 after every step.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def simulate(video, events, model, views_spec, integer, out_dir, kernel, as_json, quiet) -> None:
+def simulate(video, events, model, views_spec, integer, out_dir, kernel, runtime, live, as_json, quiet) -> None:
     """Simulate a clip on the exported graph: top-5 classes, per-layer firing rates and exact op counts.
 
     Writes one run record per view (read by `svformer-deploy energy-report`).
@@ -70,6 +74,11 @@ def simulate(video, events, model, views_spec, integer, out_dir, kernel, as_json
     if (video is None) == (events is None):
         raise click.UsageError("give exactly one input: --video FILE or --events FILE")
     views = parse_views(views_spec)
+    if live and runtime != "onnx":
+        raise click.UsageError("--live needs --runtime onnx")
+    if runtime == "onnx":
+        _simulate_onnx(video, events, model, views, integer, live, as_json)
+        return
     set_quiet(quiet)
     progress = bar(total=None, desc="simulate", unit="step")
 
@@ -87,3 +96,21 @@ def simulate(video, events, model, views_spec, integer, out_dir, kernel, as_json
         emit_json(doc)
     else:
         click.echo(render_simulation(doc))
+
+
+def _simulate_onnx(video, events, model, views, integer, live, as_json) -> None:
+    """``--runtime onnx``: the step graph in onnxruntime; ``--live`` lines go to stdout, or stderr with ``--json``."""
+    import sys
+
+    from svformer_deploy.simulators.stream import render_stream, stream_file
+
+    def on_step(view: int, t: int, top5: list) -> None:
+        best = ", ".join(f"{label} {score:.3f}" for label, score in top5)
+        print(f"view {view} step {t}: {best}", file=sys.stderr if as_json else sys.stdout, flush=True)
+
+    doc = stream_file(video=video, events=events, model=model, views=views, integer=integer,
+                      on_step=on_step if live else None)
+    if as_json:
+        emit_json(doc)
+    else:
+        click.echo(render_stream(doc))

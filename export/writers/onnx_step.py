@@ -20,9 +20,6 @@ zeros (:func:`state_specs`).
 
 from __future__ import annotations
 
-import contextlib
-import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,12 +28,21 @@ import networkx as nx
 import numpy as np
 import torch
 from svformer_deploy.svformer.errors import SVFormerError
-from svformer_deploy.svformer.fileio import atomic_path
 from torch import Tensor, nn
 
 from ..fidelity import batches
 from ..reference import ReferenceModel
-from .onnx_writer import DETAILS, FLOAT32_TARGET, OUTPUT_NAME, OnnxCheck, _mode, input_dtype, onnx_module, session
+from .onnx_writer import (
+    DETAILS,
+    FLOAT32_TARGET,
+    OUTPUT_NAME,
+    OnnxCheck,
+    _mode,
+    export_module,
+    input_dtype,
+    onnx_module,
+    session,
+)
 
 FRAME_NAME = "frame"
 STEP_NAME = "t"
@@ -140,19 +146,8 @@ def write_onnx_step(graph: nx.DiGraph, path: str | Path, mode: str = "float64", 
     dyn = ({0: batch}, None, tuple({0: batch} for _ in states))
     names = [FRAME_NAME, STEP_NAME, *(s.name for s in module.states)]
     outs = [OUTPUT_NAME, *(s.output for s in module.states), *(SPIKE_PREFIX + n for n in module.neurons)]
-    kwargs: dict[str, Any] = {"dynamo": True, "input_names": names, "output_names": outs,
-                              "dynamic_shapes": dyn, "verbose": False, "external_data": False, "optimize": True}
-    if opset is not None:
-        kwargs["opset_version"] = opset
-    with atomic_path(path) as tmp, warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
-        warnings.simplefilter("ignore")
-        try:
-            with torch.no_grad():
-                torch.onnx.export(module, (frame, torch.tensor(1, dtype=torch.int64), *states), str(tmp), **kwargs)
-        except (torch.onnx.errors.OnnxExporterError, RuntimeError) as e:  # pragma: no cover - exporter bugs
-            raise SVFormerError(f"{path}: ONNX step export failed ({type(e).__name__}: "
-                                f"{str(e).splitlines()[0]})") from None
-    return path
+    args = (frame, torch.tensor(1, dtype=torch.int64), *states)
+    return export_module(module, args, path, names, outs, dyn, opset, "ONNX step export")
 
 
 def step_io(specs: list[StateSpec], mode: str) -> dict[str, Any]:

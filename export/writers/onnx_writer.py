@@ -80,8 +80,17 @@ def write_onnx(graph: nx.DiGraph, path: str | Path, example: Tensor, mode: str =
     module = onnx_module(graph, mode)
     module.check_input(example)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    kwargs: dict[str, Any] = {"dynamo": True, "input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME],
-                              "dynamic_shapes": {"x": {1: batch}}, "verbose": False, "external_data": False,
+    # an example batch of 2: a size-1 batch would be specialised to a constant by torch.export
+    ex = example[:, :1].repeat(1, 2, 1, 1, 1).to(input_dtype(mode)).contiguous()
+    return export_module(module, (ex,), path, [INPUT_NAME], [OUTPUT_NAME], {"x": {1: batch}}, opset, "ONNX export")
+
+
+def export_module(module: torch.nn.Module, args: tuple, path: Path, input_names: list[str], output_names: list[str],
+                  dynamic_shapes: Any, opset: int | None, what: str) -> Path:
+    """``torch.onnx.export`` (dynamo, optimised, one file) of ``module`` on ``args`` to ``path``, atomically;
+    exporter failures become one :class:`SVFormerError` naming ``path``."""
+    kwargs: dict[str, Any] = {"dynamo": True, "input_names": input_names, "output_names": output_names,
+                              "dynamic_shapes": dynamic_shapes, "verbose": False, "external_data": False,
                               "optimize": True}  # also needed: unoptimised fixed-point graphs fail in onnxruntime
     if opset is not None:
         kwargs["opset_version"] = opset
@@ -89,11 +98,9 @@ def write_onnx(graph: nx.DiGraph, path: str | Path, example: Tensor, mode: str =
         warnings.simplefilter("ignore")
         try:
             with torch.no_grad():
-                # an example batch of 2: a size-1 batch would be specialised to a constant by torch.export
-                ex = example[:, :1].repeat(1, 2, 1, 1, 1).to(input_dtype(mode)).contiguous()
-                torch.onnx.export(module, (ex,), str(tmp), **kwargs)
+                torch.onnx.export(module, args, str(tmp), **kwargs)
         except (torch.onnx.errors.OnnxExporterError, RuntimeError) as e:  # pragma: no cover - exporter bugs
-            raise SVFormerError(f"{path}: ONNX export failed ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+            raise SVFormerError(f"{path}: {what} failed ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     return path
 
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from svformer_deploy.deploy.commands.export import render_export  # noqa: E402
 from svformer_deploy.export.exporter import ExportOptions, export_checkpoint, parse_targets  # noqa: E402
-from svformer_deploy.svformer.checkpoint import save_checkpoint  # noqa: E402
+from svformer_deploy.svformer.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from svformer_deploy.svformer.variants import create_model  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -39,10 +39,27 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * PAGE / 2**20
 
 
+def dense_forward_s(checkpoint: Path) -> float:
+    """Median wall time of one dense PyTorch forward (one clip, float32) of the checkpoint's model, seconds."""
+    ckpt = load_checkpoint(checkpoint)
+    model = ckpt.build_model()
+    c = ckpt.config
+    x = torch.rand(1, c.in_channels, c.time_steps, c.img_size, c.img_size)
+    times = []
+    with torch.no_grad():
+        model(x)  # warm-up
+        for _ in range(3):
+            t0 = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[1]
+
+
 class StepMemory:
     """Peak RSS per step: a sampler thread keeps the maximum since the last step boundary."""
 
-    def __init__(self, period: float = 0.02):
+    def __init__(self, baseline_s: float, period: float = 0.02):
+        self.baseline_s = baseline_s  # one dense PyTorch forward of the same model, measured in this run
         self.period = period
         self.peak = rss_mb()
         self.current: str | None = None
@@ -62,7 +79,9 @@ class StepMemory:
         self.peak = max(self.peak, rss_mb())
         if self.current is not None:
             self.rows.append((self.current, now - self.t0, self.peak))
-            print(f"  {self.current:<24} {now - self.t0:9.2f} s   peak RSS {self.peak:9.1f} MB", flush=True)
+            dt = now - self.t0
+            print(f"  {self.current:<24} {dt:9.2f} s {dt / self.baseline_s:8.1f}x forward   "
+                  f"peak RSS {self.peak:9.1f} MB", flush=True)
         self.current, self.t0, self.peak = name, now, rss_mb()
 
     def stop(self) -> None:
@@ -116,11 +135,13 @@ def main() -> None:
             del model
         else:
             ckpt = args.checkpoint
+        baseline = dense_forward_s(ckpt)
+        print(f"one dense PyTorch forward of the model (1 clip, float32, median of 3): {baseline:.3f} s", flush=True)
         out = args.out or Path(tmp) / "bundle.svfd"
         opts = ExportOptions(output=out, weight_bits=args.bits or None, targets=parse_targets(args.targets),
                              fuse=args.fuse_linear, force=True, check_clips=args.check_clips,
                              calibration_clips=args.calibration_clips)
-        mem = StepMemory()
+        mem = StepMemory(baseline)
         t0 = time.perf_counter()
         try:
             result = export_checkpoint(ckpt, opts, on_step=mem.step)
@@ -128,7 +149,8 @@ def main() -> None:
             mem.stop()
         total = time.perf_counter() - t0
         peak = max((r[2] for r in mem.rows), default=rss_mb())
-        print(f"export total {total:.1f} s ({total / 60:.1f} min), peak RSS {peak:.0f} MB", flush=True)
+        print(f"export total {total:.1f} s ({total / 60:.1f} min, {total / baseline:.0f}x one dense forward), "
+              f"peak RSS {peak:.0f} MB; load average {os.getloadavg()[0]:.1f}", flush=True)
         print(render_export(result))
 
 

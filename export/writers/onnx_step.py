@@ -20,6 +20,7 @@ zeros (:func:`state_specs`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,17 +28,17 @@ from typing import Any
 import networkx as nx
 import numpy as np
 import torch
-from svformer_deploy.svformer.errors import SVFormerError
 from torch import Tensor, nn
 
 from ..fidelity import batches
 from ..reference import ReferenceModel
 from .onnx_writer import (
     DETAILS,
-    FLOAT32_TARGET,
     OUTPUT_NAME,
     OnnxCheck,
     _mode,
+    check_reference,
+    compare_logits,
     export_module,
     input_dtype,
     onnx_module,
@@ -174,30 +175,20 @@ def check_onnx_step(path: str | Path, graph: nx.DiGraph, inputs: Tensor, mode: s
     mode = _mode(mode)
     sess = session(path)
     specs = step_module(graph, mode).states
-    if mode == "fixed":
-        ref = ReferenceModel(graph, mode="fixed")
-    else:
-        ref = ReferenceModel(graph, dtype=torch.float64 if mode == "float64" else torch.float32, mode="float")
+    ref = check_reference(graph, mode)
     out_names = [o.name for o in sess.get_outputs()]
-    max_diff, agree, n = 0.0, 0, 0
-    for x in batches(inputs, batch_size):
-        x = x.to(input_dtype(mode)).contiguous()
-        states = {k: v.numpy() for k, v in zero_states(specs, x.shape[1]).items()}
-        for t in range(x.shape[0]):
-            outs = dict(zip(out_names, sess.run(None, {FRAME_NAME: x[t].numpy(),
-                                                       STEP_NAME: np.array(t, dtype=np.int64), **states}),
-                            strict=True))
-            states = {s.name: outs[s.output] for s in specs}
-        got = torch.from_numpy(outs[OUTPUT_NAME]).double()
-        with torch.no_grad():
-            want = ref(x).double()
-        max_diff = max(max_diff, float((got - want).abs().max()))
-        agree += int((got.argmax(-1) == want.argmax(-1)).sum())
-        n += x.shape[1]
-    if n == 0:
-        raise SVFormerError("the ONNX step check needs at least one input clip")
-    enforced = mode != "float32"
-    return OnnxCheck(label=label, max_abs_diff=max_diff, top1_agreement=agree / n, clips=n,
-                     target=OnnxCheck.target if enforced else FLOAT32_TARGET,
-                     detail="onnxruntime, one call per step with the state carried over, vs " + DETAILS[mode].split(
-                         " vs ", 1)[1], enforced=enforced)
+
+    def pairs() -> Iterator[tuple[Tensor, Tensor]]:
+        for x in batches(inputs, batch_size):
+            x = x.to(input_dtype(mode)).contiguous()
+            states = {k: v.numpy() for k, v in zero_states(specs, x.shape[1]).items()}
+            for t in range(x.shape[0]):
+                outs = dict(zip(out_names, sess.run(None, {FRAME_NAME: x[t].numpy(),
+                                                           STEP_NAME: np.array(t, dtype=np.int64), **states}),
+                                strict=True))
+                states = {s.name: outs[s.output] for s in specs}
+            with torch.no_grad():
+                yield torch.from_numpy(outs[OUTPUT_NAME]), ref(x)
+
+    detail = "onnxruntime, one call per step with the state carried over, vs " + DETAILS[mode].split(" vs ", 1)[1]
+    return compare_logits(label, mode, pairs(), detail)

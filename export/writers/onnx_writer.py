@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,21 +163,35 @@ def check_onnx(path: str | Path, graph: nx.DiGraph, inputs: Tensor, mode: str = 
     """
     mode = _mode(mode)
     sess = session(path)
+    module = check_reference(graph, mode)
+
+    def pairs() -> Iterator[tuple[Tensor, Tensor]]:
+        for x in batches(inputs, batch_size):
+            x = x.to(input_dtype(mode)).contiguous()
+            got = torch.from_numpy(sess.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
+            with torch.no_grad():
+                yield got, module(x)
+
+    return compare_logits(label, mode, pairs(), DETAILS[mode])
+
+
+def check_reference(graph: nx.DiGraph, mode: str) -> ReferenceModel:
+    """The PyTorch side of an ONNX check for a file written in ``mode``: the float64 graph with native
+    convolutions, the float32 graph, or the exact integer spec (``"fixed"``)."""
     if mode == "fixed":
-        module = ReferenceModel(graph, mode="fixed")
-    else:
-        module = ReferenceModel(graph, dtype=torch.float64 if mode == "float64" else torch.float32, mode="float")
+        return ReferenceModel(graph, mode="fixed")
+    return ReferenceModel(graph, dtype=torch.float64 if mode == "float64" else torch.float32, mode="float")
+
+
+def compare_logits(label: str, mode: str, pairs: Iterable[tuple[Tensor, Tensor]], detail: str) -> OnnxCheck:
+    """max |Δlogit| and top-1 agreement over (onnxruntime, PyTorch) logit batches ``[B, classes]``."""
     max_diff, agree, clips = 0.0, 0, 0
-    for x in batches(inputs, batch_size):
-        x = x.to(input_dtype(mode)).contiguous()
-        got = torch.from_numpy(sess.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
-        with torch.no_grad():
-            want = module(x)
+    for got, want in pairs:
         max_diff = max(max_diff, float((got.double() - want.double()).abs().max()))
         agree += int((got.argmax(-1) == want.argmax(-1)).sum())
-        clips += x.shape[1]
+        clips += got.shape[0]
     if clips == 0:
-        raise SVFormerError("the ONNX check needs at least one input clip")
+        raise SVFormerError(f"the ONNX check ({label}) needs at least one input clip")
     enforced = mode != "float32"
     return OnnxCheck(label=label, max_abs_diff=max_diff, top1_agreement=agree / clips, clips=clips,
-                     target=OnnxCheck.target if enforced else FLOAT32_TARGET, detail=DETAILS[mode], enforced=enforced)
+                     target=OnnxCheck.target if enforced else FLOAT32_TARGET, detail=detail, enforced=enforced)

@@ -30,6 +30,7 @@ from svformer_deploy.deploy.commands.export import render_export  # noqa: E402
 from svformer_deploy.export.exporter import ExportOptions, export_checkpoint, parse_targets  # noqa: E402
 from svformer_deploy.svformer.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from svformer_deploy.svformer.variants import create_model  # noqa: E402
+from timing import timed  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -45,14 +46,8 @@ def dense_forward_s(checkpoint: Path) -> float:
     model = ckpt.build_model()
     c = ckpt.config
     x = torch.rand(1, c.in_channels, c.time_steps, c.img_size, c.img_size)
-    times = []
     with torch.no_grad():
-        model(x)  # warm-up
-        for _ in range(3):
-            t0 = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[1]
+        return sorted(timed(lambda: model(x), 3))[1]
 
 
 class StepMemory:

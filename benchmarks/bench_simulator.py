@@ -51,6 +51,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from timing import timed  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -171,15 +173,6 @@ def load_model(work: Path):
 # ---------------------------------------------------------------------------------------------
 # phases (each in its own subprocess)
 # ---------------------------------------------------------------------------------------------
-def timed(fn, repeat: int, warmup: bool = True) -> list[float]:
-    if warmup:
-        fn()
-    out = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def phase(name: str, work: Path, repeat: int) -> dict:

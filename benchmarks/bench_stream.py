@@ -41,6 +41,7 @@ from svformer_deploy.export.writers.onnx_writer import write_onnx  # noqa: E402
 from svformer_deploy.simulators.executor import Simulator  # noqa: E402
 from svformer_deploy.simulators.stream import StreamSession  # noqa: E402
 from svformer_deploy.svformer.variants import create_model  # noqa: E402
+from timing import timed  # noqa: E402
 
 
 def randomise(model: torch.nn.Module, seed: int) -> None:
@@ -54,14 +55,6 @@ def randomise(model: torch.nn.Module, seed: int) -> None:
                     t.copy_(0.5 + r if name in ("running_var", "weight") else 0.2 * (r - 0.5))
 
 
-def timed(fn, reps: int) -> list[float]:
-    fn()  # warm-up (allocations, lazy initialisation)
-    out = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def main() -> None:

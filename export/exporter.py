@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from svformer_deploy.svformer.checkpoint import Checkpoint, load_checkpoint
 from svformer_deploy.svformer.checkpoint import versions as checkpoint_versions
+from svformer_deploy.svformer.config import SVFormerConfig
 from svformer_deploy.svformer.data.datasets import InputSpec
 from svformer_deploy.svformer.errors import CheckFailed, SVFormerError
 from svformer_deploy.svformer.interrupts import deferred_interrupts
@@ -358,11 +359,11 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def check_batch_size(ckpt: Checkpoint) -> int:
+def check_batch_size(config: SVFormerConfig) -> int:
     """Clips per batch in the checks: large for small models (per-op overhead dominates), 1 for SVFormer-base."""
     from svformer_deploy.svformer.complexity import dense_macs
 
-    return int(np.clip(4e9 // max(dense_macs(ckpt.config), 1), 1, 64))
+    return int(np.clip(4e9 // max(dense_macs(config), 1), 1, 64))
 
 
 def _mac_share(g: nx.DiGraph, parts: list[Part]) -> float:
@@ -373,7 +374,8 @@ def _mac_share(g: nx.DiGraph, parts: list[Part]) -> float:
     return core / total
 
 
-def _record(graph: nx.DiGraph, x: torch.Tensor, mode: str, names: set[str]) -> dict[str, torch.Tensor]:
+def record_nodes(graph: nx.DiGraph, x: torch.Tensor, mode: str, names: set[str]) -> dict[str, torch.Tensor]:
+    """The outputs of nodes ``names`` on clips ``x`` ``[T, B, C, H, W]`` (reference interpreter, float32 or fixed)."""
     ref = ReferenceModel(graph, dtype=torch.float32, mode=mode)
     with torch.no_grad():
         return ref.run(x, record=names)[1]
@@ -470,7 +472,7 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
                             f"{'--calibration' if what == 'calibration' else '--check-data'} PATH with real clips "
                             "for figures that reflect deployment")
     check = inputs.check
-    batch = check_batch_size(ckpt)
+    batch = check_batch_size(ckpt.config)
     res = run_pipeline(model, fuse=opts.fuse, check_inputs=check, batch_size=batch, on_step=step)
     rows = [FidelityRow.from_report(r.label.split(" ")[0], r) for r in res.reports]
     float_graph = res.graph
@@ -570,7 +572,7 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
     netx_files = 0
     if "netx" in targets and qg is not None:
         step("write netx")
-        rec = _record(qg, few, "fixed", part_names) if few is not None and part.parts else None
+        rec = record_nodes(qg, few, "fixed", part_names) if few is not None and part.parts else None
         tally = SpikeTally()
         for p in part.parts:
             issue = netx_issue(qg, p)
@@ -664,7 +666,7 @@ def _nir_parts_row(g: nx.DiGraph, parts: list[Part], root: Path, x: torch.Tensor
     import nir
 
     names = {n for p in parts for n in [p.source, *p.nodes]}
-    rec = _record(g, x, "float", names)
+    rec = record_nodes(g, x, "float", names)
     tally = SpikeTally()
     for p in parts:
         path = root / f"nir/part_{p.index}.nir"

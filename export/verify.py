@@ -39,7 +39,7 @@ from svformer_deploy.svformer.errors import SVFormerError
 
 from . import ir
 from .bundle import Bundle, load_bundle
-from .exporter import FidelityRow, random_clips
+from .exporter import FidelityRow, check_batch_size, random_clips, record_nodes
 from .fidelity import SpikeTally
 from .reference import ReferenceModel
 from .writers.partition import Part, partition, record_part_io
@@ -105,19 +105,12 @@ def _inputs(bundle: Bundle, check_data: str | Path | None, clips: int, seed: int
 
 def _batch_size(bundle: Bundle) -> int:
     """Clips per batch, as the export chooses them (large for small models)."""
-    from svformer_deploy.svformer.complexity import dense_macs
     from svformer_deploy.svformer.config import SVFormerConfig
 
     try:
-        macs = dense_macs(SVFormerConfig.from_dict(bundle.manifest["config"]))
+        return check_batch_size(SVFormerConfig.from_dict(bundle.manifest["config"]))
     except (SVFormerError, TypeError, ValueError, KeyError, AttributeError):
         return 1
-    return int(np.clip(4e9 // max(macs, 1), 1, 64))
-
-
-def _record(g: nx.DiGraph, x: torch.Tensor, mode: str, names: set[str]) -> dict[str, torch.Tensor]:
-    with torch.no_grad():
-        return ReferenceModel(g, dtype=torch.float32, mode=mode).run(x, record=names)[1]
 
 
 def _parts(bundle: Bundle, g: nx.DiGraph, key: str) -> list[tuple[Part, Path]]:
@@ -256,7 +249,7 @@ def _nir_part_rows(bundle: Bundle, x: torch.Tensor, peers_run: list[str],
     parts = _parts(bundle, g, "nir")
     if not parts:
         return []
-    rec = _record(g, x, "float", {n for p, _ in parts for n in [p.source, *p.nodes]})
+    rec = record_nodes(g, x, "float", {n for p, _ in parts for n in [p.source, *p.nodes]})
     io = [(p, path, *record_part_io(g, p, rec)) for p, path in parts]
     rows = []
     for peer in NIR_PEERS:
@@ -288,7 +281,7 @@ def _netx_rows(bundle: Bundle, x: torch.Tensor, skipped: list[dict[str, str]]) -
     parts = _parts(bundle, bundle.graph("ir"), "netx")
     if not parts:
         return []
-    rec = _record(qg, x, "fixed", {n for p, _ in parts for n in [p.source, *p.nodes]})
+    rec = record_nodes(qg, x, "fixed", {n for p, _ in parts for n in [p.source, *p.nodes]})
     io = [(p, path, *record_part_io(qg, p, rec)) for p, path in parts]
     rows = []
     label = f"netx {len(parts)} part files (read back, Lava CUBA integer model)"

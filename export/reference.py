@@ -2,7 +2,7 @@
 
 :class:`ReferenceModel` is an ``nn.Module`` built from a graph. ``forward(x)`` takes frames
 ``[T, B, C, H, W]`` and returns logits ``[B, classes]``; the loop over T and over the nodes is
-plain Python, so ``torch.onnx.export(..., dynamo=True)`` unrolls it (no SpikingJelly op involved).
+plain Python, so ``torch.onnx.export`` (TorchScript tracing) unrolls it (no SpikingJelly op involved).
 
 Modes:
 

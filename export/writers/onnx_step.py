@@ -140,14 +140,13 @@ def write_onnx_step(graph: nx.DiGraph, path: str | Path, mode: str = "float64", 
     mode = _mode(mode)
     module = step_module(graph, mode)
     ref = module.ref
-    b = 2  # a size-1 batch would be specialised to a constant by torch.export
+    b = 2
     frame = torch.zeros(b, *ref.specs[ref.in_name].shape, dtype=input_dtype(mode))
     states = list(zero_states(module.states, b).values())
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    dyn = ({0: batch}, None, tuple({0: batch} for _ in states))
     names = [FRAME_NAME, STEP_NAME, *(s.name for s in module.states)]
     outs = [OUTPUT_NAME, *(s.output for s in module.states), *(SPIKE_PREFIX + n for n in module.neurons)]
     args = (frame, torch.tensor(1, dtype=torch.int64), *states)
+    dyn = {name: {0: "batch"} for name in [*names, *outs] if name != STEP_NAME}
     return export_module(module, args, path, names, outs, dyn, opset, "ONNX step export")
 
 

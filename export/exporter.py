@@ -41,8 +41,8 @@ from . import ir
 from .bundle import BundleWriter, default_bundle_path, sha256_file
 from .fidelity import FidelityReport, SpikeTally, spike_totals
 from .passes.quantize import QuantConfig, load_calibration, quantize
-from .passes.quantize import check as quant_check
-from .pipeline import run_pipeline
+from .passes.quantize import report as quant_report
+from .pipeline import check_chain, run_pipeline
 from .reference import ReferenceModel
 from .writers.partition import Part, partition, record_part_io
 
@@ -473,8 +473,7 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
                             "for figures that reflect deployment")
     check = inputs.check
     batch = check_batch_size(ckpt.config)
-    res = run_pipeline(model, fuse=opts.fuse, check_inputs=check, batch_size=batch, on_step=step)
-    rows = [FidelityRow.from_report(r.label.split(" ")[0], r) for r in res.reports]
+    res = run_pipeline(model, fuse=opts.fuse, batch_size=batch, on_step=step)
     float_graph = res.graph
     step("partition")
     part = partition(float_graph)
@@ -487,17 +486,20 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
         config = QuantConfig(weight_bits=opts.weight_bits, per_channel=not netx_mode, lava_thresholds=netx_mode)
         step("quantize")
         qg = quantize(float_graph, inputs.calibration, config, batch_size=batch)
-        qreport = None
-        if check is not None:
-            step("check quantize")
-            qreport = quant_check(float_graph, qg, check, batch_size=batch)
-            rows.append(FidelityRow.from_report("quantize", qreport.fidelity))
+        res.graphs["quantized"] = qg
+        res.quant = quant_report(qg)
+    if check is not None:
+        # every step against the one before, each graph run once per dtype (model -> traced -> folded [-> fused]
+        # [-> quantized]); the last graph's logits are kept for the ONNX checks
+        check_chain(res, check, model, batch, step)
+    rows = [FidelityRow.from_report(r.label.split(" ")[0], r) for r in res.reports]
+    if quantized:
         quant_info = {**qg.graph["quant"], "calibration": inputs.description.get("calibration"),
                       "netx_compatible": netx_mode,
                       "why": ("per-tensor weight scales and thresholds in multiples of 64, so that netx layers "
                               "run exactly in Lava" if netx_mode else "per-channel weight scales")}
-        if qreport is not None:
-            quant_info.update(weights=qreport.weights, neurons=qreport.neurons)
+        if res.quant is not None:
+            quant_info.update(weights=res.quant.weights, neurons=res.quant.neurons)
 
     step("write IR")
     w.add_graph("ir", float_graph, "ir.json")
@@ -554,7 +556,8 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
                                         "verified": False, "why": FLOAT32_WHY}
             if check is not None:
                 step(f"check ONNX {mode}")
-                oc = check_onnx(path, g, check, mode=mode, label=f"onnx {mode}", batch_size=batch)
+                oc = check_onnx(path, g, check, mode=mode, label=f"onnx {mode}", batch_size=batch,
+                                reference=res.logits.get(mode))
                 rows.append(FidelityRow.from_onnx(f"onnx {mode} ({rel})", oc))
         if opts.onnx in ("step", "both"):
             # the one-step graph: one frame, the step index and every state in, the new state out (streaming)
@@ -566,7 +569,8 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
             onnx_step_info = {"file": STEP_FILE, **step_io(state_specs(g, mode), mode)}
             if check is not None:
                 step("check ONNX step")
-                oc = check_onnx_step(path, g, check, mode=mode, label=f"onnx step {mode}", batch_size=batch)
+                oc = check_onnx_step(path, g, check, mode=mode, label=f"onnx step {mode}", batch_size=batch,
+                                     reference=res.logits.get(mode))
                 rows.append(FidelityRow.from_onnx(f"onnx step {mode} ({STEP_FILE})", oc))
 
     netx_files = 0

@@ -258,19 +258,39 @@ def compare(ref: Subject, new: Subject, inputs: Tensor | Iterable[Tensor], dtype
     ``*_mode`` selects the graph semantics (``"float"`` or ``"fixed"``, see :mod:`export.reference`);
     a fixed-point side always runs in float64. Neuron layers present on both sides are compared.
     """
-    ra, rb = _Runner(ref, dtype, ref_mode), _Runner(new, dtype, new_mode)
-    names = [n for n in ra.neurons if n in rb.neurons]
-    tally = SpikeTally()
-    max_diff, agree, clips = 0.0, 0, 0
+    reports, _ = compare_chain([(ref, ref_mode), (new, new_mode)], inputs, dtype, [label], batch_size)
+    return reports[0]
+
+
+def compare_chain(subjects: list[tuple[Subject, str]], inputs: Tensor | Iterable[Tensor], dtype: torch.dtype,
+                  labels: list[str], batch_size: int = 8) -> tuple[list[FidelityReport], Tensor]:
+    """Compare every consecutive pair of ``subjects`` (``(graph or model, mode)``, e.g. model -> traced -> folded)
+    on the same inputs, running each subject once per batch: report ``i`` (labelled ``labels[i]``) compares
+    subject ``i`` with subject ``i + 1``. Also returns the last subject's logits ``[clips, classes]`` (float64),
+    so that a later check against the same graph need not run it again."""
+    if len(subjects) < 2 or len(labels) != len(subjects) - 1:
+        raise SVFormerError("compare_chain needs two or more subjects and one label per consecutive pair")
+    runners = [_Runner(s, dtype, mode) for s, mode in subjects]
+    names = [[n for n in a.neurons if n in b.neurons] for a, b in zip(runners[:-1], runners[1:], strict=True)]
+    tallies = [SpikeTally() for _ in labels]
+    max_diff, agree = [0.0] * len(labels), [0] * len(labels)
+    clips, last = 0, []
     for x in batches(inputs, batch_size):
-        la, sa = ra(x)
-        lb, sb = rb(x)
-        max_diff = max(max_diff, float((la.double() - lb.double()).abs().max()))
-        agree += int((la.argmax(-1) == lb.argmax(-1)).sum())
+        prev = runners[0](x)
+        for i, runner in enumerate(runners[1:]):
+            cur = runner(x)
+            (la, sa), (lb, sb) = prev, cur
+            max_diff[i] = max(max_diff[i], float((la.double() - lb.double()).abs().max()))
+            agree[i] += int((la.argmax(-1) == lb.argmax(-1)).sum())
+            for n in names[i]:
+                tallies[i].add(n, sa[n], sb[n])
+            prev = cur
+        last.append(prev[0].double())
         clips += x.shape[1]
-        for n in names:
-            tally.add(n, sa.pop(n), sb.pop(n))
     if clips == 0:
         raise SVFormerError("fidelity check needs at least one input clip")
-    return FidelityReport(label=label, dtype=str(dtype).replace("torch.", ""), clips=clips,
-                          max_abs_logit_diff=max_diff, top1_agreement=agree / clips, layers=tally.layers)
+    dt = str(dtype).replace("torch.", "")
+    reports = [FidelityReport(label=label, dtype=dt, clips=clips, max_abs_logit_diff=max_diff[i],
+                              top1_agreement=agree[i] / clips, layers=tallies[i].layers)
+               for i, label in enumerate(labels)]
+    return reports, torch.cat(last)

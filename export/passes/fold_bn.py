@@ -122,11 +122,15 @@ def remaining_affines(graph: nx.DiGraph) -> list[dict]:
 
 
 def check(before: nx.DiGraph, after: nx.DiGraph, inputs: torch.Tensor, batch_size: int = 8) -> list[FidelityReport]:
-    """Fidelity of folding on ``inputs``: float64 (target: identical spikes) and float32
-    (target: max |dlogit| <= 1e-4 and spike flips <= 1e-4 of spikes)."""
-    r64 = compare(before, after, inputs, torch.float64, label=f"{NAME} float64", batch_size=batch_size)
+    """Fidelity of folding on ``inputs`` in float64 and float32 (targets: :func:`judge`)."""
+    return judge(compare(before, after, inputs, torch.float64, label=f"{NAME} float64", batch_size=batch_size),
+                 compare(before, after, inputs, torch.float32, label=f"{NAME} float32", batch_size=batch_size))
+
+
+def judge(r64: FidelityReport, r32: FidelityReport) -> list[FidelityReport]:
+    """Set the targets of folding's float64 report (identical spikes) and float32 report (max |dlogit| <= 1e-4
+    and spike flips <= 1e-4 of spikes)."""
     r64.target, r64.passed = "identical spikes", r64.identical_spikes()
-    r32 = compare(before, after, inputs, torch.float32, label=f"{NAME} float32", batch_size=batch_size)
     r32.target = "max |dlogit| <= 1e-4, flips <= 1e-4 of spikes"
     r32.passed = r32.max_abs_logit_diff <= 1e-4 and r32.flips <= 1e-4 * r32.spikes_ref
     return [r64, r32]

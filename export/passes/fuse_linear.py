@@ -175,11 +175,15 @@ def fusion_report(before: nx.DiGraph, after: nx.DiGraph) -> FusionReport:
 
 
 def check(before: nx.DiGraph, after: nx.DiGraph, inputs: torch.Tensor, batch_size: int = 8) -> list[FidelityReport]:
-    """Fidelity of fusion: float64 (target: identical spikes, max |dlogit| <= 1e-9) and float32 (as fold_bn)."""
-    r64 = compare(before, after, inputs, torch.float64, label=f"{NAME} float64", batch_size=batch_size)
+    """Fidelity of fusion on ``inputs`` in float64 and float32 (targets: :func:`judge`)."""
+    return judge(compare(before, after, inputs, torch.float64, label=f"{NAME} float64", batch_size=batch_size),
+                 compare(before, after, inputs, torch.float32, label=f"{NAME} float32", batch_size=batch_size))
+
+
+def judge(r64: FidelityReport, r32: FidelityReport) -> list[FidelityReport]:
+    """Set the targets of fusion's reports: float64 identical spikes and max |dlogit| <= 1e-9; float32 as fold_bn."""
     r64.target = "identical spikes, max |dlogit| <= 1e-9"
     r64.passed = r64.identical_spikes() and r64.max_abs_logit_diff <= 1e-9
-    r32 = compare(before, after, inputs, torch.float32, label=f"{NAME} float32", batch_size=batch_size)
     r32.target = "max |dlogit| <= 1e-4, flips <= 1e-4 of spikes"
     r32.passed = r32.max_abs_logit_diff <= 1e-4 and r32.flips <= 1e-4 * r32.spikes_ref
     return [r64, r32]

@@ -478,13 +478,32 @@ def neuron_errors(quant_graph: nx.DiGraph) -> list[dict]:
     return rows
 
 
+MIN_TOP1 = 0.99
+"""Default target of the float-vs-fixed check: top-1 agreement."""
+
+
 def check(float_graph: nx.DiGraph, quant_graph: nx.DiGraph, inputs: torch.Tensor | Iterable[torch.Tensor],
-          batch_size: int = 8, min_top1: float = 0.99) -> QuantReport:
+          batch_size: int = 8, min_top1: float = MIN_TOP1) -> QuantReport:
     """Float (float64) vs fixed-point on held-out ``inputs``: top-1 agreement (target >= ``min_top1``),
     per-layer spike agreement, plus per-layer weight and neuron quantization errors."""
     fid = compare(float_graph, quant_graph, inputs, torch.float64, ref_mode="float", new_mode="fixed",
-                  label=f"{NAME} int{quant_graph.graph['quant']['weight_bits']}", batch_size=batch_size)
+                  label=label(quant_graph), batch_size=batch_size)
+    return report(quant_graph, judge(fid, min_top1))
+
+
+def label(quant_graph: nx.DiGraph) -> str:
+    """The check's label, ``quantize int<bits>``."""
+    return f"{NAME} int{quant_graph.graph['quant']['weight_bits']}"
+
+
+def judge(fid: FidelityReport, min_top1: float = MIN_TOP1) -> FidelityReport:
+    """Set the float-vs-fixed report's target: top-1 agreement >= ``min_top1``."""
     fid.target = f"top-1 agreement >= {min_top1:.0%}"
     fid.passed = fid.top1_agreement >= min_top1
+    return fid
+
+
+def report(quant_graph: nx.DiGraph, fid: FidelityReport | None = None) -> QuantReport:
+    """The :class:`QuantReport` of ``quant_graph``: its configuration, weight and neuron errors, and ``fid``."""
     return QuantReport(config=dict(quant_graph.graph["quant"]), weights=weight_errors(quant_graph),
                        neurons=neuron_errors(quant_graph), fidelity=fid)

@@ -37,11 +37,11 @@ from .onnx_writer import (
     OUTPUT_NAME,
     OnnxCheck,
     _mode,
-    check_reference,
     compare_logits,
     export_module,
     input_dtype,
     onnx_module,
+    reference_logits,
     session,
 )
 
@@ -167,18 +167,19 @@ def step_io(specs: list[StateSpec], mode: str) -> dict[str, Any]:
 
 
 def check_onnx_step(path: str | Path, graph: nx.DiGraph, inputs: Tensor, mode: str = "float64",
-                    label: str = "onnx step", batch_size: int = 8) -> OnnxCheck:
+                    label: str = "onnx step", batch_size: int = 8, reference: Tensor | None = None) -> OnnxCheck:
     """Run the step file ``path`` in onnxruntime over every clip of ``inputs`` ``[T, B, C, H, W]`` (all clips side
     by side, state carried between calls) and compare the logits after the last step with the graph in PyTorch
-    (as :func:`onnx_writer.check_onnx`: the float64 graph with native convolutions, or the exact integer spec)."""
+    (as :func:`onnx_writer.check_onnx`: the float64 graph with native convolutions, or the exact integer spec;
+    ``reference``: its logits when already computed on ``inputs``)."""
     mode = _mode(mode)
     sess = session(path)
     specs = step_module(graph, mode).states
-    ref = check_reference(graph, mode)
+    want = reference_logits(graph, mode, reference)
     out_names = [o.name for o in sess.get_outputs()]
 
     def pairs() -> Iterator[tuple[Tensor, Tensor]]:
-        for x in batches(inputs, batch_size):
+        for i, x in enumerate(batches(inputs, batch_size)):
             x = x.to(input_dtype(mode)).contiguous()
             states = {k: v.numpy() for k, v in zero_states(specs, x.shape[1]).items()}
             for t in range(x.shape[0]):
@@ -186,8 +187,7 @@ def check_onnx_step(path: str | Path, graph: nx.DiGraph, inputs: Tensor, mode: s
                                                            STEP_NAME: np.array(t, dtype=np.int64), **states}),
                                 strict=True))
                 states = {s.name: outs[s.output] for s in specs}
-            with torch.no_grad():
-                yield torch.from_numpy(outs[OUTPUT_NAME]), ref(x)
+            yield torch.from_numpy(outs[OUTPUT_NAME]), want(x, i * batch_size)
 
     detail = "onnxruntime, one call per step with the state carried over, vs " + DETAILS[mode].split(" vs ", 1)[1]
     return compare_logits(label, mode, pairs(), detail)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,26 +163,41 @@ def session(path: str | Path) -> Any:
 
 
 def check_onnx(path: str | Path, graph: nx.DiGraph, inputs: Tensor, mode: str = "float64",
-               batch_size: int = 8, label: str = "onnx") -> OnnxCheck:
+               batch_size: int = 8, label: str = "onnx", reference: Tensor | None = None) -> OnnxCheck:
     """Run ``path`` (written for ``mode``) in onnxruntime (CPU) and PyTorch on ``inputs`` ``[T, B, C, H, W]``.
 
     The PyTorch side is the float64 graph with native convolutions (``"float64"``), the float32
     graph (``"float32"``, reported only), or the exact integer spec (``"fixed"``: the fixed-point
     reference with float64 weights, so rounding of float32 accumulators above 2^24 in the exported
-    file counts against it).
+    file counts against it). ``reference``: that side's logits ``[clips, classes]`` when already computed
+    on ``inputs`` (:func:`reference_logits`).
     """
     mode = _mode(mode)
     sess = session(path)
-    module = check_reference(graph, mode)
+    want = reference_logits(graph, mode, reference)
 
     def pairs() -> Iterator[tuple[Tensor, Tensor]]:
-        for x in batches(inputs, batch_size):
+        for i, x in enumerate(batches(inputs, batch_size)):
             x = x.to(input_dtype(mode)).contiguous()
             got = torch.from_numpy(sess.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
-            with torch.no_grad():
-                yield got, module(x)
+            yield got, want(x, i * batch_size)
 
     return compare_logits(label, mode, pairs(), DETAILS[mode])
+
+
+def reference_logits(graph: nx.DiGraph, mode: str, reference: Tensor | None = None) -> Callable[[Tensor, int], Tensor]:
+    """``want(x, first)``: the PyTorch side's logits for the batch ``x`` of an ONNX check, whose first clip is clip
+    ``first`` of the inputs: rows of ``reference`` when given (logits computed earlier on the same inputs by
+    the same graph and semantics, e.g. ``PipelineResult.logits``), else :func:`check_reference` run on ``x``."""
+    if reference is not None:
+        return lambda x, first: reference[first:first + x.shape[1]]
+    module = check_reference(graph, mode)
+
+    def run(x: Tensor, first: int) -> Tensor:
+        with torch.no_grad():
+            return module(x)
+
+    return run
 
 
 def check_reference(graph: nx.DiGraph, mode: str) -> ReferenceModel:

@@ -64,7 +64,8 @@ def sim_run(graph, frames: torch.Tensor, mode: str, dtype=torch.float64):
 @pytest.mark.parametrize("case", [c[0] for c in CASES])
 def test_one_step_of_the_reference_run_T_times_is_the_reference_on_every_variant(case: str) -> None:
     """StepModel (the module model_step.onnx is exported from) carried over T steps gives the unrolled reference's
-    logits bit for bit in float64, for every zoo variant and ablation, time-dependent BN included."""
+    logits in float64, for every zoo variant and ablation, time-dependent BN included: the head's running sum
+    adds the same products in another order (step by step instead of one Conv3d), so equal to ~1e-16 relative."""
     variant, over = next((v, o) for c, v, o in CASES if c == case)
     model = make_model(variant, **over)
     graph = fold_bn(trace(model))
@@ -77,7 +78,8 @@ def test_one_step_of_the_reference_run_T_times_is_the_reference_on_every_variant
         for t in range(x.shape[0]):
             logits, *rest = step(x[t], torch.tensor(t), *states)
             states = rest[:len(step.states)]
-        assert torch.equal(logits, want)
+        assert (logits - want).abs().max() <= 1e-12 * max(1.0, float(want.abs().max()))
+        assert torch.equal(logits.argmax(-1), want.argmax(-1))
         if any(graph.nodes[n]["op"].op == "affine" and graph.nodes[n]["op"].per_step for n in graph.nodes):
             # the step index selects the per-step affine: a wrong t changes the result
             states = list(zero_states(step.states, 2).values())
@@ -99,7 +101,7 @@ def test_default_export_writes_the_step_graph_with_its_state_table(bundles) -> N
     assert [o.name for o in m.graph.output][:1 + len(info["states"])] == \
         ["logits", *(s["output"] for s in info["states"])]
     kinds = [s["kind"] for s in info["states"]]
-    assert kinds.count("head_input") == 1 and kinds.count("membrane") >= 5
+    assert kinds.count("head_accumulator") == 1 and kinds.count("membrane") >= 5
     for s, inp in zip(info["states"], m.graph.input[2:], strict=True):
         dims = inp.type.tensor_type.shape.dim
         assert s["name"].startswith("state.") and s["init"] == "zeros" and s["dtype"] == "float64"

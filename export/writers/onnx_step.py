@@ -6,11 +6,11 @@ in ``export/ir/ops``) that the unrolled ``model.onnx`` is exported from; only th
 out of the graph. Inputs:
 
 - ``frame`` ``[B, C, H, W]`` (float64 for ``"float64"``, float32 otherwise, as the unrolled file),
-- ``t`` int64 ``[]`` or ``[1]``: the step index; per-step parameters (the ``[T, C]`` scale/bias
+- ``t`` int64 scalar ``[]``: the step index; per-step parameters (the ``[T, C]`` scale/bias
   of an affine left by time-dependent BN) are indexed by it inside the graph (a Gather),
 - ``state.<node>`` for every neuron (its membrane, shape of its output) and for every accumulating
-  head (``state.<head>``: the head's input so far, ``[B, C, T, h, w]``, step ``t`` written into slot
-  ``t``; the head op then runs on it exactly as the reference runs it on the stacked clip).
+  head (``state.<head>``: its running sum ``[B, C_out]``, the Conv3d taps of steps ``0..t`` applied to
+  their inputs; the op's ``ref_accumulate`` / ``ref_emit`` hooks in ``export/ir/ops``).
 
 Outputs: ``logits`` ``[B, classes]`` (the clip's logits once ``t = T - 1`` has been fed; before that
 they are the head applied to the steps so far), ``new_state.<node>`` for every state, then
@@ -57,7 +57,7 @@ class StateSpec:
     """One state tensor of the step graph: ONNX input ``name``, per-clip ``shape`` (batch excluded), dtype."""
 
     node: str
-    kind: str  # "membrane" or "head_input"
+    kind: str  # "membrane" or "head_accumulator"
     shape: tuple[int, ...]
     dtype: str
 
@@ -97,14 +97,14 @@ class StepModel(nn.Module):
         env_step = env
         new: dict[str, Tensor] = dict(state)
         for s, v in zip(self.states, states, strict=True):
-            if s.kind == "head_input":  # slot t of the stacked clip [B, C, T, h, w] receives this step's input
-                x = env[ref.inputs[s.node][0]].to(v.dtype)
-                hot = (torch.arange(self.time_steps) == t).to(v.dtype).reshape(1, 1, -1, 1, 1)
-                new[s.node] = v * (1.0 - hot) + x.unsqueeze(2) * hot
+            if s.kind == "head_accumulator":
+                new[s.node] = ref.ops[s.node].ref_accumulate(ref, s.node, t, env[ref.inputs[s.node][0]], v)
         env = {}
         for n in ref.clip_nodes:
-            ins = [new[n]] if n in ref.heads else [env[i] for i in ref.inputs[n]]
-            env[n] = ref._fns[n](ref, n, self.time_steps - 1, ins, {})
+            if n in ref.heads:
+                env[n] = ref.ops[n].ref_emit(ref, n, new[n])
+            else:
+                env[n] = ref._fns[n](ref, n, self.time_steps - 1, [env[i] for i in ref.inputs[n]], {})
         spikes = [env_step[n] for n in self.neurons]
         return (env[ref.out_name], *(new[s.node] for s in self.states), *spikes)
 
@@ -116,8 +116,7 @@ def state_specs_of(ref: ReferenceModel) -> list[StateSpec]:
         if ref.ops[n].op == "neuron":
             out.append(StateSpec(n, "membrane", tuple(ref.specs[n].shape), dt))
     for n in ref.heads:
-        c, h, w = ref.in_shape(n)
-        out.append(StateSpec(n, "head_input", (c, ref.time_steps, h, w), dt))
+        out.append(StateSpec(n, "head_accumulator", (int(ref.specs[n].shape[0]),), dt))
     return out
 
 

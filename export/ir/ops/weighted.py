@@ -275,7 +275,9 @@ class Conv3dHead(Node):
     ``weight`` [C_out, C_in/g, T, h, w] covers all T steps and the whole h x w map (no padding), so
     the output is [C_out, 1, 1, 1] at clip rate, available after the last step. The simulator
     accumulates step by step (a head kernel it registers); the reference hooks get the stacked
-    clip ``[B, C, T, h, w]``.
+    clip ``[B, C, T, h, w]``; the one-step graph keeps the running sum ``A_t[o] = Σ_{s <= t} (...)``
+    (``[B, C_out]``, :meth:`ref_accumulate`) and emits ``B + A_t`` (:meth:`ref_emit`): after the last step
+    that is Y, before it the head applied to the steps so far.
     """
 
     op: ClassVar[str] = "conv3d"
@@ -350,6 +352,27 @@ class Conv3dHead(Node):
 
         acc = F.conv3d(ins[0].to(ref.wdtype), ref.p(n, "weight"), groups=self.groups).to(torch.float64)
         return ref.requant(n, acc, 4, 0)
+
+    def ref_accumulate(self, ref: Any, n: str, t: Any, x: Any, acc: Any) -> Any:
+        """The running sum after step ``t`` (an int64 tensor: weights are gathered by it): ``acc`` ``[B, C_out]``
+        plus step ``t``'s input ``x`` ``[B, C_in, h, w]`` contracted with ``W[:, :, t]`` (per group, one MatMul;
+        float modes and fixed mode alike: in fixed mode every value is an integer, so the sum is exact)."""
+        import torch
+
+        co, ci_g, steps, kh, kw = self.weight.shape
+        g = self.groups
+        w = ref.p(n, "weight").reshape(co, ci_g, steps, kh * kw)  # also the matmul layout [g, C_out/g, ...]
+        w_t = torch.index_select(w, 2, t.reshape(1)).reshape(g, co // g, ci_g * kh * kw)
+        xg = x.to(w_t.dtype).reshape(x.shape[0], g, 1, ci_g * kh * kw)
+        return acc + torch.matmul(xg, w_t.transpose(1, 2)).reshape(x.shape[0], co).to(acc.dtype)
+
+    def ref_emit(self, ref: Any, n: str, acc: Any) -> Any:
+        """The head's output ``[B, C_out, 1, 1, 1]`` from the running sum (bias added; fixed mode: requantized)."""
+        out = acc.reshape(*acc.shape, 1, 1, 1)
+        if ref.mode == "fixed":
+            return ref.requant(n, out, 4, 0)
+        b = ref.p(n, "bias")
+        return out if b is None else out + b.reshape(1, -1, 1, 1, 1).to(out.dtype)
 
     def to_nir(self, x: Any) -> Any:
         return x.ext.SVFConv3dHead(x.in_shape, x.shape, self.weight, self.groups, self.bias, metadata=x.meta)

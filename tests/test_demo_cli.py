@@ -11,16 +11,21 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from conftest import CLI, one_error_line
 from fixtures_models import single_thread  # noqa: F401
 from svformer_deploy.deploy.cli import main
 from svformer_deploy.deploy.energy.records import read_record
 from svformer_deploy.export.bundle import load_bundle, sha256_file
+from svformer_deploy.simulators.executor import Simulator
+from svformer_deploy.simulators.run import bundle_input_spec, prepare_input
+from svformer_deploy.simulators.stream import StreamSession
 from svformer_deploy.svformer.checkpoint import load_checkpoint
 
-# 1 held-out + 2 training clips per class, one batch per epoch, no ONNX (its export alone takes ~1 min)
-TINY = ("--epochs", "6", "--train-per-class", "2", "--test-per-class", "1", "--targets", "nir")
+# 1 held-out + 2 training clips per class, one batch per epoch; the default targets (NIR and the one-step ONNX graph)
+TINY = ("--epochs", "6", "--train-per-class", "2", "--test-per-class", "1")
 
 
 def run(capsys, *args) -> tuple[int, str, str]:
@@ -102,13 +107,23 @@ def test_demo_chain_interrupted_resumed_reused_refused_and_forced(tmp_path: Path
     bundle = load_bundle(doc["export"]["bundle"])
     assert Path(doc["export"]["bundle"]) == (out / "model.svfd").resolve()
     assert bundle.manifest["source"]["sha256"] == sha256_file(doc["train"]["checkpoint"])
-    assert bundle.manifest["targets"] == ["nir"] and Path(doc["export"]["files"]["nir"]).is_file()
+    assert bundle.manifest["targets"] == ["nir", "onnx"] and Path(doc["export"]["files"]["nir"]).is_file()
+    assert Path(doc["export"]["files"]["onnx_step"]).is_file()
     assert doc["export"]["passed"] and doc["export"]["checks"] >= 5
     assert "fold_bn float32" in doc["export"]["fidelity"]
     rec = read_record(doc["simulate"]["record"])
     assert rec.model_hash == bundle.model_hash and rec.input["label"] == doc["simulate"]["true_class"] == "move_left"
     assert rec.input["path"] == doc["simulate"]["clip"] and doc["simulate"]["clip"].endswith("test/move_left/0000.mp4")
     assert [t[0] for t in doc["simulate"]["top5"]] == [t[0] for t in rec.data["prediction"]["top5"]]
+    # the demo model's one-step graph streams the held-out clip frame by frame in onnxruntime exactly as the graph
+    # simulator runs it: identical spikes in every layer at every step, |dlogit| <= 1e-9 (float64)
+    frames = prepare_input(bundle_input_spec(bundle), doc["simulate"]["clip"], None, (1, 1), bundle.path).tensor[0]
+    logits, spikes = StreamSession(bundle).run(frames.numpy())
+    sim = Simulator(bundle.graph("ir"), mode="float", dtype=torch.float64).run(frames, record_spikes=True)
+    assert np.abs(logits[0] - sim.logits).max() <= 1e-9 and logits[0].argmax() == sim.logits.argmax()
+    assert spikes.keys() == sim.spikes.keys() and sum(int(v.sum()) for v in spikes.values()) > 0
+    for name, got in spikes.items():
+        assert np.array_equal(got[:, 0], sim.spikes[name].numpy()), name
     html = Path(doc["energy"]["html"]).read_text()
     assert Path(doc["energy"]["html"]) == (out / "report" / "index.html").resolve()
     assert html.count("<img") >= 3 and "data:image/png;base64," in html

@@ -141,6 +141,47 @@ def test_stream_session_equals_the_graph_simulator(bundles, kind: str) -> None:
         assert sum(int(sp.sum()) for sp in spikes.values()) > 0
 
 
+@pytest.mark.parametrize("case", [c[0] for c in CASES])
+def test_step_file_in_onnxruntime_equals_the_simulator_on_every_variant(tmp_path: Path, case: str) -> None:
+    """model_step.onnx of every zoo variant and ablation (small sizes), run frame by frame in onnxruntime with the
+    state carried over: float64 identical spikes in every layer and step, |dlogit| <= 1e-9; fixed point exact
+    (logits and spikes) against the integer executor."""
+    from svformer_deploy.export.passes.quantize import QuantConfig, quantize
+
+    variant, over = next((v, o) for c, v, o in CASES if c == case)
+    model = make_model(variant, **over)
+    graph = fold_bn(trace(model))
+    x = make_input(model, batch=2, seed=7)
+    graphs = {"float64": graph, "fixed": quantize(graph, make_input(model, batch=2, seed=8), QuantConfig())}
+    import onnxruntime as ort
+
+    for mode, g in graphs.items():
+        path = write_onnx_step(g, tmp_path / f"{mode}.onnx", mode=mode)
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        specs = step_module(g, mode).states
+        names = [o.name for o in sess.get_outputs()]
+        dt = np.float64 if mode == "float64" else np.float32
+        st = {k: a.numpy() for k, a in zero_states(specs, 2).items()}
+        got: dict[str, list[np.ndarray]] = {}
+        for t in range(x.shape[0]):
+            outs = dict(zip(names, sess.run(None, {"frame": x[t].numpy().astype(dt), "t": np.array(t), **st}),
+                            strict=True))
+            st = {s.name: outs[s.output] for s in specs}
+            for k, v in outs.items():
+                if k.startswith("spikes."):
+                    got.setdefault(k.removeprefix("spikes."), []).append(v != 0)
+        for v in range(2):
+            res = sim_run(g, x[:, v], "integer" if mode == "fixed" else "float")
+            if mode == "fixed":
+                assert np.array_equal(outs["logits"][v], res.logits), (case, v)
+            else:
+                assert np.abs(outs["logits"][v] - res.logits).max() <= 1e-9, (case, v)
+            assert got.keys() == res.spikes.keys()
+            for n, sp in got.items():
+                assert np.array_equal(np.stack(sp)[:, v], res.spikes[n].numpy()), (case, mode, n)
+        assert sum(int(np.stack(sp).sum()) for sp in got.values()) > 0
+
+
 @pytest.mark.parametrize("mode", ["float64", "fixed", "float32"])
 def test_step_file_of_the_chain_graph_matches_the_simulator_in_every_mode(tmp_path: Path, mode: str) -> None:
     """The hand-built chain (grouped/asymmetric convs, PLIF and LIF, head): float64 <= 1e-9, fixed exact, float32

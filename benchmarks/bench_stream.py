@@ -88,7 +88,7 @@ def main() -> None:
         T = frames.shape[0]
         graph = bundle.graph("ir")
         session = StreamSession(bundle, threads=torch.get_num_threads())
-        state_bytes = sum(v.nbytes for v in session.state.values())
+        state_bytes = session.state_bytes
         quantized = session.mode == "fixed"
         source = f"from {args.video}" if args.video else "random"
         print(f"bundle {bundle.path}: step graph {session.mode}, T={T}, frame {list(frames.shape[1:])}; "

@@ -70,6 +70,11 @@ class StreamSession:
         self.t = 0
         self.state = {n: np.zeros((self.batch, *shape), dtype) for n, (shape, dtype) in self.states.items()}
 
+    @property
+    def state_bytes(self) -> int:
+        """Memory of the state this session carries (bytes, all ``batch`` streams)."""
+        return sum(v.nbytes for v in self.state.values())
+
     def save_state(self) -> dict[str, Any]:
         """A copy of the stream position: ``{"t": next step, "states": {name: array}}``."""
         return {"t": self.t, "states": {n: v.copy() for n, v in self.state.items()}}
@@ -198,7 +203,8 @@ def stream_file(video: str | Path | None = None, events: str | Path | None = Non
         "views": int(prepared.tensor.shape[0]), "views_spec": list(inp.views), "frame_indices": inp.frame_indices,
         "top5": top_k(total, names), "logits": [float(x) for x in total],
         "timing": {"wall_s": time.perf_counter() - t0, "steps": len(step_s),
-                   "step_median_s": float(np.median(step_s))},
+                   "step_median_s": float(np.median(step_s)), "step_p99_s": float(np.percentile(step_s, 99))},
+        "state_bytes": session.state_bytes,
     }
 
 
@@ -211,7 +217,8 @@ def render_stream(doc: dict[str, Any]) -> str:
              f"top-5 (logits{' summed over ' + str(v) + ' views' if v > 1 else ''}):"]
     lines += [f"  {i}. {label:<32} {score:10.4f}" for i, (label, score) in enumerate(doc["top5"], 1)]
     t = doc["timing"]
-    lines += ["", f"time      {t['wall_s']:.2f} s ({t['steps']} steps, median {1e3 * t['step_median_s']:.2f} ms "
-                  "per step)",
+    lines += ["", f"time      {t['wall_s']:.2f} s ({t['steps']} steps, median {1e3 * t['step_median_s']:.2f} ms, "
+                  f"p99 {1e3 * t['step_p99_s']:.2f} ms per step; state {doc['state_bytes'] / 2**20:.2f} MiB "
+                  "per stream)",
               "counts    none: the ONNX runtime does not count operations (use the default --runtime graph)"]
     return "\n".join(lines)

@@ -273,6 +273,10 @@ def test_simulate_runtime_onnx_live_prints_the_running_top5_and_agrees_with_the_
     assert code == 0, err
     doc = json.loads(out)
     assert doc["runtime"] == "onnx" and doc["mode"] == "float64" and len(doc["top5"]) == 5
+    b = load_bundle(bundles["float"])
+    want_bytes = sum(8 * int(np.prod(s["shape"][1:])) for s in b.manifest["onnx_step"]["states"])  # float64, B = 1
+    assert doc["state_bytes"] == want_bytes > 0
+    assert 0 < doc["timing"]["step_median_s"] <= doc["timing"]["step_p99_s"]
     live = [line for line in err.splitlines() if line.startswith("view 0 step ")]
     assert len(live) == 3 and live[-1].split(": ", 1)[1].startswith(doc["top5"][0][0])
     code = main(["simulate", "--video", str(clip), "--model", str(bundles["float"]), "--out", str(tmp_path),

@@ -187,25 +187,40 @@ PLOTS = (("Accuracy and energy per input condition", plot_noise),
          ("Confusion matrix", plot_confusion))
 
 
-def render_html(r: Mapping[str, Any], title: str = "SVFormer evaluation") -> str:
-    """The whole page (plots as PNG data URIs, no external resources)."""
-    parts = ["<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">", f"<title>{html.escape(title)}</title>",
-             f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
-    parts += [f"<p class=\"meta\">{html.escape(line)}</p>" for line in header_lines(r)]
+def html_sections(r: Mapping[str, Any], level: int = 2) -> list[str]:
+    """The report's header lines, tables and plots as HTML fragments (headings ``<h{level}>``)."""
+    parts = [f"<p class=\"meta\">{html.escape(line)}</p>" for line in header_lines(r)]
     parts.append(f"<p class=\"meta\">anytime logits: {html.escape(r['anytime'])}</p>")
     figures = {title: fn(r) for title, fn in PLOTS}
     t = tables(r)
     order = [(t[0], "Accuracy and energy per input condition"), (t[1], "Early exit: accuracy vs energy per clip"),
              (t[2], None), (t[3], "Confusion matrix")]
     for table, fig in order:
-        parts += [f"<h2>{html.escape(table.title)}</h2>", _html_table(table)]
+        parts += [f"<h{level}>{html.escape(table.title)}</h{level}>", _html_table(table)]
         if fig:
             parts.append(f"<figure><img alt=\"{html.escape(fig)}\" src=\"{figures[fig]}\">"
                          f"<figcaption class=\"meta\">{html.escape(fig)}</figcaption></figure>")
-    parts.append("<p id=\"plot-status\" class=\"status\" data-ok=\"0\" data-total=\"0\">plots not checked</p>")
-    parts.append(f"<script>{_SCRIPT}</script></body></html>")
+    return parts
+
+
+STATUS = "<p id=\"plot-status\" class=\"status\" data-ok=\"0\" data-total=\"0\">plots not checked</p>"
+
+
+def render_html(r: Mapping[str, Any], title: str = "SVFormer evaluation") -> str:
+    """The whole page (plots as PNG data URIs, no external resources)."""
+    parts = ["<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">", f"<title>{html.escape(title)}</title>",
+             f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>", *html_sections(r), STATUS,
+             f"<script>{_SCRIPT}</script></body></html>"]
     return "\n".join(parts)
 
 
-__all__ = ["INDEX", "PLOTS", "header_lines", "render_csv", "render_html", "render_markdown", "render_terminal",
-           "tables"]
+def append_to_page(page: str, r: Mapping[str, Any], title: str = "Evaluation on the held-out split") -> str:
+    """``page`` (an energy-report page of :mod:`deploy.energy.html`) with this report added before its end."""
+    if STATUS not in page:
+        raise ValueError("not a report page (no plot-status marker)")
+    section = "\n".join([f"<h1>{html.escape(title)}</h1>", *html_sections(r)])
+    return page.replace(STATUS, section + "\n" + STATUS, 1)
+
+
+__all__ = ["INDEX", "PLOTS", "append_to_page", "header_lines", "html_sections", "render_csv", "render_html",
+           "render_markdown", "render_terminal", "tables"]

@@ -130,8 +130,9 @@ def evaluate_clip(clip: str, label: str, settings: Settings, noises: Sequence[No
     """Simulate ``clip`` under every condition in ``noises`` (None: clean) that ``previous`` lacks.
 
     Writes and returns the clip's document: ``{"label", "conditions": {name: result}}``; a result
-    has ``logits`` (summed over views), ``step_logits`` [T][classes], ``energy_pj`` by method,
-    ``exit_energy_pj`` (by method, stopping after 1..T steps), ``firing_rate`` and ``spikes``.
+    has ``logits`` (summed over views), ``energy_pj`` by method, ``firing_rate`` and ``spikes``; the
+    clean one also ``step_logits`` [T][classes] and ``exit_energy_pj`` (by method, stopping after 1..T
+    steps), what the early-exit sweep reads.
     """
     import torch
     from svformer_deploy.simulators.anytime import exit_energies_pj
@@ -156,7 +157,8 @@ def evaluate_clip(clip: str, label: str, settings: Settings, noises: Sequence[No
             raise SVFormerError(EVENTS_REFUSAL)
         tensor, indices, _ = spec.load_views(clip, *settings.views,
                                              frame_transform=frame_transform(noise, settings.seed, digest))
-        results = [main_sim.run(tensor[v], anytime=True) for v in range(tensor.shape[0])]
+        anytime = noise is None  # the early-exit sweep reads the clean runs only
+        results = [main_sim.run(tensor[v], anytime=anytime) for v in range(tensor.shape[0])]
         if not all(np.isfinite(r.logits).all() for r in results):
             raise SVFormerError(f"{clip}: the simulation overflowed (non-finite logits)")
         energy = dict.fromkeys(METHODS, 0.0)
@@ -171,16 +173,18 @@ def evaluate_clip(clip: str, label: str, settings: Settings, noises: Sequence[No
             priced = evaluate_record(RunRecord(path=Path(clip), data=validate_record(rec, clip)), ctx["cost"])
             for m in METHODS:
                 energy[m] += priced.totals_pj[m]
-            for m, vals in exit_energies_pj(main_sim, res, rec, ctx["cost"], names).items():
-                exits[m] = [a + b for a, b in zip(exits[m], vals, strict=True)]
+            if anytime:
+                for m, vals in exit_energies_pj(main_sim, res, rec, ctx["cost"], names).items():
+                    exits[m] = [a + b for a, b in zip(exits[m], vals, strict=True)]
             spikes += rec["totals"]["spikes"]
             neuron_steps += sum(int(info.neurons) for info in main_sim.layers if info.neurons) * main_sim.time_steps
         logits = np.sum([r.logits for r in results], axis=0)
-        steps = np.sum([r.step_logits for r in results], axis=0)
-        doc["conditions"][condition_label(noise)] = {
-            "logits": [float(x) for x in logits], "step_logits": [[float(x) for x in row] for row in steps],
-            "energy_pj": energy, "exit_energy_pj": exits, "spikes": int(spikes),
-            "firing_rate": spikes / neuron_steps if neuron_steps else 0.0}
+        result = {"logits": [float(x) for x in logits], "energy_pj": energy, "spikes": int(spikes),
+                  "firing_rate": spikes / neuron_steps if neuron_steps else 0.0}
+        if anytime:
+            steps = np.sum([r.step_logits for r in results], axis=0)
+            result.update(step_logits=[[float(x) for x in row] for row in steps], exit_energy_pj=exits)
+        doc["conditions"][condition_label(noise)] = result
     if todo_float:
         tensor, _, _ = spec.load_views(clip, *settings.views)
         sim = ctx["sims"]["float"]

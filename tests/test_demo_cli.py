@@ -139,7 +139,7 @@ def test_demo_chain_interrupted_resumed_reused_refused_and_forced(tmp_path: Path
                      f"report      {out / 'report' / 'index.html'}", "held-out top-1", "SNN/ANN",
                      "true class move_left"):
         assert fragment in stdout, (fragment, stdout)
-    assert "[1/5]" in err and "[1/5]" not in stdout
+    assert "[1/6]" in err and "[1/6]" not in stdout
 
     # another configuration without --force: refused before anything is removed
     code, _, err = run(capsys, "-o", out, *TINY[2:], "--epochs", "7")
@@ -154,7 +154,7 @@ def test_demo_chain_interrupted_resumed_reused_refused_and_forced(tmp_path: Path
     clip.write_bytes(b"not a video")
     code, _, err = run(capsys, "-o", out, *TINY)
     failed_mid_chain(code, err, "0000.mp4")
-    assert "[4/5] simulate" in err and "[5/5]" not in err
+    assert "[4/6] simulate" in err and "[5/6]" not in err
     assert not (out / "demo.json").exists() and not (out / "report").exists()
     assert load_bundle(out / "model.svfd").manifest["source"]["sha256"] == sha256_file(out / "train" / "last.pt")
     assert len(list((out / "runs").glob("*.json"))) == 1

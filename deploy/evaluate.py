@@ -238,6 +238,8 @@ def evaluate_dataset(layout: str, path: str | Path, settings: Settings, noises: 
                             "executor has nothing to run; re-export with quantization or use --float")
     if noises and spec.file_kind == "events":
         raise SVFormerError(EVENTS_REFUSAL)
+    if spec.file_kind == "events" and tuple(settings.views) != (1, 1):
+        raise SVFormerError(f"--views {settings.views[0]}x{settings.views[1]}: event recordings give one view; use 1x1")
     dataset = load_dataset(layout, path, spec, bundle.class_names, split)
     names = list(dataset.class_names)
     conditions: list[Noise | None] = [None, *noises]

@@ -129,6 +129,26 @@ def test_anytime_logits_end_at_the_logits_and_early_exit_records_are_valid_and_a
     assert all(a < b for a, b in zip(exits["exact"], exits["exact"][1:], strict=False))  # more steps cost more
 
 
+def test_anytime_logits_are_the_head_on_the_seen_steps_completed_by_their_mean(bundle):
+    """Independent of the simulator's read-out code: the completed volume through conv3d, flatten, linear."""
+    import torch.nn.functional as F
+
+    sim = Simulator(load_bundle(bundle).graph("ir"), mode="float", dtype=torch.float64)
+    assert [sim.ops[n].op for n in sim.clip_nodes] == ["conv3d", "flatten", "linear", "output"]
+    head, _, lin, _ = (sim.ops[n] for n in sim.clip_nodes)
+    x = torch.randn(sim.input_shape, generator=torch.Generator().manual_seed(2))
+    res = sim.run(x, anytime=True, record_values=True)
+    vol = res.values[sim.inputs[sim.clip_nodes[0]][0]].to(torch.float64)  # head input [T, C, h, w]
+    T = sim.time_steps
+    w, b = torch.from_numpy(head.weight).double(), torch.from_numpy(head.bias).double()
+    for t in range(T):
+        mean = vol[:t + 1].mean(0)
+        est = torch.cat([vol[:t + 1], mean.expand(T - t - 1, *mean.shape)])  # [T, C, h, w]
+        y = F.conv3d(est.permute(1, 0, 2, 3)[None], w, b, groups=head.groups).flatten()
+        logits = torch.from_numpy(lin.weight).double() @ y + torch.from_numpy(lin.bias).double()
+        np.testing.assert_allclose(res.step_logits[t], logits.numpy(), rtol=0, atol=1e-9)
+
+
 def test_exit_rule_needs_the_margin_for_k_consecutive_steps():
     # margins (softmax p1-p2) of these logits: ~0.46, ~0.0, ~0.76, ~0.76, ~0.0
     steps = np.array([[1.0, 0.0], [0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [3.0, 3.0]])

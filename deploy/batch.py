@@ -16,10 +16,11 @@ import os
 import re
 import signal
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from svformer_deploy.svformer.data.media import EVENT_EXTENSIONS, VIDEO_EXTENSIONS
 from svformer_deploy.svformer.errors import SVFormerError
@@ -98,8 +99,6 @@ def _worker_init() -> None:
 def _simulate_one(clip: str, kind: str, label: str | None, model: str, out: str, views: tuple[int, int],
                   executor: str, threads: int) -> list[str]:
     """Worker: simulate one clip into ``out``; SVFormerError propagates as the failure reason."""
-    if _STOP:
-        raise SystemExit(1)
     import torch
     from svformer_deploy.simulators.run import simulate_file
 
@@ -143,29 +142,50 @@ def simulate_folder(videos: str | Path, model: str | Path, out_dir: str | Path |
     workers = max(1, min(workers, len(todo) or 1))
     threads = 1 if workers > 1 else max(1, (os.cpu_count() or 1))
     args = [(str(c), kind, lab, str(bundle.path), str(s), views, executor, threads) for c, lab, s in todo]
-    if workers == 1:
-        outcomes = ((a[0], _call(a)) for a in args)
-        for clip, (paths, err) in outcomes:
-            _collect(result, clip, paths, err, on_clip)
-    else:
-        pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init)
-        try:
-            futures = {pool.submit(_simulate_one, *a): a[0] for a in args}
-            for fut in as_completed(futures):
-                clip = futures[fut]
-                try:
-                    paths, err = fut.result(), None
-                except SVFormerError as e:
-                    paths, err = [], str(e)
-                except Exception as e:  # noqa: BLE001 - a crashing clip must not stop the batch
-                    paths, err = [], f"{type(e).__name__}: {e}"
-                _collect(result, clip, paths, err, on_clip)
-        except BaseException:
-            _cancel(pool)
-            raise
-        pool.shutdown(wait=True)
+    map_clips(_simulate_one, args, workers,
+              lambda clip, paths, err: _collect(result, clip, paths or [], err, on_clip))
     result.records.sort()
     return result
+
+
+def map_clips(fn: Callable[..., Any], args: Sequence[tuple], workers: int,
+              on_done: Callable[[str, Any, str | None], None]) -> None:
+    """Call ``fn(*a)`` for every ``a`` in ``args`` (``a[0]`` names the clip), here or in a process pool.
+
+    ``workers`` 1: in this process; more: a pool of that many processes (``fn`` must be a module-level
+    function). After each clip ``on_done(clip, value, None)``, or ``on_done(clip, None, reason)`` when
+    ``fn`` raised (an :class:`SVFormerError` gives its message, anything else its type and message):
+    one failing clip never stops the others. Ctrl-C (KeyboardInterrupt) cancels the queued clips,
+    stops the running ones and propagates.
+    """
+    if workers <= 1:
+        for a in args:
+            value, err = _call(fn, a)
+            on_done(a[0], value, err)
+        return
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init)
+    try:
+        futures = {pool.submit(_guarded, fn, *a): a[0] for a in args}
+        for fut in as_completed(futures):
+            clip = futures[fut]
+            try:
+                value, err = fut.result(), None
+            except SVFormerError as e:
+                value, err = None, str(e)
+            except Exception as e:  # noqa: BLE001 - a crashing clip must not stop the batch
+                value, err = None, f"{type(e).__name__}: {e}"
+            on_done(clip, value, err)
+    except BaseException:
+        _cancel(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _guarded(fn: Callable[..., Any], *args: Any) -> Any:
+    """Worker: a cancelled batch returns at once instead of starting the next queued clip."""
+    if _STOP:
+        raise SystemExit(1)
+    return fn(*args)
 
 
 def _cancel(pool: ProcessPoolExecutor) -> None:
@@ -182,14 +202,14 @@ def _cancel(pool: ProcessPoolExecutor) -> None:
             p.kill()
 
 
-def _call(args: tuple) -> tuple[list[str], str | None]:
-    """One clip in this process: ``(record paths, None)`` or ``([], reason)``, as the worker pool reports it."""
+def _call(fn: Callable[..., Any], args: tuple) -> tuple[Any, str | None]:
+    """One clip in this process: ``(value, None)`` or ``(None, reason)``, as the worker pool reports it."""
     try:
-        return _simulate_one(*args), None
+        return fn(*args), None
     except SVFormerError as e:
-        return [], str(e)
+        return None, str(e)
     except Exception as e:  # noqa: BLE001 - a crashing clip must not stop the batch (same as with workers)
-        return [], f"{type(e).__name__}: {e}"
+        return None, f"{type(e).__name__}: {e}"
 
 
 def _collect(result: BatchResult, clip: str, paths: list[str], err: str | None,

@@ -6,7 +6,8 @@ One output folder (``DIR``, default ``./svformer-demo``) holds everything (``doc
     DIR/train/           the training run: epoch-NNN.pt, last.pt, metrics.jsonl, summary.json
     DIR/model.svfd/      the export bundle of train/last.pt (IR, NIR, ONNX, manifest.json)
     DIR/runs/            run records of the simulated held-out clip
-    DIR/report/          the energy report: index.html (plots), energy.json
+    DIR/report/          the energy report and the evaluation: index.html (plots), energy.json, evaluation.json
+    DIR/evaluation/      per-clip results of the held-out evaluation (clean + one noise level, early exit)
     DIR/demo.json        the summary of the last complete run (written last)
 
 The configuration is :mod:`svformer.demo_config`. Re-running in the same folder reuses every step whose
@@ -29,7 +30,7 @@ from svformer_deploy.svformer import demo_config
 from svformer_deploy.svformer.errors import SVFormerError
 
 # what a demo folder may hold: its outputs, and the hidden temporary siblings of atomic writes
-OUTPUTS = ("data", "train", "model.svfd", "runs", "report", "demo.json")
+OUTPUTS = ("data", "train", "model.svfd", "runs", "report", "evaluation", "demo.json")
 # TrainConfig fields that do not change what a run computes (paths, display)
 _IGNORED_TRAIN_FIELDS = ("out_dir", "data", "quiet", "resume", "workers")
 
@@ -63,6 +64,10 @@ class Layout:
     @property
     def report(self) -> Path:
         return self.root / "report"
+
+    @property
+    def evaluation(self) -> Path:
+        return self.root / "evaluation"
 
     @property
     def summary(self) -> Path:
@@ -455,3 +460,38 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
     return {"exact_mj": m["exact"]["energy_mj"], "paper_eq13_mj": m["paper_eq13"]["energy_mj"],
             "memory_aware_mj": m["memory_aware"]["energy_mj"], "ann_mj": ann,
             "snn_ann_ratio": m["exact"]["snn_ann_ratio"], "cost_model": report["cost_model"]["name"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# step 6: evaluation of the held-out split
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class EvaluateStep:
+    report: dict[str, Any]
+    html: Path
+    json: Path
+    simulated: int
+    resumed: int
+
+
+def evaluate(layout: Layout, energy: ReportStep, workers: int = 2,
+             on_clip: Callable[[str, str | None], None] | None = None,
+             on_total: Callable[[int], None] | None = None) -> EvaluateStep:
+    """``evaluate`` of the held-out split (float graph; clean and :data:`demo_config.EVALUATE` noise; the
+    early-exit sweep), results in ``layout.evaluation`` (reused on a rerun); the report goes to
+    ``report/evaluation.json`` and is appended to the energy report's page ``report/index.html``."""
+    from svformer_deploy.deploy.energy.html import render_html
+    from svformer_deploy.deploy.evaluate import Settings, evaluate_dataset, summarise
+    from svformer_deploy.deploy.evaluate_report import append_to_page
+    from svformer_deploy.export.bundle import load_bundle
+    from svformer_deploy.svformer.data.noise import parse_noise
+    from svformer_deploy.svformer.fileio import write_json_atomic, write_text_atomic
+
+    bundle = load_bundle(layout.bundle)
+    settings = Settings(model=str(layout.bundle), model_hash=bundle.model_hash, seed=demo_config.EVALUATE["seed"])
+    ev = evaluate_dataset("videos", layout.data / "test", settings, parse_noise(demo_config.EVALUATE["noise"]),
+                          runs_dir=layout.evaluation, workers=workers, on_clip=on_clip, on_total=on_total)
+    report = summarise(ev)
+    js = write_json_atomic(layout.report / "evaluation.json", report)
+    html = write_text_atomic(energy.html, append_to_page(render_html(energy.report), report))
+    return EvaluateStep(report=report, html=html, json=js, simulated=ev.simulated, resumed=ev.resumed)

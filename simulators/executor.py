@@ -36,7 +36,7 @@ from svformer_deploy.svformer.errors import SVFormerError
 from torch import Tensor
 
 from . import fixed, kernels
-from .counting import LayerCounter, LayerInfo, build_counters, layer_infos
+from .counting import COUNT_KEYS, LayerCounter, LayerInfo, build_counters, layer_infos
 from .kernels import HeadConv3dKernel, KernelPolicy
 
 MODES = ("float", "integer")
@@ -59,6 +59,8 @@ class SimResult:
     wall_s: float
     spikes: dict[str, Tensor] | None = None
     values: dict[str, Tensor] | None = None
+    step_logits: np.ndarray | None = None  # with ``anytime``: float64 [T, classes], row T-1 == logits
+    readout_counts: np.ndarray | None = None  # with ``anytime``: int64 [len(COUNT_KEYS), T], see Simulator.run
 
 
 def _as_tensor(arr: np.ndarray | float, dtype: torch.dtype) -> Tensor:
@@ -130,12 +132,18 @@ class Simulator:
 
     # -- running ------------------------------------------------------------------------------
     def run(self, frames: Tensor, record_spikes: bool = False, record_values: bool = False,
-            on_step: Callable[[int], None] | None = None) -> SimResult:
+            on_step: Callable[[int], None] | None = None, anytime: bool = False) -> SimResult:
         """Simulate one clip ``[T, C, H, W]`` (float32 frames) and return logits, counts and timing.
 
-        ``on_step(t)`` is called after each time step (progress display).
+        ``on_step(t)`` is called after each time step (progress display). ``anytime``: also the logits
+        after every step t (``step_logits``, see :meth:`anytime_logits`) and what each of those early
+        read-outs costs (``readout_counts[:, t]``, counted like the record's layers; 0 at t = T-1,
+        whose read-out is the ordinary clip-rate tail already in ``counts``).
         """
         self.check_input(frames)
+        early = self._anytime_setup() if anytime else None
+        step_logits: list[np.ndarray] = []
+        readout = np.zeros((len(COUNT_KEYS), self.time_steps), dtype=np.int64) if anytime else None
         counters: dict[str, LayerCounter] = build_counters(self.graph) if self.count else {}
         spikes: dict[str, list[Tensor]] = {n: [] for n in self.neurons} if record_spikes else {}
         values: dict[str, list[Tensor]] = {n: [] for n in self.step_nodes} if record_values else {}
@@ -171,6 +179,8 @@ class Simulator:
                     c = counters.get(h)
                     if c is not None:
                         c.step(t, [env[src]], env[src], nnz.get(src))
+                if early is not None and t < self.time_steps - 1:
+                    step_logits.append(self.anytime_logits(t, env, early, readout[:, t]))
                 step_s.append(time.perf_counter() - t0)
                 if on_step is not None:
                     on_step(t)
@@ -191,8 +201,78 @@ class Simulator:
         if record_values:
             result.values = {n: torch.stack(v) for n, v in values.items()}
             result.values.update({n: env[n] for n in self.clip_nodes})
+        if early is not None:
+            result.step_logits = np.stack([*step_logits, logits])
+            result.readout_counts = readout
         self.state = {}
         return result
+
+    # -- anytime read-out ---------------------------------------------------------------------
+    def _anytime_setup(self) -> dict[str, object]:
+        """What :meth:`anytime_logits` needs: the head, its suffix weights and the running input sum."""
+        if len(self.heads) != 1:
+            raise SVFormerError(f"anytime logits need exactly one accumulating head; the graph has {len(self.heads)}")
+        h = self.heads[0]
+        kernel, _ = self._heads[h]
+        w = kernel.weight.to(torch.float64)  # [C_out, C_in/g, T, h, w]; integer codes in integer mode
+        rest = w.flip(2).cumsum(2).flip(2)  # rest[:, :, t] = sum over s >= t
+        T = self.time_steps
+        suffix = [rest[:, :, t + 1].contiguous() for t in range(T - 1)]
+        if self.mode == "float":
+            suffix = [s.to(self.dtype) for s in suffix]
+        return {"head": h, "src": self.inputs[h][0], "suffix": suffix, "groups": kernel.groups,
+                "fan_out": kernel.m, "sum": None,
+                "final": LayerCounter(self.graph, h).final.copy() if self.count else None}
+
+    def anytime_logits(self, t: int, env: dict[str, Tensor], early: dict, readout: np.ndarray | None) -> np.ndarray:
+        """The logits after step ``t`` < T-1: the head applied to what it accumulated so far, completed.
+
+        The head conv3d is linear in its input volume X[0..T-1]: Y = B + Σ_s W_s·X_s. After step t the
+        accumulator holds Σ_{s<=t} W_s·X_s; the steps not seen yet are estimated by the mean of the
+        seen inputs, m_t = (1/(t+1))·Σ_{s<=t} X_s, so Ŷ_t = B + Σ_{s<=t} W_s·X_s + (Σ_{s>t} W_s)·m_t,
+        then the clip-rate tail (BN, flatten, linear) runs on Ŷ_t. At t = T-1 the estimate is the
+        exact output. Integer mode: the completion term is rounded half up to an integer before the
+        head's requantisation. ``readout`` (a [keys] column) gets the cost of this read-out: one MAC
+        and one weight read per nonzero input sum x C_out/g, one multiply per output (the 1/(t+1)),
+        the head's bias and the tail's counts.
+        """
+        import torch.nn.functional as F
+
+        from .counting import K
+
+        h, src = early["head"], early["src"]
+        x = env[src].to(torch.float64)
+        early["sum"] = x if early["sum"] is None else early["sum"] + x
+        run_sum = early["sum"]
+        w = early["suffix"][t]
+        saved = self.state[h]
+        if self.mode == "integer":
+            num = F.conv2d(run_sum[None], w, None, 1, 0, 1, early["groups"]).reshape(-1)
+            est = torch.div(2 * num + (t + 1), 2 * (t + 1), rounding_mode="floor").to(torch.int64)
+            self.state[h] = saved + est
+        else:
+            num = F.conv2d(run_sum.to(w.dtype)[None], w, None, 1, 0, 1, early["groups"]).reshape(-1)
+            self.state[h] = saved + (num / (t + 1)).to(saved.dtype)
+        tail_counters = {}
+        out_env: dict[str, Tensor] = {}
+        try:
+            for n in self.clip_nodes:
+                ins = [] if n in self._heads else [out_env[i] for i in self.inputs[n]]
+                out_env[n] = self._fns[n](self.time_steps - 1, ins, None)
+                if readout is not None and n not in self._heads and self.ops[n].counted:
+                    c = tail_counters[n] = LayerCounter(self.graph, n)
+                    c.step(self.time_steps - 1, ins, out_env[n])
+        finally:
+            self.state[h] = saved
+        if readout is not None and self.count:
+            nnz = int(torch.count_nonzero(run_sum))
+            readout[K["mac"]] += nnz * early["fan_out"]
+            readout[K["weight_reads"]] += nnz * early["fan_out"]
+            readout[K["mul"]] += int(saved.numel())
+            readout += early["final"]
+            for c in tail_counters.values():
+                readout += c.finish().sum(axis=1)
+        return out_env[self.out_name].to(torch.float64).reshape(-1).numpy().copy()
 
     def _head_step(self, n: str, t: int, x: Tensor, nnz: int | None) -> None:
         kernel, acc_dtype = self._heads[n]

@@ -56,6 +56,7 @@ class SimulationReport:
     record_paths: list[Path]
     class_names: list[str]
     wall_s: float
+    early_exit: dict[str, Any] | None = None
 
     @property
     def logits(self) -> np.ndarray:
@@ -104,6 +105,7 @@ class SimulationReport:
             "layers": layers,
             "totals": totals,
             "timing": {"wall_s": self.wall_s, "simulate_s": sum(r.wall_s for r in self.results)},
+            **({"early_exit": self.early_exit} if self.early_exit is not None else {}),
         }
 
 
@@ -145,13 +147,17 @@ def prepare_input(spec: InputSpec, video: str | Path | None, events: str | Path 
 def simulate_file(video: str | Path | None = None, events: str | Path | None = None,
                   model: str | Path | None = None, views: tuple[int, int] = (1, 1), executor: str = "float",
                   out_dir: str | Path = DEFAULT_RUNS_DIR, kernel: str = "auto", cwd: str | Path = ".",
-                  on_step: Callable[[int], None] | None = None, label: str | None = None) -> SimulationReport:
+                  on_step: Callable[[int], None] | None = None, label: str | None = None,
+                  early_exit: tuple[float, int] | None = None, cost_model: str = "fp32") -> SimulationReport:
     """Simulate every view of ``video`` (or the ``events`` recording) and write one run record per view.
 
     ``executor``: ``"float"`` (the bundle's ``ir`` graph, float32) or ``"integer"`` (its
     ``ir_quantized`` graph, the fixed-point spec). ``on_step(t)`` is called after every time step
     (progress display). ``label``: the clip's true class, stored in the records' ``input.label``
-    (dataset evaluations). Returns the report; raises ``SVFormerError`` for bad input.
+    (dataset evaluations). ``early_exit`` ``(m, k)``: also where the rule of :mod:`simulators.anytime`
+    stops the clip and the energy up to that step by every method (priced with ``cost_model``); the
+    simulation still runs all T steps and the records are the full ones. Returns the report; raises
+    ``SVFormerError`` for bad input.
     """
     t0 = time.perf_counter()
     if executor not in EXECUTORS:
@@ -170,7 +176,12 @@ def simulate_file(video: str | Path | None = None, events: str | Path | None = N
     n_classes = sim.specs[sim.out_name].shape[0]
     if class_names and len(class_names) != n_classes:
         raise SVFormerError(f"{bundle.path}: the manifest names {len(class_names)} classes, the graph has {n_classes}")
-    results = [sim.run(prepared.tensor[v], on_step=on_step) for v in range(prepared.tensor.shape[0])]
+    if early_exit is not None:
+        from svformer_deploy.deploy.energy.cost_models import get_cost_model
+
+        cost = get_cost_model(cost_model)  # a bad cost model is an error before simulating
+    results = [sim.run(prepared.tensor[v], on_step=on_step, anytime=early_exit is not None)
+               for v in range(prepared.tensor.shape[0])]
     if not all(np.isfinite(r.logits).all() for r in results):
         raise SVFormerError(f"{bundle.path}: the simulation overflowed (non-finite logits): the graph's values are "
                             f"out of range for the {executor} executor")
@@ -185,7 +196,35 @@ def simulate_file(video: str | Path | None = None, events: str | Path | None = N
         if label is not None:
             inp["label"] = label
         records.append(build_record(sim, res, model=model_info, input=inp, class_names=class_names))
+    exit_doc = early_exit_summary(sim, results, records, early_exit, cost, class_names) if early_exit else None
     paths = write_records(records, out_dir, prepared.path.stem)
     return SimulationReport(bundle=bundle, executor=executor, input=prepared, simulator=sim, results=results,
                             records=records, record_paths=paths, class_names=class_names,
-                            wall_s=time.perf_counter() - t0)
+                            wall_s=time.perf_counter() - t0, early_exit=exit_doc)
+
+
+def early_exit_summary(sim: Simulator, results: list[SimResult], records: list[dict[str, Any]],
+                       rule: tuple[float, int], cost: Any, class_names: list[str]) -> dict[str, Any]:
+    """Where the rule ``(m, k)`` stops the clip (views' logits summed) and what that saves, by method."""
+    from svformer_deploy.deploy.energy.methods import METHODS, evaluate_record
+
+    from .anytime import exit_energies_pj, exit_step, margins
+    from .record import RunRecord, validate_record
+
+    m, k = rule
+    T = sim.time_steps
+    steps = np.sum([r.step_logits for r in results], axis=0)
+    e = exit_step(steps, m, k)
+    full = dict.fromkeys(METHODS, 0.0)
+    at_exit = dict.fromkeys(METHODS, 0.0)
+    for res, rec in zip(results, records, strict=True):
+        priced = evaluate_record(RunRecord(path=Path("."), data=validate_record(rec, "run record")), cost)
+        exits = exit_energies_pj(sim, res, rec, cost, class_names)
+        for meth in METHODS:
+            full[meth] += priced.totals_pj[meth]
+            at_exit[meth] += exits[meth][e]
+    return {"margin": m, "k": k, "exit_step": e + 1, "time_steps": T, "exited_early": bool(e < T - 1),
+            "margins": [float(v) for v in margins(steps)], "top5": top_k(steps[e], class_names),
+            "cost_model": cost.name, "energy_mj_full": {x: full[x] / 1e9 for x in METHODS},
+            "energy_mj_exit": {x: at_exit[x] / 1e9 for x in METHODS},
+            "saved": {x: 1 - at_exit[x] / full[x] if full[x] else 0.0 for x in METHODS}}

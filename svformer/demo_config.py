@@ -24,3 +24,7 @@ MODEL: dict[str, Any] = {"img_size": 32, "time_steps": 8, "dims": [16, 32, 64], 
 # svformer.train.TrainConfig fields (besides source, data, arch, model and out_dir)
 TRAIN: dict[str, Any] = {"epochs": 16, "batch_size": 16, "lr": 5e-3, "warmup_epochs": 1.0, "video_input": "rgb",
                          "seed": 0}
+
+# the held-out evaluation at the end of the demo (svformer-deploy evaluate): one noise level of the paper's
+# Table 2 (Gaussian, sigma = 0.5 x the frame's std) besides the clean clips, and the early-exit sweep
+EVALUATE: dict[str, Any] = {"noise": ["gaussian:0.5"], "seed": 0}

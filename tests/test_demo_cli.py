@@ -90,10 +90,10 @@ def test_demo_chain_interrupted_resumed_reused_refused_and_forced(tmp_path: Path
     doc = json.loads(stdout)
     status = {s["step"]: s["status"] for s in doc["steps"]}
     assert status == {"data": "reused", "train": "resumed", "export": "exported", "simulate": "simulated",
-                      "report": "written"}
+                      "report": "written", "evaluate": "evaluated"}
     assert f"resuming the interrupted run at epoch {done + 1} of 6" in err
-    for i, name in enumerate(["data:", "training:", "export:", "simulate:", "energy report:"], 1):
-        assert f"[{i}/5] {name}" in err, err
+    for i, name in enumerate(["data:", "training:", "export:", "simulate:", "energy report:", "evaluate:"], 1):
+        assert f"[{i}/6] {name}" in err, err
     assert "epoch 6/6" in err and "demo finished" in err  # the human summary goes to stderr with --json
 
     # every announced output exists and is valid
@@ -133,7 +133,11 @@ def test_demo_chain_interrupted_resumed_reused_refused_and_forced(tmp_path: Path
     assert e["exact_mj"] == report["methods"]["exact"]["energy_mj"] > 0
     assert e["ann_mj"] == report["ann_counterpart"]["energy_mj"] > e["exact_mj"]
     assert e["snn_ann_ratio"] == pytest.approx(e["exact_mj"] / e["ann_mj"])
-    no_temporaries(out, out / "train", out / "runs", out / "report")
+    no_temporaries(out, out / "train", out / "runs", out / "report", out / "evaluation")
+    ev = json.loads((out / "report" / "evaluation.json").read_text())  # step 6: the held-out split evaluated
+    assert ev["clips"] == 4 and [c["condition"] for c in ev["conditions"]] == ["clean", "gaussian:0.5"]
+    assert doc["evaluate"]["conditions"]["clean"]["top1"] == ev["conditions"][0]["top1"]
+    assert "Early exit (clean)" in html and "Accuracy and energy per clip by input condition" in html
 
     # a second run reuses every step (same files, no new record) and prints where everything is
     mtime = (out / "train" / "last.pt").stat().st_mtime_ns
@@ -141,7 +145,8 @@ def test_demo_chain_interrupted_resumed_reused_refused_and_forced(tmp_path: Path
     assert code == 0, err
     again = json.loads((out / "demo.json").read_text())
     assert {s["step"]: s["status"] for s in again["steps"]} == {
-        "data": "reused", "train": "reused", "export": "reused", "simulate": "reused", "report": "written"}
+        "data": "reused", "train": "reused", "export": "reused", "simulate": "reused", "report": "written",
+        "evaluate": "reused"}
     assert (out / "train" / "last.pt").stat().st_mtime_ns == mtime
     assert len(list((out / "runs").glob("*.json"))) == 1
     assert again["train"]["test_top1"] == doc["train"]["test_top1"] and again["energy"] == doc["energy"]
@@ -149,7 +154,7 @@ def test_demo_chain_interrupted_resumed_reused_refused_and_forced(tmp_path: Path
                      f"report      {out / 'report' / 'index.html'}", "held-out top-1", "SNN/ANN",
                      "true class move_left"):
         assert fragment in stdout, (fragment, stdout)
-    assert "[1/5]" in err and "[1/5]" not in stdout
+    assert "[1/6]" in err and "[1/6]" not in stdout
 
     # another configuration without --force: refused before anything is removed
     code, _, err = run(capsys, "-o", out, *TINY[2:], "--epochs", "7")
@@ -164,7 +169,7 @@ def test_demo_chain_interrupted_resumed_reused_refused_and_forced(tmp_path: Path
     clip.write_bytes(b"not a video")
     code, _, err = run(capsys, "-o", out, *TINY)
     failed_mid_chain(code, err, "0000.mp4")
-    assert "[4/5] simulate" in err and "[5/5]" not in err
+    assert "[4/6] simulate" in err and "[5/6]" not in err
     assert not (out / "demo.json").exists() and not (out / "report").exists()
     assert load_bundle(out / "model.svfd").manifest["source"]["sha256"] == sha256_file(out / "train" / "last.pt")
     assert len(list((out / "runs").glob("*.json"))) == 1

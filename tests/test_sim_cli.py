@@ -21,7 +21,8 @@ from svformer_deploy.svformer.checkpoint import default_preprocessing
 VIDEO_CLASSES = ["walk", "run", "jump", "wave", "sit"]
 
 
-def make_bundle(path: Path, variant: str = "base", quantize: bool = True, **overrides) -> Path:
+def make_bundle(path: Path, variant: str = "base", quantize: bool = True, class_names: list[str] | None = None,
+                **overrides) -> Path:
     """An export bundle of a tiny random model, built as ``export`` does: trace, passes, BundleWriter."""
     model = make_model(variant, **overrides)
     cfg = model.cfg
@@ -34,7 +35,7 @@ def make_bundle(path: Path, variant: str = "base", quantize: bool = True, **over
         if quantize:
             w.add_graph("ir_quantized", res.graphs["quantized"], "ir_int.json")
         w.manifest.update(
-            arch=variant, config=cfg.to_dict(), class_names=VIDEO_CLASSES[:cfg.num_classes],
+            arch=variant, config=cfg.to_dict(), class_names=class_names or VIDEO_CLASSES[:cfg.num_classes],
             preprocessing=default_preprocessing(cfg), passes=list(res.graph.graph["passes"]),
             input={"layout": "TCHW", "shape": [cfg.time_steps, cfg.in_channels, cfg.img_size, cfg.img_size],
                    "encoding": "events" if cfg.in_channels == 2 else "pixels"},

@@ -14,7 +14,7 @@ from typing import Any
 import click
 from svformer_deploy.deploy.render import emit_json
 
-STEPS = 5
+STEPS = 6
 
 
 class _Out:
@@ -70,6 +70,8 @@ def demo(output: Path, force: bool, threads: int, epochs: int | None, train_per_
     3. export it with fidelity checks (IR, NIR, ONNX)                    -> DIR/model.svfd
     4. simulate one held-out clip on the exported graph, counting ops    -> DIR/runs/*.json
     5. energy report: exact counts vs the paper's method vs an ANN       -> DIR/report/index.html
+    6. evaluate the held-out split: accuracy, energy, Gaussian noise,
+       early-exit accuracy vs energy (added to the same page)            -> DIR/report/evaluation.json
 
     Running it again in the same folder reuses every finished step (an interrupted training resumes);
     --force starts over.
@@ -162,6 +164,18 @@ def demo(output: Path, force: bool, threads: int, epochs: int | None, train_per_
 
         out.show("\n".join(header_lines(rep.report)) + "\n\n" + render_table(tables(rep.report, layers=False)[0]))
         out.show(f"wrote {rep.html} (plots: firing rates, energy by stage, SNN vs ANN, ...) and {rep.json}")
+
+        # 6. evaluation of the held-out split ------------------------------------------------
+        noise = ", ".join(demo_config.EVALUATE["noise"])
+        heading(6, "evaluate", f"evaluate: the {data.test_clips} held-out clips on the exported graph, clean and with "
+                f"noise {noise} (the paper's Table 2), early exit -> {layout.report}")
+        evaluated = _timed(times, "evaluate", lambda: _evaluate(lib, layout, rep))
+        from svformer_deploy.deploy.evaluate_report import tables as eval_tables
+
+        et = eval_tables(evaluated.report)
+        out.show(render_table(et[0]) + "\n\n" + render_table(et[1]))
+        out.show(f"added the evaluation to {evaluated.html} (plots: accuracy and energy under noise, accuracy vs "
+                 f"energy of early exit, confusion matrix) and wrote {evaluated.json}")
     except KeyboardInterrupt:
         from svformer_deploy.svformer.errors import SVFormerError
 
@@ -170,7 +184,7 @@ def demo(output: Path, force: bool, threads: int, epochs: int | None, train_per_
                             ) from None
 
     total = time.perf_counter() - t_start
-    doc = _summary(layout, data, trained, exported, sim, rep, times, total, threads)
+    doc = _summary(layout, data, trained, exported, sim, rep, times, total, threads, evaluated)
     from svformer_deploy.svformer.fileio import write_json_atomic
 
     write_json_atomic(layout.summary, doc)
@@ -205,6 +219,23 @@ def _simulate(lib: Any, layout: Any, clip: Path, true_class: str, time_steps: in
         pbar.close()
 
 
+def _evaluate(lib: Any, layout: Any, rep: Any) -> Any:
+    from svformer_deploy.svformer.progress import bar
+
+    pbar = None
+
+    def on_total(n: int) -> None:
+        nonlocal pbar
+        pbar = bar(n, "evaluate", unit="clip")
+
+    try:
+        return lib.evaluate(layout, rep, on_clip=lambda clip, err: pbar.update(1) if pbar else None,
+                            on_total=on_total)
+    finally:
+        if pbar is not None:
+            pbar.close()
+
+
 def _render_simulation(sim: Any) -> str:
     from svformer_deploy.deploy.render import fmt_int, fmt_si
 
@@ -221,7 +252,7 @@ def _render_simulation(sim: Any) -> str:
 
 
 def _summary(layout: Any, data: Any, trained: Any, exported: Any, sim: Any, rep: Any, times: dict[str, float],
-             total: float, threads: int) -> dict[str, Any]:
+             total: float, threads: int, evaluated: Any) -> dict[str, Any]:
     """The ``--json`` document, also written to ``DIR/demo.json`` (absolute paths)."""
     from svformer_deploy.deploy import demo as lib
     from svformer_deploy.svformer import demo_config
@@ -229,7 +260,8 @@ def _summary(layout: Any, data: Any, trained: Any, exported: Any, sim: Any, rep:
     r, e = trained.result, exported.result
     status = {"data": "reused" if data.reused else "generated", "train": trained.status,
               "export": "reused" if exported.reused else "exported",
-              "simulate": "reused" if sim.reused else "simulated", "report": "written"}
+              "simulate": "reused" if sim.reused else "simulated", "report": "written",
+              "evaluate": "reused" if not evaluated.simulated else "evaluated"}
     fid = {row.label: {k: v for k, v in row.to_dict().items() if k != "label"} for row in e.fidelity}
     return {
         "format": "svformer-deploy/demo", "version": 1,
@@ -251,8 +283,21 @@ def _summary(layout: Any, data: Any, trained: Any, exported: Any, sim: Any, rep:
         "simulate": {"clip": str(sim.clip.resolve()), "true_class": sim.true_class, "top5": sim.top5,
                      "correct": sim.correct, "record": str(sim.record.resolve()), "totals": sim.totals},
         "energy": {**lib.headline(rep.report), "html": str(rep.html.resolve()), "json": str(rep.json.resolve())},
+        "evaluate": _evaluation_headline(evaluated),
         "summary": str(layout.summary.resolve()),
     }
+
+
+def _evaluation_headline(evaluated: Any) -> dict[str, Any]:
+    r = evaluated.report
+    best = max((s for s in r["early_exit"] if s["top1"] >= r["conditions"][0]["top1"]),
+               key=lambda s: s["saved"]["exact"], default=None)
+    return {"clips": r["clips"], "json": str(evaluated.json.resolve()),
+            "conditions": {c["condition"]: {"top1": c["top1"], "exact_mj": c["energy_mj"]["exact"],
+                                            "firing_rate": c["firing_rate"]} for c in r["conditions"]},
+            "early_exit_at_full_accuracy": None if best is None else {
+                "margin": best["margin"], "k": best["k"], "mean_exit_step": best["mean_exit_step"],
+                "saved_exact": best["saved"]["exact"]}}
 
 
 def _secs(s: float) -> str:
@@ -288,6 +333,15 @@ def _render_summary(layout: Any, doc: dict[str, Any], sim: Any) -> str:
         f"energy per clip ({en['cost_model']}): exact {en['exact_mj']:.4g} mJ vs ANN counterpart {en['ann_mj']:.4g} mJ "
         f"(SNN/ANN {100 * en['snn_ann_ratio']:.1f}%); the paper's Eq. 13 gives {en['paper_eq13_mj']:.4g} mJ",
     ]
+    ev = doc["evaluate"]
+    conds = "; ".join(f"{name} top-1 {100 * c['top1']:.1f}% at {c['exact_mj']:.4g} mJ"
+                      for name, c in ev["conditions"].items())
+    lines.append(f"exported graph on the {ev['clips']} held-out clips: {conds}")
+    best = ev["early_exit_at_full_accuracy"]
+    if best is not None:
+        lines.append(f"early exit at margin {best['margin']:g} keeps that top-1 and stops after "
+                     f"{best['mean_exit_step']:.2f} steps on average, saving {100 * best['saved_exact']:.1f}% of "
+                     "the exact energy")
     classes = doc["data"]["classes"]
     other = classes[1] if len(classes) > 1 else classes[0]
     lines.append(f"next: cd {root} && svformer-deploy simulate --video data/test/{other}/0000.mp4 "

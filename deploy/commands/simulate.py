@@ -40,6 +40,17 @@ def render_simulation(doc: dict[str, Any]) -> str:
     ]
     recs = doc["records"]
     lines.append(f"record{'s' if len(recs) > 1 else ' '}   " + ("\n          ".join(recs)))
+    ee = doc.get("early_exit")
+    if ee:
+        e = ee["exit_step"]
+        verdict = f"exits after step {e} of {ee['time_steps']}" if ee["exited_early"] else \
+            f"does not exit early (runs all {ee['time_steps']} steps)"
+        lines += ["", f"early exit (margin p1-p2 >= {ee['margin']:g} for {ee['k']} step(s)): {verdict}, "
+                      f"top-1 there {ee['top5'][0][0]} ({ee['top5'][0][1]:.4f})",
+                  "          margins per step: " + " ".join(f"{v:.3f}" for v in ee["margins"])]
+        for m in ee["energy_mj_full"]:
+            lines.append(f"          {m:<13} {ee['energy_mj_full'][m]:.6g} mJ -> {ee['energy_mj_exit'][m]:.6g} mJ "
+                         f"(saved {100 * ee['saved'][m]:.1f}%, read-outs included) [cost model {ee['cost_model']}]")
     return "\n".join(lines)
 
 
@@ -61,9 +72,15 @@ def render_simulation(doc: dict[str, Any]) -> str:
               help="graph: the event-driven simulator (op counts, run records); onnx: the bundle's one-step ONNX "
                    "graph in onnxruntime, fed one frame at a time (top-5 only).")
 @click.option("--live", is_flag=True, help="With --runtime onnx: print the running top-5 after every step.")
+@click.option("--early-exit", "early_exit", metavar="M[,K]",
+              help="Anytime read-out: report the step at which the softmax margin p1-p2 has been >= M for K "
+                   "steps (default 1) and the energy saved by stopping there (docs/evaluate.md).")
+@click.option("--cost-model", "cost_model", default="fp32", show_default=True, metavar="fp32|fp16|int8|FILE.toml",
+              help="Energy per operation for --early-exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def simulate(video, events, model, views_spec, integer, out_dir, kernel, runtime, live, as_json, quiet) -> None:
+def simulate(video, events, model, views_spec, integer, out_dir, kernel, runtime, live, early_exit, cost_model,
+             as_json, quiet) -> None:
     """Simulate a clip on the exported graph: top-5 classes, per-layer firing rates and exact op counts.
 
     Writes one run record per view (read by `svformer-deploy energy-report`).
@@ -76,6 +93,13 @@ def simulate(video, events, model, views_spec, integer, out_dir, kernel, runtime
     views = parse_views(views_spec)
     if live and runtime != "onnx":
         raise click.UsageError("--live needs --runtime onnx")
+    rule = None
+    if early_exit is not None:
+        from svformer_deploy.simulators.anytime import parse_early_exit
+
+        if runtime != "graph":
+            raise click.UsageError("--early-exit needs --runtime graph (it reads the simulator's per-step counts)")
+        rule = parse_early_exit(early_exit)
     if runtime == "onnx":
         _simulate_onnx(video, events, model, views, integer, live, as_json)
         return
@@ -88,7 +112,7 @@ def simulate(video, events, model, views_spec, integer, out_dir, kernel, runtime
     try:
         report = simulate_file(video=video, events=events, model=model, views=views,
                                executor="integer" if integer else "float", out_dir=out_dir, kernel=kernel,
-                               on_step=on_step)
+                               on_step=on_step, early_exit=rule, cost_model=cost_model)
     finally:
         progress.close()
     doc = report.to_dict()

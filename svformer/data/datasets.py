@@ -224,14 +224,20 @@ class InputSpec:
         return load_clip(path, time_steps=self.time_steps, size=self.size, frame_stride=self.frame_stride,
                          train=train, rng=rng, mean=self.mean, std=self.std, hflip=False)
 
-    def load_views(self, path: str | os.PathLike, temporal_views: int = 1,
-                   spatial_crops: int = 1) -> tuple[Tensor, list[list[int] | None], dict[str, Any]]:
+    def load_views(self, path: str | os.PathLike, temporal_views: int = 1, spatial_crops: int = 1,
+                   frame_transform: Any = None) -> tuple[Tensor, list[list[int] | None], dict[str, Any]]:
         """Test-time views ``[V, T, C, S, S]`` of one file, their frame indices and details of the source.
 
         Videos (and video-events) give ``temporal_views x spatial_crops`` views decoded once; view
         ``(0, 0)`` of a 1x1 request equals :meth:`load_clip`. Event recordings give exactly one view.
+        ``frame_transform(index, rgb)`` changes every decoded frame before resizing and normalisation
+        (input noise, :mod:`svformer.data.noise`); event recordings have no frames and refuse it.
         """
         if self.kind == "events":
+            if frame_transform is not None:
+                from .noise import EVENTS_REFUSAL
+
+                raise SVFormerError(EVENTS_REFUSAL)
             if (temporal_views, spatial_crops) != (1, 1):
                 raise SVFormerError(f"--views {temporal_views}x{spatial_crops}: event recordings give one view; "
                                     "use 1x1")
@@ -242,7 +248,8 @@ class InputSpec:
         pairs = self.kind == "video-events"  # T + 1 frames in [0, 1] give T luma-change frames
         cv = read_views(path, time_steps=self.time_steps + (1 if pairs else 0), size=self.size,
                         temporal_views=temporal_views, spatial_crops=spatial_crops, frame_stride=self.frame_stride,
-                        mean=0.0 if pairs else self.mean, std=1.0 if pairs else self.std)
+                        mean=0.0 if pairs else self.mean, std=1.0 if pairs else self.std,
+                        frame_transform=frame_transform)
         tensor = torch.stack([video_to_event_frames(v) for v in cv.tensor]) if pairs else cv.tensor
         details = {"width": cv.info.width, "height": cv.info.height, "fps": cv.info.fps, "frames": cv.info.frames,
                    "codec": cv.info.codec, "crops": [list(c) for c in cv.crops]}

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -504,8 +504,13 @@ def read_views(
     frame_stride: int = 4,
     mean: float | Sequence[float] = DEFAULT_MEAN,
     std: float | Sequence[float] = DEFAULT_STD,
+    frame_transform: Callable[[int, np.ndarray], np.ndarray] | None = None,
 ) -> ClipViews:
-    """Decode the file once and cut ``temporal_views x spatial_crops`` test views (see :func:`load_views`)."""
+    """Decode the file once and cut ``temporal_views x spatial_crops`` test views (see :func:`load_views`).
+
+    ``frame_transform(index, rgb)``: applied to every decoded RGB frame (``uint8 [H, W, 3]``, its frame
+    index) before resizing and normalisation; returns values in 0..255 (e.g. :mod:`svformer.data.noise`).
+    """
     _check_sizes(time_steps, size)
     if spatial_crops not in (1, 3):
         raise SVFormerError(f"spatial crops must be 1 or 3, got {spatial_crops}")
@@ -520,6 +525,8 @@ def read_views(
         rgb, decoded = _decode_needed(path, container, stream, needed, info.frames, _to_rgb)
     finally:
         container.close()
+    if frame_transform is not None:
+        rgb = {i: frame_transform(i, f) for i, f in rgb.items()}
     keys, frames = _resized_stack(rgb, size, mean, std)
     h, w = frames.shape[2:]
     offsets = spatial_crop_offsets(h, w, size, spatial_crops)

@@ -364,15 +364,20 @@ LOIHI = ChipModel(
         "time_ns.hop_north_south": f"{_T2}: 'latency per tile hop (E-W / N-S)' 6.5 ns",
         "time_ns.barrier_sync_one_tile": f"{_T2}: 'mesh-wide barrier sync time (1-32 tiles)' 113-465 ns, low end",
         "time_ns.barrier_sync_all_tiles": f"{_T2}: 'mesh-wide barrier sync time (1-32 tiles)' 113-465 ns, high end",
-        "limits.cores_per_chip": "Davies et al. 2018 p. 86: 128 neuromorphic cores (transcribed in SANA-FE sim.h ae570278: MAX_CORES_LOIHI 128)",
-        "limits.compartments_per_core": "Davies et al. 2018 p. 86 and p. 89 (constraint 1): 1,024 compartments (SANA-FE sim.h ae570278: MAX_COMPARTMENTS 1024)",
+        "limits.cores_per_chip": "Davies et al. 2018 p. 86: 128 neuromorphic cores (transcribed in SANA-FE "
+                                 "sim.h ae570278: MAX_CORES_LOIHI 128)",
+        "limits.compartments_per_core": "Davies et al. 2018 p. 86 and p. 89 (constraint 1): 1,024 compartments "
+                                        "(SANA-FE sim.h ae570278: MAX_COMPARTMENTS 1024)",
         "limits.synaptic_memory_bytes_per_core": "Davies et al. 2018 p. 89 (constraint 2): 128 KB of synaptic "
                                                  "fan-in state per core (secondary: research notes in the public code "
                                                  "index quoting constraint 2 and Davies et al. 2021, Proc. IEEE "
                                                  "109(5), 'each core contains 128 kB of synaptic state')",
-        "limits.fan_in_axons_per_core": "Davies et al. 2018 p. 89 (constraint 4): 4,096 input axon routing slots (SANA-FE arch/loihi.yaml: fan_in 4096)",
-        "limits.fan_out_edges_per_core": "Davies et al. 2018 p. 89 (constraint 3): 4,096 core-to-core fan-out edges (SANA-FE sim.h ae570278: FAN_OUT 4096)",
-        "limits.max_weight_bits": "Davies et al. 2018 p. 87: weight precision of 1 to 9 bits (secondary: research note in the public code index quoting p. 87)",
+        "limits.fan_in_axons_per_core": "Davies et al. 2018 p. 89 (constraint 4): 4,096 input axon routing slots "
+                                        "(SANA-FE arch/loihi.yaml: fan_in 4096)",
+        "limits.fan_out_edges_per_core": "Davies et al. 2018 p. 89 (constraint 3): 4,096 core-to-core fan-out edges "
+                                         "(SANA-FE sim.h ae570278: FAN_OUT 4096)",
+        "limits.max_weight_bits": "Davies et al. 2018 p. 87: weight precision of 1 to 9 bits (secondary: research "
+                                  "note in the public code index quoting p. 87)",
         "limits.cores_per_tile": "not stated in the paper: 128 cores / 32 tiles (Table 2's barrier range, 1-32 "
                                  "tiles); 4 cores per tile as in SANA-FE sim.h (CORES_PER_TILE 4)",
         "limits.mesh_tiles_x": "not stated in the paper: the 8 x 4 tile grid of SANA-FE's Loihi architecture "
@@ -398,7 +403,8 @@ def _chip_from_toml(path: Path, data: dict[str, Any]) -> ChipModel:
     """A :class:`ChipModel` from parsed TOML; ``base = "loihi"`` starts from a preset chip and overrides."""
     unknown = sorted(set(data) - _CHIP_TOP)
     if unknown:
-        raise SVFormerError(f"{path}: unknown chip key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_CHIP_TOP))}")
+        raise SVFormerError(f"{path}: unknown chip key(s) {', '.join(unknown)}; "
+                            f"allowed: {', '.join(sorted(_CHIP_TOP))}")
     base = None
     if "base" in data:
         if not isinstance(data["base"], str) or data["base"] not in CHIPS:

@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "energy-report": "svformer_deploy.deploy.commands.energy_report:energy_report",
     "demo": "svformer_deploy.deploy.commands.demo:demo",
     "verify": "svformer_deploy.deploy.commands.verify:verify",
+    "fit": "svformer_deploy.deploy.commands.fit:fit",
 }
 
 

@@ -338,7 +338,8 @@ def render_fit(p: Placement, chip: ChipModel) -> str:
 
     lim = chip.limits
     lines = [f"fit on {chip.name}: {p.cores} core(s) on {p.chips} chip(s) ({p.tiles} tile(s) of "
-             f"{lim['cores_per_tile']} cores; {lim['cores_per_chip']} cores per chip), synapses at {p.weight_bits} bits",
+             f"{lim['cores_per_tile']} cores; {lim['cores_per_chip']} cores per chip), "
+             f"synapses at {p.weight_bits} bits",
              f"  utilisation of the cores used: compartments {100 * p.compartment_utilisation:.1f}% "
              f"(of {lim['compartments_per_core']} per core), synaptic memory "
              f"{100 * p.synaptic_memory_utilisation:.1f}% (of {lim['synaptic_memory_bytes_per_core']:,} B per core)",

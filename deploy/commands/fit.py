@@ -26,7 +26,7 @@ def fit(bundle, chip, as_json) -> None:
     placement = place_bundle(b, model)
     if as_json:
         emit_json({"format": "svformer-deploy/fit", "version": 1, "bundle": str(b.path),
-                   "model_hash": b.model_hash(), "chip_model": model.to_dict(), **placement.to_dict()})
+                   "model_hash": b.model_hash, "chip_model": model.to_dict(), **placement.to_dict()})
     else:
-        click.echo(f"bundle {b.path} (model hash {b.model_hash()[:12]})")
+        click.echo(f"bundle {b.path} (model hash {b.model_hash[:12]})")
         click.echo(render_fit(placement, model))

@@ -347,8 +347,8 @@ def chip_report(records: Sequence[RunRecord], chip: ChipModel, host: CostModel, 
         raise SVFormerError(f"the chip bill needs the model's bundle (its partition and layer shapes): pass --bundle "
                             f"PATH (the records name {records[0].model.get('bundle') or 'no bundle'}, not found)")
     b = load_bundle(path)
-    if b.model_hash() != records[0].model_hash:
-        raise SVFormerError(f"{path}: bundle model hash {b.model_hash()[:12]} is not the records' "
+    if b.model_hash != records[0].model_hash:
+        raise SVFormerError(f"{path}: bundle model hash {b.model_hash[:12]} is not the records' "
                             f"{records[0].model_hash[:12]} (a different model)")
     placement = place_bundle(b, chip)
     clips = [evaluate_record(r, host) for r in records]

@@ -343,7 +343,8 @@ def render_fit(p: Placement, chip: ChipModel) -> str:
              f"  utilisation of the cores used: compartments {100 * p.compartment_utilisation:.1f}% "
              f"(of {lim['compartments_per_core']} per core), synaptic memory "
              f"{100 * p.synaptic_memory_utilisation:.1f}% (of {lim['synaptic_memory_bytes_per_core']:,} B per core)",
-             "  verdict: " + ("fits" if p.fits else "does NOT fit: " + "; ".join(p.problems))]
+             "  verdict: " + (("fits" if p.layers else "nothing to place (no core-capable part)") if p.fits
+                              else "does NOT fit: " + "; ".join(p.problems))]
     lines += [f"  note: {n}" for n in p.notes]
     rows = [[str(lp.part), lp.neuron, f"{lp.neurons:,}", str(lp.fan_in), f"{lp.neurons_per_core:,}",
              f"{lp.cores:,}", f"{lp.first_core}-{lp.first_core + lp.cores - 1}", lp.limited_by,

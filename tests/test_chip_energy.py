@@ -305,3 +305,61 @@ def test_html_page_shows_the_chip_split_in_headless_chromium(tmp_path):
     # the stacked bar's colours are on screen: synaptic (blue), active neurons (orange), host (grey)
     for rgb in ((0x1f, 0x77, 0xb4), (0xff, 0x7f, 0x0e)):
         assert (np.abs(img - np.array(rgb)).sum(axis=2) < 30).mean() > 0.002, rgb
+
+
+def test_energy_report_with_a_chip_needs_the_bundle_and_the_host_option_needs_a_chip(tmp_path):
+    from energy_fixtures import write_record
+
+    rec = part_record("conv0", "lif0", 256, ac=10, spikes_in=1, spikes_out=1, active=1, bias_adds=1)
+    write_record(tmp_path / "runs", "r.json", rec.data)
+    proc = run_cli("energy-report", "runs", "--cost-model", "loihi", cwd=tmp_path)
+    assert_one_line_error(proc, "the chip bill needs the model's bundle", "/models/m.svfd")
+    proc = run_cli("energy-report", "runs", "--host-cost-model", "int8", cwd=tmp_path)
+    assert_one_line_error(proc, "--host-cost-model goes with a chip cost model")
+    proc = run_cli("energy-report", "runs", "--cost-model", "loihi", "--host-cost-model", "loihi", cwd=tmp_path)
+    assert_one_line_error(proc, "a chip cannot be the host model")
+
+
+def test_export_fit_and_energy_report_on_a_real_bundle_agree(tmp_path):
+    """A tiny plain-BN model end to end: the export summary's fit line, `fit --json`, and the chip bill of a
+    simulated clip, whose host parts cost what the pure fp32 exact method charges for them."""
+    import json
+
+    from fixtures_models import make_model
+    from svformer_deploy.export.bundle import load_bundle
+    from svformer_deploy.simulators.record import write_records
+    from svformer_deploy.svformer.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(tmp_path / "tiny.pt", make_model("3stg", time_steps=2, norm="bn"))
+    proc = run_cli("export", str(ckpt), "-o", "tiny.svfd", "--check-clips", "0", "--targets", "nir", "--quiet",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    fit_line = next(line for line in proc.stdout.splitlines() if line.strip().startswith("fit"))
+    proc = run_cli("fit", "tiny.svfd", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    fit = json.loads(proc.stdout)
+    assert fit["cores"] > 0 and fit["fits"] and f"{fit['cores']} cores on {fit['chips']} chip(s)" in fit_line
+
+    bundle = load_bundle(tmp_path / "tiny.svfd")
+    g = bundle.graph("ir")
+    sim = Simulator(g)
+    torch.manual_seed(0)
+    x = torch.poisson(torch.full((2, *ir_input_shape(g)), 0.5))
+    rec = build_record(sim, sim.run(x), model={"hash": bundle.model_hash, "bundle": str(bundle.path)},
+                       input={"kind": "tensor"})
+    write_records([rec], tmp_path / "runs", "clip")
+    proc = run_cli("energy-report", "runs", "--cost-model", "loihi", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    chip = json.loads(proc.stdout)["chip"]
+    e = chip["energy_mj"]
+    assert e["total"] == pytest.approx(sum(v for k, v in e.items() if k != "total"))
+    assert e["core_synaptic"] > 0 and e["core_routing"] > 0 and e["boundary_io"] > 0
+    assert chip["core_parts"]["exact_45nm_mj"] + e["host"] == pytest.approx(chip["pure_45nm_mj"]["exact"])
+    assert chip["placement"]["cores"] == fit["cores"]
+    assert e["core_synaptic"] == pytest.approx(chip["counts"]["synaptic_ops"] * 23.6e-9)
+
+
+def ir_input_shape(g) -> tuple[int, ...]:
+    from svformer_deploy.export import ir
+
+    return tuple(ir.spec(g, ir.input_node(g)).shape)

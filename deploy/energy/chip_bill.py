@@ -4,8 +4,9 @@ For one run record, its bundle's placement (:mod:`deploy.energy.placement`) and 
 (all energies in pJ per clip, the record's exact counts):
 
 - **core parts** (every weighted op and neuron layer of a core-capable part):
-  ``synaptic ops x E_syn`` (synaptic ops = the weighted op's counted synaptic events ``ac``; bias adds are
-  part of the neuron update on the chip and not charged separately) + ``active updates x E_active +
+  ``synaptic ops x E_syn`` (synaptic ops = the weighted op's counted synaptic events ``ac``, times the
+  layer's ``share`` of the op's rows after a head split; bias adds are part of the neuron update on the
+  chip and not charged separately) + ``active updates x E_active +
   inactive updates x E_inactive`` (``neurons_active`` of the neuron layer; records before version 3
   have no such count and every update is priced active, an upper bound the report states) + routing:
   every spike of a part layer is sent to the cores of the next layer (or the host interface), each
@@ -78,7 +79,7 @@ def bill_record(record: RunRecord, placement: Placement, chip: ChipModel, host: 
         w, n = by_name[lp.weighted], by_name[lp.neuron]
         first = i == 0 or parts[i - 1] != lp.part
         last = i == len(parts) - 1 or parts[i + 1] != lp.part
-        syn = int(w["counts"]["ac"]) + int(w["counts"]["mac"])
+        syn = round(lp.share * (int(w["counts"]["ac"]) + int(w["counts"]["mac"])))
         updates = int(n["counts"]["neuron_updates"])
         active = int(n["counts"]["neurons_active"]) if has_active else updates
         inactive = updates - active
@@ -92,7 +93,7 @@ def bill_record(record: RunRecord, placement: Placement, chip: ChipModel, host: 
                              "core_neuron_active": active * e["neuron_update_active"],
                              "core_neuron_inactive": inactive * e["neuron_update_inactive"],
                              "core_routing": route},
-               "exact_45nm_pj": exact45[lp.weighted] + exact45[lp.neuron]}
+               "exact_45nm_pj": lp.share * exact45[lp.weighted] + exact45[lp.neuron]}
         row["energy_pj"]["total"] = sum(row["energy_pj"].values())
         layers.append(row)
         for k in ("core_synaptic", "core_neuron_active", "core_neuron_inactive", "core_routing"):
@@ -110,7 +111,7 @@ def bill_record(record: RunRecord, placement: Placement, chip: ChipModel, host: 
         counts["boundary_out"] += spikes if last else 0
         # chip time: this layer's busiest core, per step (events spread evenly over the layer's cores)
         share = lp.neurons_per_core / lp.neurons
-        ac_t = [a + b for a, b in zip(_steps(w, "ac", T), _steps(w, "mac", T), strict=True)]
+        ac_t = [lp.share * (a + b) for a, b in zip(_steps(w, "ac", T), _steps(w, "mac", T), strict=True)]
         up_t = _steps(n, "neuron_updates", T)
         act_t = _steps(n, "neurons_active", T) if has_active else up_t
         sp_t = _steps(n, "spikes_out", T)

@@ -2,7 +2,10 @@
 
 The parts are the partition's sequential ``spikes -> [conv/dense -> neuron] x L`` chains
 (:mod:`export.writers.partition`). Each part layer is a set of neurons (compartments, ``C x H x W`` of
-its output) with a fan-in of ``C_in/groups x kH x kW`` synapses per neuron.
+its output) with a fan-in of ``C_in/groups x kH x kW`` synapses per neuron. Attention's q, k and v are
+three parts on the rows of one projection (a head split): each holds ``share`` = its rows / all rows of
+that op, and the bill gives it that share of the op's counted events (exact for a dense projection,
+where every input spike drives every row).
 
 **Placement (documented, simple, deterministic).** Layer-contiguous and row-major: cores are handed
 out in order, part by part and layer by layer; a layer's neurons, in ``C, H, W`` order, fill its
@@ -67,6 +70,7 @@ class LayerGeometry:
     stride: tuple[int, int]
     padding: tuple[int, int]
     groups: int
+    share: float = 1.0  # fraction of the weighted op's output rows this layer holds (< 1 after a head split)
 
     @property
     def neurons(self) -> int:
@@ -104,6 +108,7 @@ class LayerPlacement:
     neuron: str
     neurons: int
     fan_in: int
+    share: float
     synapses: int
     synapse_bytes: float
     neurons_per_core: int
@@ -181,7 +186,8 @@ def geometry_from_graph(g: nx.DiGraph, parts: Sequence[Any] | None = None) -> li
         for la in p.layers:
             op = ir.op_of(g, la.weighted)
             w, groups, stride, padding = op.chain_conv(op.weight)
-            out.append(LayerGeometry(part=p.index, weighted=la.weighted, neuron=la.neuron,
+            share = 1.0 if la.rows is None else (la.rows[1] - la.rows[0]) / int(w.shape[0])
+            out.append(LayerGeometry(part=p.index, weighted=la.weighted, neuron=la.neuron, share=share,
                                      in_shape=tuple(int(v) for v in la.in_shape),
                                      out_shape=tuple(int(v) for v in la.out_shape),
                                      kernel=(int(w.shape[2]), int(w.shape[3])), stride=tuple(int(v) for v in stride),
@@ -298,6 +304,7 @@ def place(layers: Sequence[LayerGeometry], chip: ChipModel, weight_bits: int) ->
                                 f"(fan-in {geo.fan_in}, input axons {geo.input_axons(1)})")
             out.append(LayerPlacement(
                 part=part, weighted=geo.weighted, neuron=geo.neuron, neurons=geo.neurons, fan_in=geo.fan_in,
+                share=geo.share,
                 synapses=geo.neurons * geo.fan_in, synapse_bytes=geo.neurons * geo.fan_in * weight_bits / 8,
                 neurons_per_core=n, cores=cores, first_core=first, fits=not broken, limited_by=limited,
                 broken=broken))

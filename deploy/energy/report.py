@@ -276,6 +276,11 @@ def render_csv(report: Mapping[str, Any]) -> str:
                     "energy_pj_ann": c["energy_mj"]["ann"] * PJ_PER_MJ,
                     "difference_pj": (c["energy_mj"]["exact"] - c["energy_mj"]["paper_eq13"]) * PJ_PER_MJ,
                     "class": c["class"]})
+    chip = report.get("chip")
+    if chip:
+        for k, v in chip["energy_mj"].items():
+            w.writerow({"cost_model": f"{chip['chip']['name']}+{chip['host_cost_model']}", "section": "chip",
+                        "name": k, "clips": chip["clips"], "energy_pj_exact": v * PJ_PER_MJ})
     return buf.getvalue()
 
 

@@ -133,7 +133,11 @@ def test_placement_respects_every_per_core_limit():
             for i, lp in enumerate(layers):
                 geo = next(g for g in geos if g.neuron == lp.neuron)
                 n = lp.neurons_per_core
-                nxt = layers[i + 1].cores if i + 1 < len(layers) else 1
+                if i + 1 < len(layers):
+                    nxt_geo = next(g for g in geos if g.neuron == layers[i + 1].neuron)
+                    nxt = nxt_geo.destinations(layers[i + 1].neurons_per_core, layers[i + 1].cores)
+                else:
+                    nxt = 1
                 assert n <= lim["compartments_per_core"]
                 assert n * geo.fan_in * bits <= lim["synaptic_memory_bytes_per_core"] * 8
                 assert geo.input_axons(n) <= lim["fan_in_axons_per_core"]
@@ -363,3 +367,21 @@ def ir_input_shape(g) -> tuple[int, ...]:
     from svformer_deploy.export import ir
 
     return tuple(ir.spec(g, ir.input_node(g)).shape)
+
+
+def test_axon_and_destination_bounds_by_hand():
+    # 1x1 conv 128 -> 512 channels at 56 x 56, position-major: 1024 neurons cover 2 positions (+1 partial) of one
+    # row segment: 2 input rows (one per possibly touched output row) x 4 columns x 128 channels
+    pw = LayerGeometry(part=0, weighted="pw", neuron="n", in_shape=(128, 56, 56), out_shape=(512, 56, 56),
+                       kernel=(1, 1), stride=(1, 1), padding=(0, 0), groups=1)
+    assert pw.input_axons(1024) == 128 * 2 * 4
+    # 3x3 conv, 64 channels: an input position feeds 3 output rows x 3 positions; a row segment of 3 x 64 neurons
+    # spans at most ceil(192 / 512) + 1 = 2 cores of 512 neurons -> 6 destination cores (of 100)
+    c3 = conv_geo(0, 64, 64, 56)
+    assert c3.destinations(512, 100) == 6
+    assert dense_geo(0, 10, 3000).destinations(1024, 3) == 3  # a dense layer: every core
+    # depthwise: only the touched channels' groups are read
+    dw = LayerGeometry(part=0, weighted="dw", neuron="n", in_shape=(64, 8, 8), out_shape=(64, 8, 8),
+                       kernel=(3, 3), stride=(1, 1), padding=(1, 1), groups=64)
+    # 10 neurons: 2 positions, 2 output rows -> 4 input rows, (2 - 1) + 2 x 3 = 7 columns, at most 11 groups
+    assert dw.input_axons(10) == 11 * 4 * 7

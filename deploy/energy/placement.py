@@ -8,21 +8,22 @@ that op, and the bill gives it that share of the op's counted events (exact for 
 where every input spike drives every row).
 
 **Placement (documented, simple, deterministic).** Layer-contiguous and row-major: cores are handed
-out in order, part by part and layer by layer; a layer's neurons, in ``C, H, W`` order, fill its
-cores ``n`` at a time (the last core takes the rest). ``n`` is the largest number of neurons per core
-for which every per-core limit of the chip holds (all grow with ``n``, so a bisection finds it):
+out in order, part by part and layer by layer; a layer's neurons, in position-major order (output
+rows, then columns, then channels: ``H, W, C``, so all channels of a position sit together and
+neighbouring positions on neighbouring cores), fill its cores ``n`` at a time (the last core takes
+the rest). ``n`` is the largest number of neurons per core for which every per-core limit of the
+chip holds (all grow with ``n``, so a bisection finds it):
 
 1. compartments: ``n <= compartments_per_core``;
 2. synaptic memory: ``n x fan_in x weight_bits / 8 <= synaptic_memory_bytes_per_core`` (every
    synapse stored per neuron, no weight sharing; weight bits are the bundle's quantization bits, 8
    for a float bundle);
-3. fan-in: the input neurons a block of ``n`` consecutive neurons reads (its input axons) fit in
-   ``fan_in_axons_per_core``; counted as an upper bound: the input channels of every group the
-   block touches times, when the block is less than one output plane, the whole input rows its
-   output rows read, else the whole input plane;
-4. fan-out: ``n x (cores of the next layer) <= fan_out_edges_per_core`` (upper bound: each neuron
-   sends one message to every core of the next layer; the last layer of a part sends one to the host
-   interface), so layers are placed last to first within a part.
+3. fan-in: the input neurons a block of ``n`` consecutive neurons reads (its input axons, an upper
+   bound: :meth:`LayerGeometry.input_axons`) fit in ``fan_in_axons_per_core``;
+4. fan-out: ``n x (cores of the next layer one spike reaches)`` fits in ``fan_out_edges_per_core``
+   (:meth:`LayerGeometry.destinations`: the cores holding the output positions that read one input
+   position, an upper bound; every core for a dense layer; the last layer of a part sends to the
+   host interface), so layers are sized last to first within a part.
 
 A layer where even one neuron per core breaks a limit does not fit; it is still placed at the most
 neurons per core that the other limits allow and the fit report names the broken limit.
@@ -34,10 +35,11 @@ to another tile, ``|dx|`` east-west hops plus ``|dy|`` north-south hops (dimensi
 Spikes into a part come from the host interface, taken at tile (0, 0) of chip 0; a part's output
 spikes go back there.
 
-**Hops per spike.** A spike of layer ``l`` goes to every core of the next layer (or to the host
-interface); spikes are taken as spread evenly over the layer's neurons (records count spikes per
-layer and step, not per neuron), so the hop figures are means over the layer's source cores,
-weighted by their neurons.
+**Hops per spike.** A spike of a source core goes to the ``d`` destination cores (the fan-out bound
+above) of the next layer centred on the same relative position in that layer; spikes are taken as
+spread evenly over a layer's neurons (records count spikes per layer and step, not per neuron), so
+the hop figures are means over the layer's source cores, weighted by their neurons. A part's input
+spikes come from the host interface, spread evenly over its first layer's cores.
 """
 
 from __future__ import annotations
@@ -83,20 +85,37 @@ class LayerGeometry:
         return self.in_shape[0] // self.groups * self.kernel[0] * self.kernel[1]
 
     def input_axons(self, n: int) -> int:
-        """Upper bound on the input neurons that a block of ``n`` consecutive neurons reads (see module doc)."""
+        """Upper bound on the input neurons (axons) that a block of ``n`` consecutive neurons reads.
+
+        Neurons are in position-major order (``H, W, C``: all channels of a position together), so the
+        block covers at most ``P = ceil(n / C_out) + 1`` consecutive output positions, at most
+        ``R = ceil(P / W_out) + 1`` output rows: it reads ``(R - 1) x stride_h + kH`` input rows (at most all)
+        and, when ``P < W_out``, at most ``(P - 1) x stride_w + 2 kW`` input columns (two row segments), else
+        all; times the input channels of every group the block touches.
+        """
         co, ho, wo = self.out_shape
         ci, hi, wi = self.in_shape
-        plane = ho * wo
-        channels = min(co, math.ceil(n / plane) + 1)
+        positions = min(ho * wo, math.ceil(n / co) + 1)
+        rows = min(ho, math.ceil(positions / wo) + 1)
+        in_rows = min(hi, (rows - 1) * self.stride[0] + self.kernel[0])
+        in_cols = wi if positions >= wo else min(wi, (positions - 1) * self.stride[1] + 2 * self.kernel[1])
+        channels = min(co, n)
         per_group = co // self.groups
         groups = min(self.groups, math.ceil(channels / per_group) + 1)
-        in_channels = min(ci, groups * (ci // self.groups))
-        if n >= plane:
-            positions = hi * wi
-        else:
-            rows = min(ho, math.ceil(n / wo) + 1)
-            positions = min(hi, (rows - 1) * self.stride[0] + self.kernel[0]) * wi
-        return in_channels * positions
+        return min(ci, groups * (ci // self.groups)) * in_rows * in_cols
+
+    def destinations(self, n: int, cores: int) -> int:
+        """Upper bound on the cores of this layer that one input neuron's spike reaches, when this layer holds
+        ``n`` neurons per core on ``cores`` cores: the output positions that read one input position lie in at
+        most ``ceil(kH / stride_h)`` rows of ``ceil(kW / stride_w)`` positions; each such row segment of
+        ``C_out`` channels per position spans ``ceil(segment / n) + 1`` cores. A dense layer (one position):
+        every core."""
+        co, ho, wo = self.out_shape
+        if ho * wo == 1:
+            return cores
+        rows = min(ho, math.ceil(self.kernel[0] / self.stride[0]))
+        cols = min(wo, math.ceil(self.kernel[1] / self.stride[1]))
+        return min(cores, rows * (math.ceil(cols * co / n) + 1))
 
 
 @dataclass
@@ -207,14 +226,14 @@ def place_bundle(bundle: Any, chip: ChipModel) -> Placement:
 
 
 # ---------------------------------------------------------------------------------------------
-def _limit_checks(geo: LayerGeometry, chip: ChipModel, bits: int, next_cores: int) -> dict[str, Any]:
+def _limit_checks(geo: LayerGeometry, chip: ChipModel, bits: int, next_dest: int) -> dict[str, Any]:
     lim = chip.limits
     mem_bits = lim["synaptic_memory_bytes_per_core"] * 8
     return {
         "compartments": lambda n: n <= lim["compartments_per_core"],
         "synaptic memory": lambda n: n * geo.fan_in * bits <= mem_bits,
         "fan-in axons": lambda n: geo.input_axons(n) <= lim["fan_in_axons_per_core"],
-        "fan-out edges": lambda n: n * next_cores <= lim["fan_out_edges_per_core"],
+        "fan-out edges": lambda n: n * next_dest <= lim["fan_out_edges_per_core"],
     }
 
 
@@ -232,9 +251,10 @@ def _largest(ok: Any, hi: int) -> int:
     return lo
 
 
-def _per_core(geo: LayerGeometry, chip: ChipModel, bits: int, next_cores: int) -> tuple[int, str, list[str]]:
-    """(neurons per core, the limit that sets it, limits broken even at one neuron per core)."""
-    checks = _limit_checks(geo, chip, bits, next_cores)
+def _per_core(geo: LayerGeometry, chip: ChipModel, bits: int, next_dest: int) -> tuple[int, str, list[str]]:
+    """(neurons per core, the limit that sets it, limits broken even at one neuron per core); ``next_dest``:
+    cores of the next layer that one spike of this layer reaches (1: the host interface)."""
+    checks = _limit_checks(geo, chip, bits, next_dest)
     hi = min(chip.limits["compartments_per_core"], geo.neurons)
     broken = [name for name, ok in checks.items() if not ok(1)]
     usable = {name: ok for name, ok in checks.items() if name not in broken}
@@ -259,18 +279,28 @@ def core_xy(k: np.ndarray | int, chip: ChipModel) -> tuple[np.ndarray, np.ndarra
     return gx, ty, tile_id
 
 
+def _windows(n_src: int, first: int, cores: int, dest: int) -> np.ndarray:
+    """``[n_src, dest]`` destination core ids: for source ``i`` of ``n_src`` (spread evenly over the layer), the
+    ``dest`` consecutive cores of the receiving layer (``first`` .. ``first + cores - 1``) centred on the same
+    relative position (both layers are placed position-major, so neighbouring positions are on neighbouring
+    cores)."""
+    centre = np.floor((np.arange(n_src) + 0.5) / n_src * cores).astype(np.int64)
+    start = np.clip(centre - dest // 2, 0, cores - dest)
+    return first + start[:, None] + np.arange(dest)[None, :]
+
+
 def _route_stats(src: np.ndarray, src_w: np.ndarray, dst: np.ndarray, chip: ChipModel) -> tuple[float, ...]:
-    """Mean (messages, within-tile messages, E-W hops, N-S hops) per spike from cores ``src`` (weights
-    ``src_w``) to every core in ``dst``, and the longest route (ns)."""
+    """Mean (messages, within-tile messages, E-W hops, N-S hops) per spike from cores ``src`` (weights ``src_w``)
+    to their destination cores ``dst`` (``[len(src), d]``), and the longest route (ns)."""
     sx, sy, st = core_xy(src, chip)
     dx, dy, dt = core_xy(dst, chip)
-    ew = np.abs(sx[:, None] - dx[None, :])
-    ns = np.abs(sy[:, None] - dy[None, :])
-    same = st[:, None] == dt[None, :]
+    ew = np.abs(sx[:, None] - dx)
+    ns = np.abs(sy[:, None] - dy)
+    same = st[:, None] == dt
     w = src_w / src_w.sum()
     t = chip.time_ns
     route = np.where(same, t["spike_within_tile"], ew * t["hop_east_west"] + ns * t["hop_north_south"])
-    return (float(len(dst)), float((same.sum(axis=1) * w).sum()), float((ew.sum(axis=1) * w).sum()),
+    return (float(dst.shape[1]), float((same.sum(axis=1) * w).sum()), float((ew.sum(axis=1) * w).sum()),
             float((ns.sum(axis=1) * w).sum()), float(route.max()))
 
 
@@ -288,12 +318,13 @@ def place(layers: Sequence[LayerGeometry], chip: ChipModel, weight_bits: int) ->
         by_part.setdefault(geo.part, []).append(geo)
     sized: dict[tuple[int, int], tuple[int, str, list[str], int]] = {}
     for part, geos in by_part.items():
-        next_cores = 1  # the last layer of a part sends to the host interface
+        next_dest = 1  # the last layer of a part sends to the host interface
         for i in range(len(geos) - 1, -1, -1):
-            n, limited, broken = _per_core(geos[i], chip, weight_bits, next_cores)
+            n, limited, broken = _per_core(geos[i], chip, weight_bits, next_dest)
             cores = math.ceil(geos[i].neurons / n)
             sized[(part, i)] = (n, limited, broken, cores)
-            next_cores = cores
+            next_dest = geos[i].destinations(n, cores)
+    geos_of = {(part, i): geo for part, geos in by_part.items() for i, geo in enumerate(geos)}
     out: list[LayerPlacement] = []
     first = 0
     for part, geos in by_part.items():
@@ -317,13 +348,21 @@ def place(layers: Sequence[LayerGeometry], chip: ChipModel, weight_bits: int) ->
             src_w = np.full(lp.cores, lp.neurons_per_core, dtype=np.float64)
             src_w[-1] = lp.neurons - lp.neurons_per_core * (lp.cores - 1)
             nxt = part_layers[i + 1] if i + 1 < len(part_layers) else None
-            dst = np.arange(nxt.first_core, nxt.first_core + nxt.cores) if nxt is not None else np.array([0])
+            if nxt is None:
+                dst = np.zeros((lp.cores, 1), dtype=np.int64)  # the host interface, on core 0's tile
+            else:
+                geo = geos_of[(part, i + 1)]
+                dst = _windows(lp.cores, nxt.first_core, nxt.cores, geo.destinations(nxt.neurons_per_core,
+                                                                                      nxt.cores))
             (lp.messages_per_spike, lp.within_tile_per_spike, lp.ew_hops_per_spike, lp.ns_hops_per_spike,
              lp.max_route_ns) = _route_stats(src, src_w, dst, chip)
-            if i == 0:  # the part's input spikes: from the host interface (core 0's tile) to every core of layer 0
+            if i == 0:  # the part's input spikes: from the host interface (core 0's tile), spread over the input
+                d = geos_of[(part, 0)].destinations(lp.neurons_per_core, lp.cores)
+                virtual = min(lp.cores, 4096)  # input positions spread evenly over the layer's cores
+                dst = _windows(virtual, lp.first_core, lp.cores, d)
                 (lp.input_messages_per_spike, lp.input_within_tile_per_spike, lp.input_ew_hops_per_spike,
                  lp.input_ns_hops_per_spike, lp.input_max_route_ns) = _route_stats(
-                    np.array([0]), np.array([1.0]), src, chip)
+                    np.zeros(virtual, dtype=np.int64), np.ones(virtual), dst, chip)
     chips = math.ceil(total / lim["cores_per_chip"]) if total else 0
     tiles = len(set(core_xy(np.arange(total), chip)[2].tolist())) if total else 0
     if chips > 1:

@@ -32,14 +32,16 @@ neurons per core that the other limits allow and the fit report names the broken
 ``j // cores_per_tile``, tiles row-major on a ``mesh_tiles_x x mesh_tiles_y`` grid, chips side by
 side along x. A spike message to a core of the same tile costs the chip's within-tile spike energy;
 to another tile, ``|dx|`` east-west hops plus ``|dy|`` north-south hops (dimension-order routing).
-Spikes into a part come from the host interface, taken at tile (0, 0) of chip 0; a part's output
-spikes go back there.
+Spikes into and out of a part go through a host interface on every chip (Loihi has embedded x86
+cores and off-chip interfaces on each chip), taken at the chip's first tile: a part's output spikes go
+to the interface of their core's chip, its input spikes come from the interface of the chip that holds
+their first destination core.
 
 **Hops per spike.** A spike of a source core goes to the ``d`` destination cores (the fan-out bound
 above) of the next layer centred on the same relative position in that layer; spikes are taken as
 spread evenly over a layer's neurons (records count spikes per layer and step, not per neuron), so
 the hop figures are means over the layer's source cores, weighted by their neurons. A part's input
-spikes come from the host interface, spread evenly over its first layer's cores.
+spikes are spread evenly over its first layer's cores.
 """
 
 from __future__ import annotations
@@ -348,21 +350,22 @@ def place(layers: Sequence[LayerGeometry], chip: ChipModel, weight_bits: int) ->
             src_w = np.full(lp.cores, lp.neurons_per_core, dtype=np.float64)
             src_w[-1] = lp.neurons - lp.neurons_per_core * (lp.cores - 1)
             nxt = part_layers[i + 1] if i + 1 < len(part_layers) else None
-            if nxt is None:
-                dst = np.zeros((lp.cores, 1), dtype=np.int64)  # the host interface, on core 0's tile
+            cpc = lim["cores_per_chip"]
+            if nxt is None:  # the host interface of the core's own chip (its first tile)
+                dst = (src // cpc * cpc)[:, None]
             else:
                 geo = geos_of[(part, i + 1)]
                 dst = _windows(lp.cores, nxt.first_core, nxt.cores, geo.destinations(nxt.neurons_per_core,
                                                                                       nxt.cores))
             (lp.messages_per_spike, lp.within_tile_per_spike, lp.ew_hops_per_spike, lp.ns_hops_per_spike,
              lp.max_route_ns) = _route_stats(src, src_w, dst, chip)
-            if i == 0:  # the part's input spikes: from the host interface (core 0's tile), spread over the input
-                d = geos_of[(part, 0)].destinations(lp.neurons_per_core, lp.cores)
-                virtual = min(lp.cores, 4096)  # input positions spread evenly over the layer's cores
+            if i == 0:  # the part's input spikes, spread over the input, from the host interface of the chip
+                d = geos_of[(part, 0)].destinations(lp.neurons_per_core, lp.cores)  # holding their first core
+                virtual = min(lp.cores, 4096)
                 dst = _windows(virtual, lp.first_core, lp.cores, d)
                 (lp.input_messages_per_spike, lp.input_within_tile_per_spike, lp.input_ew_hops_per_spike,
                  lp.input_ns_hops_per_spike, lp.input_max_route_ns) = _route_stats(
-                    np.zeros(virtual, dtype=np.int64), np.ones(virtual), dst, chip)
+                    dst[:, 0] // cpc * cpc, np.ones(virtual), dst, chip)
     chips = math.ceil(total / lim["cores_per_chip"]) if total else 0
     tiles = len(set(core_xy(np.arange(total), chip)[2].tolist())) if total else 0
     if chips > 1:

@@ -59,6 +59,8 @@ def main() -> int:
     ap.add_argument("--time-steps", type=int, default=8)
     ap.add_argument("--dims", default="32,64,128")
     ap.add_argument("--depths", default="1,1,1")
+    ap.add_argument("--norm", default="tdbn", help="tdbn (default) or bn: plain BN folds completely into the "
+                    "weights, which leaves conv/dense + neuron chains that a neuromorphic core can run")
     ap.add_argument("--first-patch", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-3)
@@ -80,7 +82,8 @@ def main() -> int:
     print(f"machine: nproc {os.cpu_count()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.2f} (other processes share the CPU)")
     model = {"img_size": 34, "time_steps": args.time_steps, "dims": [int(v) for v in args.dims.split(",")],
-             "depths": [int(v) for v in args.depths.split(",")], "head_dim": 32, "first_patch": args.first_patch}
+             "depths": [int(v) for v in args.depths.split(",")], "head_dim": 32, "first_patch": args.first_patch,
+             "norm": args.norm}
     cfg = TrainConfig(source="nmnist", data=str(args.data), arch="3stg", model=model, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs, workers=args.workers,
                       seed=args.seed, out_dir=str(out), quiet=True)

@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "demo": "svformer_deploy.deploy.commands.demo:demo",
     "verify": "svformer_deploy.deploy.commands.verify:verify",
     "evaluate": "svformer_deploy.deploy.commands.evaluate:evaluate",
+    "fit": "svformer_deploy.deploy.commands.fit:fit",
 }
 
 

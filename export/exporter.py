@@ -613,6 +613,7 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
                                                                  if "netx" in part_dicts[p.index]]),
                "nir_part_dense_mac_share": _mac_share(float_graph, [p for p in part.parts
                                                                      if "nir" in part_dicts[p.index]])}
+    summary["fit"] = _fit_summary(float_graph, part, opts.weight_bits)
     if not part.parts:
         summary["note"] = ("no conv/dense + neuron chain: every weighted layer feeds a residual add, a per-step "
                            "affine (time-dependent BN), an attention product or the head")
@@ -642,6 +643,15 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
         "warnings": warnings,
     })
     return ExportResult(output_dir=w.path, files={}, manifest=man, fidelity=rows, warnings=warnings)
+
+
+def _fit_summary(g: Any, part: Any, weight_bits: int | None) -> dict[str, Any]:
+    """Where the core parts would go on the Loihi chip table (``svformer-deploy fit`` gives the full report)."""
+    from svformer_deploy.deploy.energy.cost_models import LOIHI
+    from svformer_deploy.deploy.energy.placement import FLOAT_WEIGHT_BITS, fit_summary, geometry_from_graph, place
+
+    return fit_summary(place(geometry_from_graph(g, part.parts), LOIHI,
+                             weight_bits if weight_bits is not None else FLOAT_WEIGHT_BITS))
 
 
 STEP_ROLE, STEP_FILE = "onnx_step", "model_step.onnx"

@@ -17,7 +17,9 @@ Definitions (``docs/simulator.md`` has the full text; ``docs/run-record.md`` the
   per element), un-folded ``batchnorm`` (one mul + one add per element), bias adds of weighted ops
   (one per output element per step; once per clip for clip-rate ops) and residual ``add`` nodes
   (one per element).
-- ``neuron_updates``: one per neuron per step. ``spikes_in``: binary events arriving at an op;
+- ``neuron_updates``: one per neuron per step; ``neurons_active``: the neuron updates whose input
+  (synaptic current plus bias) is non-zero in that step (the rest only leak: a neuromorphic chip's
+  cheaper inactive update). ``spikes_in``: binary events arriving at an op;
   ``spikes_out``: spikes a neuron layer emits.
 - ``weight_reads``: one word per weight used (a weight driven by n events is read n times: ``ac +
   mac``), plus one parameter word per bias/scale application (``mul + add`` of that op). Attention

@@ -33,10 +33,10 @@ if TYPE_CHECKING:
     from .executor import SimResult, Simulator
 
 FORMAT = "svformer-deploy/run-record"
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 DEFAULT_RUNS_DIR = "runs"
-COUNT_KEYS = ("ac", "mac", "mul", "add", "neuron_updates", "spikes_in", "spikes_out",
+COUNT_KEYS = ("ac", "mac", "mul", "add", "neuron_updates", "neurons_active", "spikes_in", "spikes_out",
               "weight_reads", "state_reads", "state_writes")
 MEMORY_KEYS = ("weight_reads", "state_reads", "state_writes")
 TOTAL_KEYS = (*COUNT_KEYS, "spikes")  # ``totals``: every count key plus ``spikes`` (= spikes_out)
@@ -465,6 +465,11 @@ def validate_record(data: Any, source: str | Path) -> dict[str, Any]:
                 raise bad(f"{where}: per_step.{key} must be {T} non-negative integers")
             if sum(seq) != counts.get(key, 0):
                 raise bad(f"{where}: per_step.{key} sums to {sum(seq)}, counts.{key} is {counts.get(key, 0)}")
+        active = per_step.get("neurons_active")
+        if active is not None:
+            updates = per_step.get("neuron_updates") or [0] * T
+            if any(a > u for a, u in zip(active, updates, strict=True)):
+                raise bad(f"{where}: per_step.neurons_active is above per_step.neuron_updates")
         if layer.get("word_bits") is not None and (not is_int(layer["word_bits"])
                                                    or not 1 <= layer["word_bits"] <= 64):
             raise bad(f"{where}: word_bits must be an integer in 1..64")

@@ -26,7 +26,7 @@ def _broken(mutate) -> dict:
 
 @pytest.mark.parametrize(("mutate", "fragment"), [
     (lambda d: d.update(format="something/else"), "format is 'something/else'"),
-    (lambda d: d.update(version=3), "unsupported version 3"),
+    (lambda d: d.update(version=4), "unsupported version 4"),
     (lambda d: d["layers"][0].pop("origin"), "origin is missing"),
     (lambda d: d["layers"][0].update(stage="blocks1"), "stage must be PE<i>, S<i>, LP or CH"),
     (lambda d: d["model"].pop("hash"), "model.hash is missing"),

@@ -11,8 +11,15 @@ from svformer_deploy.deploy.render import emit_json, json_document
 
 @click.command("energy-report")
 @click.argument("records", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--cost-model", "cost_model", default="fp32", show_default=True, metavar="fp32|fp16|int8|FILE.toml",
-              help="Energy per operation: a 45 nm Horowitz preset or a TOML file (see docs/energy.md).")
+@click.option("--cost-model", "cost_model", default="fp32", show_default=True,
+              metavar="fp32|fp16|int8|loihi|FILE.toml",
+              help="Energy per operation: a 45 nm Horowitz preset, the loihi chip table (core parts on the chip, host "
+                   "parts on its host model, see docs/energy.md) or a TOML file.")
+@click.option("--host-cost-model", "host_model", metavar="fp32|fp16|int8|FILE.toml",
+              help="With a chip cost model: the 45 nm model of the host parts [default: the chip's host, fp32].")
+@click.option("--bundle", "bundle", type=click.Path(path_type=Path),
+              help="With a chip cost model: the records' bundle (partition and layer shapes for the placement) "
+                   "[default: the records' model.bundle].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the totals, stages, layers and clips as one CSV file.")
@@ -31,8 +38,8 @@ from svformer_deploy.deploy.render import emit_json, json_document
               help="Where --videos writes run records [default: runs/batch-<model hash>]; rerunning resumes.")
 @click.option("--views", "views_spec", default="1x1", show_default=True, help="Views per clip for --videos (KxS).")
 @click.option("--integer", "integer", is_flag=True, help="Use the integer executor for --videos.")
-def energy_report(records, cost_model, as_json, csv_path, md_path, html_dir, no_layers, videos_dir, model_dir,
-                  workers, runs_dir, views_spec, integer) -> None:
+def energy_report(records, cost_model, host_model, bundle, as_json, csv_path, md_path, html_dir, no_layers, videos_dir,
+                  model_dir, workers, runs_dir, views_spec, integer) -> None:
     """Energy per clip from run records (files or folders; default: the newest in ./runs).
 
     Three methods side by side, all from the same records: exact (counted events x cost model),
@@ -49,7 +56,8 @@ def energy_report(records, cost_model, as_json, csv_path, md_path, html_dir, no_
         if records:
             raise click.UsageError("give run records or --videos/--model, not both")
         records = (_simulate_videos(videos_dir, model_dir, workers, runs_dir, views_spec, integer, as_json),)
-    report = report_from_paths(records, cost_model)
+    report = report_from_paths(records, cost_model, bundle=bundle or (model_dir if videos_dir else None),
+                               host=host_model)
     if report["skipped"]:
         click.echo(f"warning: skipped {len(report['skipped'])} corrupt run record(s): "
                    + "; ".join(s["reason"] for s in report["skipped"][:3]), err=True)

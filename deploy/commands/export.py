@@ -80,6 +80,13 @@ def render_export(result: Any) -> str:
                  "dense MACs)")
     if part.get("note"):
         lines.append(f"                {part['note']}")
+    fit = part.get("fit")
+    if fit:
+        verdict = "fits" if fit["fits"] else "does NOT fit: " + "; ".join(fit["problems"])
+        lines.append(f"  fit           {fit['chip']}: {fit['cores']} cores on {fit['chips']} chip(s), compartments "
+                     f"{100 * fit['compartment_utilisation']:.1f}%, synaptic memory "
+                     f"{100 * fit['synaptic_memory_utilisation']:.1f}% of the cores used ({fit['weight_bits']}-bit "
+                     f"synapses); {verdict} (svformer-deploy fit BUNDLE --chip loihi)")
     lines.append("  files")
     for role, entry in m["files"].items():
         entries = entry if isinstance(entry, list) else [entry]

@@ -170,6 +170,36 @@ def plot_reconciliation(report: Mapping[str, Any]) -> str:
     return _png(fig)
 
 
+CHIP_TERM_COLORS = {"core_synaptic": "#1f77b4", "core_neuron_active": "#ff7f0e", "core_neuron_inactive": "#ffbb78",
+                    "core_routing": "#2ca02c", "host": "#7f7f7f", "boundary_io": "#e377c2"}
+
+
+def plot_chip_split(report: Mapping[str, Any]) -> str:
+    """The chip bill as one stacked bar (core synaptic / neuron / routing, host, boundary I/O) beside the pure
+    45 nm methods (mJ per clip)."""
+    from .chip_bill import TERMS
+
+    chip = report["chip"]
+    e = chip["energy_mj"]
+    name, host = chip["chip"]["name"], chip["host_cost_model"]
+    fig = _figure(9, 3.8)
+    ax = fig.subplots()
+    bottom = 0.0
+    for k in TERMS:
+        ax.bar([f"{name} + {host} host"], [e[k]], bottom=[bottom], color=CHIP_TERM_COLORS[k],
+               label=chip["term_labels"][k])
+        bottom += e[k]
+    ax.annotate(f"{e['total']:.4g} mJ", (0, e["total"]), ha="center", va="bottom", fontsize=7)
+    for m, v in chip["pure_45nm_mj"].items():
+        bar = ax.bar([f"pure {host}\n{m}"], [v], color=METHOD_COLORS[m])[0]
+        ax.annotate(f"{v:.4g} mJ", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=7)
+    ax.set_ylabel("mJ per clip")
+    ax.set_title(f"Partition priced part by part on {name} vs the whole network at 45 nm ({host})", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    ax.margins(y=0.15)
+    return _png(fig)
+
+
 PLOTS = (
     ("Firing rate per layer and its histogram", plot_firing_rates),
     ("Membrane time constants per layer (Fig. 3 of the paper)", plot_tau),
@@ -226,6 +256,15 @@ def render_html(report: Mapping[str, Any]) -> str:
         + f"<li><b>ANN counterpart</b>: {html.escape(report['ann_counterpart']['label'])}</li></ul>")
     all_tables = tables(report)
     parts += [f"<h2>{html.escape(all_tables[0].title)}</h2>", _html_table(all_tables[0])]
+    if report.get("chip"):
+        chip = report["chip"]
+        title = f"Chip bill: core parts on {chip['chip']['name']}, host parts on {chip['host_cost_model']}"
+        parts.append(f"<section id=\"chip-split\"><h2>{html.escape(title)}</h2>")
+        parts.append(f"<figure><img alt=\"{html.escape(title)}\" src=\"{plot_chip_split(report)}\">"
+                     f"<figcaption class=\"meta\">{html.escape(title)}</figcaption></figure>")
+        parts += [f"<h3>{html.escape(t.title)}</h3>" + _html_table(t) for t in all_tables[1:3]]
+        parts.append("</section>")
+        all_tables = all_tables[:1] + all_tables[3:]
     parts.append("<h2>Plots</h2>")
     for title, fn in PLOTS:
         parts.append(f"<figure><img alt=\"{html.escape(title)}\" src=\"{fn(report)}\">"

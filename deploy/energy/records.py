@@ -38,7 +38,7 @@ from svformer_deploy.simulators.record import (
 )
 from svformer_deploy.svformer.errors import SVFormerError
 
-from .cost_models import CostModel
+from .cost_models import ChipModel, CostModel
 from .methods import EXACT_TERMS, METHOD_LABELS, METHODS, PJ_PER_MJ, REASONS, ClipEnergy, evaluate_record
 
 REPORT_FORMAT = "svformer-deploy/energy-report"
@@ -307,11 +307,50 @@ def _aggregate_stages(layers: Sequence[Mapping[str, Any]]) -> list[dict[str, Any
     return list(stages.values())
 
 
-def report_from_paths(paths: Sequence[str | Path] = (), cost_model: str | Path | CostModel | None = None,
-                      cwd: str | Path | None = None) -> dict[str, Any]:
-    """Find the run records (see :func:`collect_records`), price them and aggregate: the report dict."""
+def report_from_paths(paths: Sequence[str | Path] = (), cost_model: str | Path | CostModel | ChipModel | None = None,
+                      cwd: str | Path | None = None, bundle: str | Path | None = None,
+                      host: str | Path | None = None) -> dict[str, Any]:
+    """Find the run records (see :func:`collect_records`), price them and aggregate: the report dict.
+
+    A chip cost model (``loihi`` or a chip TOML) adds the ``chip`` section (:mod:`deploy.energy.chip_bill`):
+    the pure 45 nm methods are priced with ``host`` (default: the chip's ``host`` model) and the partition
+    with the chip; the placement needs the bundle (``bundle``, else the records' ``model.bundle``).
+    """
     from .cost_models import get_cost_model
 
-    cost = cost_model if isinstance(cost_model, CostModel) else get_cost_model(cost_model)
+    cost = cost_model if isinstance(cost_model, CostModel | ChipModel) else get_cost_model(cost_model)
+    chip = cost if isinstance(cost, ChipModel) else None
+    if chip is not None:
+        cost = chip.host_model() if host is None else get_cost_model(host)
+        if not isinstance(cost, CostModel):
+            raise SVFormerError(f"host cost model {host}: a chip cannot be the host model")
+    elif host is not None:
+        raise SVFormerError("--host-cost-model goes with a chip cost model (e.g. --cost-model loihi)")
     records, skipped = collect_records(paths, cwd=cwd)
-    return aggregate(records, cost, skipped)
+    report = aggregate(records, cost, skipped)
+    if chip is not None:
+        report["chip"] = chip_report(records, chip, cost, report, bundle)
+    return report
+
+
+def chip_report(records: Sequence[RunRecord], chip: ChipModel, host: CostModel, report: Mapping[str, Any],
+                bundle: str | Path | None = None) -> dict[str, Any]:
+    """The ``chip`` section of ``report`` (records of one model; their bundle placed on ``chip``)."""
+    from svformer_deploy.export.bundle import load_bundle
+
+    from .chip_bill import chip_section
+    from .placement import place_bundle
+
+    given = bundle is not None
+    path = Path(bundle) if given else Path(str(records[0].model.get("bundle") or ""))
+    if not given and (not records[0].model.get("bundle") or not path.is_dir()):
+        raise SVFormerError(f"the chip bill needs the model's bundle (its partition and layer shapes): pass --bundle "
+                            f"PATH (the records name {records[0].model.get('bundle') or 'no bundle'}, not found)")
+    b = load_bundle(path)
+    if b.model_hash != records[0].model_hash:
+        raise SVFormerError(f"{path}: bundle model hash {b.model_hash[:12]} is not the records' "
+                            f"{records[0].model_hash[:12]} (a different model)")
+    placement = place_bundle(b, chip)
+    clips = [evaluate_record(r, host) for r in records]
+    methods_mj = {m: report["methods"][m]["energy_mj"] for m in METHODS}
+    return chip_section(records, clips, placement, chip, host, methods_mj)

@@ -61,6 +61,8 @@ def header_lines(report: Mapping[str, Any]) -> list[str]:
         f"passes {', '.join(m.get('passes') or []) or 'none'}",
         cost_model_line(report),
     ]
+    if report.get("chip"):
+        lines.append(chip_line(report["chip"]))
     if report.get("skipped"):
         lines.append(f"skipped {len(report['skipped'])} corrupt run record(s): "
                      + "; ".join(s["reason"] for s in report["skipped"][:3]))
@@ -84,6 +86,8 @@ def tables(report: Mapping[str, Any], layers: bool = True) -> list[Table]:
     out.append(Table(f"Totals per clip, mean over {report['clips']} clip(s) [cost model {cm}]",
                      ["method", "AC", "MAC", "other ops", "memory words", "energy mJ", "std [min, max]", "SNN/ANN"],
                      rows, "lrrrrrlr"))
+    if report.get("chip"):
+        out += chip_tables(report["chip"], layers=layers)
     rows = []
     for s in report["stages"]:
         e = s["energy_pj"]
@@ -127,6 +131,70 @@ def tables(report: Mapping[str, Any], layers: bool = True) -> list[Table]:
                  c["class"]] + [_g(c["energy_mj"][m], 6) for m in (*METHODS, "ann")] for c in report["per_clip"]]
         out.append(Table(f"Per clip, mJ [cost model {cm}]",
                          ["record", "input", "view", "class", *METHODS, "ann"], rows, "llrlrrrr"))
+    return out
+
+
+def chip_line(chip: Mapping[str, Any]) -> str:
+    """One line naming the chip table, all its per-event figures and where they come from."""
+    c = chip["chip"]
+    e, t = c["energy_pj"], c["time_ns"]
+    return (f"chip {c['name']}: synaptic op {e['synaptic_op']:g} pJ / {t['synaptic_op']:g} ns, neuron update active "
+            f"{e['neuron_update_active']:g} pJ / {t['neuron_update_active']:g} ns, inactive "
+            f"{e['neuron_update_inactive']:g} pJ / {t['neuron_update_inactive']:g} ns, within-tile spike "
+            f"{e['spike_within_tile']:g} pJ / {t['spike_within_tile']:g} ns, hop E-W {e['hop_east_west']:g} pJ / "
+            f"{t['hop_east_west']:g} ns, N-S {e['hop_north_south']:g} pJ / {t['hop_north_south']:g} ns, barrier "
+            f"{t['barrier_sync_one_tile']:g}-{t['barrier_sync_all_tiles']:g} ns; host parts on "
+            f"{chip['host_cost_model']} ({c['source']})")
+
+
+def chip_tables(chip: Mapping[str, Any], layers: bool = True) -> list[Table]:
+    """The chip bill: the split beside the pure 45 nm methods, the reconciliation, the fit, per core layer."""
+    name, host = chip["chip"]["name"], chip["host_cost_model"]
+    e = chip["energy_mj"]
+    pl = chip["placement"]
+    cnt = chip["counts"]
+    events = {"core_synaptic": _int(cnt["synaptic_ops"]) + " synaptic ops",
+              "core_neuron_active": _int(cnt["neuron_updates_active"]) + " updates",
+              "core_neuron_inactive": _int(cnt["neuron_updates_inactive"]) + " updates",
+              "core_routing": f"{_int(cnt['spike_messages'])} messages, {_int(cnt['ew_hops'])} E-W + "
+                              f"{_int(cnt['ns_hops'])} N-S hops",
+              "host": f"{chip['host_layers']} host layers",
+              "boundary_io": f"{_int(cnt['boundary_in'] + cnt['boundary_out'])} events"}
+    total = e["total"] or 1.0
+    rows = [[chip["term_labels"][k], events[k], _g(e[k], 6), _pct(e[k] / total)] for k in events]
+    rows.append([f"total on {name} + {host} host", "-", _g(e["total"], 6), "100.00%"])
+    for m, v in chip["pure_45nm_mj"].items():
+        rows.append([f"pure {host} {m} (whole network at 45 nm)", "-", _g(v, 6), _pct(v / total)])
+    out = [Table(f"Chip bill per clip, mean over {chip['clips']} clip(s) [{name} core parts, {host} host parts]; "
+                 f"chip time {_g(chip['chip_time_us'], 5)} µs per clip",
+                 ["term", "events per clip", "energy mJ", "share of chip bill"], rows, "llrr")]
+    out.append(Table(f"Why the {name} bill differs from the pure {host} methods",
+                     ["#", "reconciliation"], [[str(i + 1), line] for i, line in enumerate(chip["reconciliation"])]
+                     + [[f"n{i + 1}", f"note: {n}"] for i, n in enumerate(chip["notes"])]
+                     + [[f"g{i + 1}", f"not priced (no published figure): {g}"] for i, g in enumerate(chip["gaps"])],
+                     "ll"))
+    verdict = "fits" if pl["fits"] else "does NOT fit: " + "; ".join(pl["problems"][:3])
+    rows = [[str(lp["part"]), lp["neuron"], _int(lp["neurons"]), str(lp["fan_in"]), _int(lp["neurons_per_core"]),
+             _int(lp["cores"]), lp["limited_by"], f"{lp['messages_per_spike']:g}", _g(lp["ew_hops_per_spike"]),
+             _g(lp["ns_hops_per_spike"])] for lp in pl["layers"]]
+    out.append(Table(f"Fit on {name}: {pl['cores']} core(s), {pl['chips']} chip(s), {pl['tiles']} tile(s); "
+                     f"compartments {_pct(pl['compartment_utilisation'])}, synaptic memory "
+                     f"{_pct(pl['synaptic_memory_utilisation'])} of the cores used; {verdict}",
+                     ["part", "layer", "neurons", "fan-in", "per core", "cores", "limited by", "msgs/spike",
+                      "E-W hops/spike", "N-S hops/spike"], rows, "llrrrrlrrr"))
+    if layers:
+        rows = []
+        for row in chip["layers"]:
+            en = row["energy_pj"]
+            rows.append([str(row["part"]), row["weighted"], row["neuron"], _int(row["synaptic_ops"]),
+                         _int(row["neuron_updates_active"]), _int(row["neuron_updates_inactive"]),
+                         _int(row["spikes_out"]), _g(en["core_synaptic"] / PJ_PER_UJ),
+                         _g((en["core_neuron_active"] + en["core_neuron_inactive"]) / PJ_PER_UJ),
+                         _g(en["core_routing"] / PJ_PER_UJ), _g(en["total"] / PJ_PER_UJ),
+                         _g(row["exact_45nm_pj"] / PJ_PER_UJ)])
+        out.append(Table(f"Core part layers on {name}, µJ per clip (45 nm = the same layers at {host} exact)",
+                         ["part", "weighted", "neuron", "syn ops", "active", "inactive", "spikes", "syn µJ",
+                          "neuron µJ", "routing µJ", f"{name} µJ", "45 nm µJ"], rows, "lllrrrrrrrrr"))
     return out
 
 
@@ -208,6 +276,11 @@ def render_csv(report: Mapping[str, Any]) -> str:
                     "energy_pj_ann": c["energy_mj"]["ann"] * PJ_PER_MJ,
                     "difference_pj": (c["energy_mj"]["exact"] - c["energy_mj"]["paper_eq13"]) * PJ_PER_MJ,
                     "class": c["class"]})
+    chip = report.get("chip")
+    if chip:
+        for k, v in chip["energy_mj"].items():
+            w.writerow({"cost_model": f"{chip['chip']['name']}+{chip['host_cost_model']}", "section": "chip",
+                        "name": k, "clips": chip["clips"], "energy_pj_exact": v * PJ_PER_MJ})
     return buf.getvalue()
 
 

@@ -62,10 +62,11 @@ class Neuron(Node):
     def count(self, c: Any) -> Callable:
         for key in ("neuron_updates", "state_reads", "state_writes"):
             c.set(key, c.n_out)
-        out_key = c.key("spikes_out")
+        out_key, active_key = c.key("spikes_out"), c.key("neurons_active")
 
         def step(col, ins, out, nnz_in=None, nnz_out=None):
             col[out_key] += int(out.count_nonzero()) if nnz_out is None else nnz_out
+            col[active_key] += int(ins[0].count_nonzero())  # neurons with a non-zero input this step
         return step
 
     def sim_float(self, sim: Any, n: str) -> Any:

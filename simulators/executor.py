@@ -1,7 +1,8 @@
 """Event-driven executors of an IR graph: float reference and integer fixed-point, with exact counts.
 
-:class:`Simulator` runs one clip (frames ``[T, C, H, W]``) through a graph written by the export
-pipeline, **one frame per time step**: at step t every step-rate node is evaluated once in
+:class:`Simulator` runs one clip (frames ``[T, C, H, W]``, :meth:`Simulator.run`) or a batch of
+clips (``[B, T, C, H, W]``, :meth:`Simulator.run_batch`, every tensor with the batch axis first and
+every count kept per clip) through a graph written by the export pipeline, **one frame per time step**: at step t every step-rate node is evaluated once in
 topological order, neurons carry their membrane from step t-1, the head conv3d accumulates its
 share of step t, and after step T-1 the clip-rate nodes (head BN/flatten/linear/output) run once.
 
@@ -124,26 +125,51 @@ class Simulator:
         return (self.time_steps, *self.specs[self.in_name].shape)
 
     def check_input(self, frames: Tensor) -> None:
+        """Refuse frames that are not ``[T, C, H, W]`` of this graph."""
         if frames.dim() != 4 or tuple(frames.shape) != self.input_shape:
             raise SVFormerError(f"input frames {list(frames.shape)} do not fit the graph: expected "
                                 f"[T, C, H, W] = {list(self.input_shape)}")
+
+    def check_batch(self, clips: Tensor) -> None:
+        """Refuse clips that are not ``[B, T, C, H, W]`` of this graph (B >= 1)."""
+        if clips.dim() != 5 or clips.shape[0] < 1 or tuple(clips.shape[1:]) != self.input_shape:
+            raise SVFormerError(f"input clips {list(clips.shape)} do not fit the graph: expected "
+                                f"[B, T, C, H, W] = [B, {', '.join(map(str, self.input_shape))}] with B >= 1")
 
     # -- running ------------------------------------------------------------------------------
     def run(self, frames: Tensor, record_spikes: bool = False, record_values: bool = False,
             on_step: Callable[[int], None] | None = None) -> SimResult:
         """Simulate one clip ``[T, C, H, W]`` (float32 frames) and return logits, counts and timing.
 
-        ``on_step(t)`` is called after each time step (progress display).
+        ``on_step(t)`` is called after each time step (progress display). A batch of one of :meth:`run_batch`.
         """
         self.check_input(frames)
-        counters: dict[str, LayerCounter] = build_counters(self.graph) if self.count else {}
+        return self.run_batch(frames[None], record_spikes, record_values, on_step)[0]
+
+    def run_batch(self, clips: Tensor, record_spikes: bool = False, record_values: bool = False,
+                  on_step: Callable[[int], None] | None = None) -> list[SimResult]:
+        """Simulate B clips ``[B, T, C, H, W]`` in one pass; one :class:`SimResult` per clip.
+
+        Every step tensor carries the batch axis first, so each op runs once per step for all B
+        clips (fewer, larger kernel calls). Clips never mix: every kernel keeps clip b's events in
+        clip b's outputs, neurons are elementwise, and every counter reduces over all axes but the
+        batch axis, so each clip's counts are its own (never a batch average). In integer mode each
+        clip's logits and counts are identical to :meth:`run` of that clip alone; in float mode
+        spikes and counts are too wherever no value lands within rounding of a threshold (a batch
+        can pick another kernel than a single clip under ``"auto"``, and BLAS may block a larger
+        product differently: the same sums in another order). Each result's ``wall_s`` and
+        ``step_seconds`` are the batch's times divided by B.
+        """
+        self.check_batch(clips)
+        B = int(clips.shape[0])
+        counters: dict[str, LayerCounter] = build_counters(self.graph, B) if self.count else {}
         spikes: dict[str, list[Tensor]] = {n: [] for n in self.neurons} if record_spikes else {}
         values: dict[str, list[Tensor]] = {n: [] for n in self.step_nodes} if record_values else {}
         self.state = {}
         step_s: list[float] = []
         inp = self._fns[self.in_name]
         # (name, step function, input names, dynamic counter or None), resolved once per run
-        plan = [(n, (lambda t, ins, nnz: inp(t, [frames[t]], None)) if n == self.in_name else self._fns[n],
+        plan = [(n, (lambda t, ins, nnz: inp(t, [clips[:, t]], None)) if n == self.in_name else self._fns[n],
                  tuple(self.inputs[n]), counters[n] if n in counters and counters[n].dynamic else None)
                 for n in self.step_nodes]
         t_start = time.perf_counter()
@@ -151,23 +177,25 @@ class Simulator:
             for t in range(self.time_steps):
                 t0 = time.perf_counter()
                 env: dict[str, Tensor] = {}
-                nnz: dict[str, int] = {}
+                nnz: dict[str, np.ndarray] = {}  # per-clip spike counts of every spike tensor, int64 [B]
+                total: dict[str, int] = {}  # their sum over the batch (the kernels' density decision)
                 for n, fn, in_names, c in plan:
                     ins = [env[i] for i in in_names]
-                    nnz_in = nnz.get(in_names[0]) if in_names else None
-                    out = fn(t, ins, nnz_in)
+                    src = in_names[0] if in_names else None
+                    out = fn(t, ins, total.get(src))
                     env[n] = out
                     if out.dtype == torch.bool:
-                        nnz[n] = int(out.count_nonzero())
+                        nnz[n] = LayerCounter.nnz(out)
+                        total[n] = int(nnz[n].sum())
                     if c is not None:
-                        c.step(t, ins, out, nnz_in, nnz.get(n))
+                        c.step(t, ins, out, nnz.get(src), nnz.get(n))
                     if record_spikes and n in spikes:
                         spikes[n].append(out)
                     if record_values:
                         values[n].append(out)
                 for h in self.heads:
                     src = self.inputs[h][0]
-                    self._head_step(h, t, env[src], nnz.get(src))
+                    self._head_step(h, t, env[src], total.get(src))
                     c = counters.get(h)
                     if c is not None:
                         c.step(t, [env[src]], env[src], nnz.get(src))
@@ -183,16 +211,23 @@ class Simulator:
                 if c is not None and n not in self._heads:
                     c.step(self.time_steps - 1, ins, env[n])
             step_s[-1] += time.perf_counter() - t0
-        logits = env[self.out_name].to(torch.float64).reshape(-1).numpy().copy()
-        result = SimResult(logits=logits, counts={n: c.finish() for n, c in counters.items()},
-                           step_seconds=step_s, wall_s=time.perf_counter() - t_start)
+        wall = time.perf_counter() - t_start
+        logits = env[self.out_name].to(torch.float64).reshape(B, -1).numpy().copy()
+        tables = {n: c.finish() for n, c in counters.items()}
+        per_step = [s / B for s in step_s]
+        results = [SimResult(logits=logits[b], counts={n: tab[b] for n, tab in tables.items()},
+                             step_seconds=list(per_step), wall_s=wall / B) for b in range(B)]
         if record_spikes:
-            result.spikes = {n: torch.stack(v) for n, v in spikes.items()}
+            stacked = {n: torch.stack(v, 1) for n, v in spikes.items()}  # [B, T, ...]
+            for b, r in enumerate(results):
+                r.spikes = {n: v[b] for n, v in stacked.items()}
         if record_values:
-            result.values = {n: torch.stack(v) for n, v in values.items()}
-            result.values.update({n: env[n] for n in self.clip_nodes})
+            stacked = {n: torch.stack(v, 1) for n, v in values.items()}
+            for b, r in enumerate(results):
+                r.values = {n: v[b] for n, v in stacked.items()}
+                r.values.update({n: env[n][b] for n in self.clip_nodes})
         self.state = {}
-        return result
+        return results
 
     def _head_step(self, n: str, t: int, x: Tensor, nnz: int | None) -> None:
         kernel, acc_dtype = self._heads[n]

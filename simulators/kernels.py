@@ -12,6 +12,10 @@ that event drives, exactly what a neuromorphic core does:
 - ``conv2d`` with ``groups > 1`` (depthwise, grouped) and the head's ``conv3d``: every (event, tap)
   pair scatters its group's ``C_out/g`` weights into the output (``index_add_``).
 
+Every kernel takes a batch of clips: tensors carry a leading batch axis ``B`` (one step of B
+clips), and an event of clip b only ever reaches outputs of clip b (its row/scatter index carries
+b), so each clip's sums are those of running it alone.
+
 Dense kernels (``F.conv2d`` / ``F.linear`` on the 0/1 mask) give the same sums (up to float
 rounding order) and are faster on a CPU above a few percent density, so the ``"auto"`` policy
 uses event kernels only below a density (input spikes / input size) measured per kernel kind
@@ -84,7 +88,10 @@ class LinearKernel:
         self.policy = policy
 
     def dense(self, x: Tensor) -> Tensor:
-        return F.linear(x.to(self.weight.dtype), self.weight)
+        x = x.to(self.weight.dtype)
+        if x.dim() == 2:  # one vector per clip (the head): a matrix-vector product per clip, as for a single
+            return torch.stack([F.linear(row, self.weight) for row in x])  # clip (BLAS sums a GEMM differently)
+        return F.linear(x, self.weight)
 
     def spikes(self, mask: Tensor, nnz: int | None) -> Tensor:
         if not self.policy.use_events("linear", nnz, mask.numel()):
@@ -100,7 +107,7 @@ class LinearKernel:
 
 
 class Conv2dKernel:
-    """Y[o, y, x] = Σ W[o, i, u, v] · X[g(o)·C_in/g + i, s·y + u - p, s·x + v - p] (no bias), one frame."""
+    """Y[b, o, y, x] = Σ W[o, i, u, v] · X[b, g(o)·C_in/g + i, s·y + u - p, s·x + v - p] (no bias), one frame per clip."""
 
     def __init__(self, weight: Tensor, stride: tuple[int, int], padding: tuple[int, int], groups: int,
                  in_shape: tuple[int, int, int], policy: KernelPolicy):
@@ -126,14 +133,16 @@ class Conv2dKernel:
             self.ci_g = ci_g
 
     def dense(self, x: Tensor) -> Tensor:
-        return F.conv2d(x.to(self.weight.dtype)[None], self.weight, None, self.stride, self.padding, 1, self.groups)[0]
+        return F.conv2d(x.to(self.weight.dtype), self.weight, None, self.stride, self.padding, 1, self.groups)
 
     def spikes(self, mask: Tensor, nnz: int | None) -> Tensor:
+        """``[B, C_in, H, W]`` spikes -> ``[B, C_out, H_out, W_out]``."""
         if not self.policy.use_events(self.kind, nnz, mask.numel()):
             return self.dense(mask)
-        if self.pointwise:  # a linear map over pixels: rows = positions, sorted (y, x, c) events
-            c, h, w = mask.shape
-            return self.linear.events_2d(mask.reshape(c, h * w).t()).t().reshape(self.c_out, h, w)
+        if self.pointwise:  # a linear map over pixels: rows = (clip, position), sorted (b, y, x, c) events
+            b, c, h, w = mask.shape
+            out = self.linear.events_2d(mask.permute(0, 2, 3, 1).reshape(b * h * w, c))
+            return out.reshape(b, h, w, self.c_out).permute(0, 3, 1, 2)
         return self._events_dense_groups(mask) if self.groups == 1 else self._events_scatter(mask)
 
     def _tap_targets(self, ys: Tensor, xs: Tensor, u: int, v: int) -> tuple[Tensor, Tensor]:
@@ -145,32 +154,35 @@ class Conv2dKernel:
         return ok, oy * wo + ox
 
     def _events_dense_groups(self, mask: Tensor) -> Tensor:
-        ev = mask.permute(1, 2, 0).nonzero()  # (y, x, c), sorted row-major
-        ys, xs, cs = ev[:, 0], ev[:, 1], ev[:, 2]
+        ev = mask.permute(0, 2, 3, 1).nonzero()  # (b, y, x, c), sorted row-major
+        bs, ys, xs, cs = ev[:, 0], ev[:, 1], ev[:, 2], ev[:, 3]
         ho, wo = self.out_hw
-        acc = torch.zeros(ho * wo, self.c_out, dtype=self.weight.dtype)
+        nb = mask.shape[0]
+        acc = torch.zeros(nb * ho * wo, self.c_out, dtype=self.weight.dtype)
+        base = bs * (ho * wo)
         for u in range(self.kh):
             for v in range(self.kw):
                 ok, pos = self._tap_targets(ys, xs, u, v)
                 if not bool(ok.any()):
                     continue
-                csr = _csr(pos[ok], cs[ok], ho * wo, self.in_shape[0], self.weight.dtype)
+                csr = _csr((base + pos)[ok], cs[ok], nb * ho * wo, self.in_shape[0], self.weight.dtype)
                 acc += torch.sparse.mm(csr, self.taps[u, v])
-        return acc.t().reshape(self.c_out, ho, wo)
+        return acc.reshape(nb, ho * wo, self.c_out).transpose(1, 2).reshape(nb, self.c_out, ho, wo)
 
     def _events_scatter(self, mask: Tensor) -> Tensor:
-        ev = mask.nonzero()  # (c, y, x)
-        cs, ys, xs = ev[:, 0], ev[:, 1], ev[:, 2]
+        ev = mask.nonzero()  # (b, c, y, x)
+        bs, cs, ys, xs = ev[:, 0], ev[:, 1], ev[:, 2], ev[:, 3]
         ho, wo = self.out_hw
         g, m = self.groups, self.m
-        out = torch.zeros(ho * wo * g, m, dtype=self.weight.dtype)
-        grp = torch.div(cs, self.ci_g, rounding_mode="floor")
+        nb = mask.shape[0]
+        out = torch.zeros(nb * ho * wo * g, m, dtype=self.weight.dtype)
+        grp = torch.div(cs, self.ci_g, rounding_mode="floor") + bs * (ho * wo * g)
         for u in range(self.kh):
             for v in range(self.kw):
                 ok, pos = self._tap_targets(ys, xs, u, v)
                 if bool(ok.any()):
                     out.index_add_(0, pos[ok] * g + grp[ok], self.src[cs[ok], u, v])
-        return out.reshape(ho, wo, g, m).permute(2, 3, 0, 1).reshape(self.c_out, ho, wo)
+        return out.reshape(nb, ho, wo, g, m).permute(0, 3, 4, 1, 2).reshape(nb, self.c_out, ho, wo)
 
 
 class HeadConv3dKernel:
@@ -188,23 +200,26 @@ class HeadConv3dKernel:
                     .contiguous() for wt in self.per_step]
 
     def dense(self, x: Tensor, t: int) -> Tensor:
-        return F.conv2d(x.to(self.weight.dtype)[None], self.per_step[t], None, 1, 0, 1, self.groups).reshape(-1)
+        """``[B, C_in, h, w]`` -> ``[B, C_out]``: step ``t``'s share of every clip's sums."""
+        return F.conv2d(x.to(self.weight.dtype), self.per_step[t], None, 1, 0, 1, self.groups).reshape(x.shape[0], -1)
 
     def spikes(self, mask: Tensor, nnz: int | None, t: int) -> Tensor:
         if not self.policy.use_events("head", nnz, mask.numel()):
             return self.dense(mask, t)
-        ev = mask.nonzero()
-        out = torch.zeros(self.groups, self.m, dtype=self.weight.dtype)
-        grp = torch.div(ev[:, 0], self.ci_g, rounding_mode="floor")
-        out.index_add_(0, grp, self.src[t][ev[:, 0], ev[:, 1], ev[:, 2]])
-        return out.reshape(-1)
+        ev = mask.nonzero()  # (b, c, y, x)
+        nb = mask.shape[0]
+        out = torch.zeros(nb * self.groups, self.m, dtype=self.weight.dtype)
+        grp = torch.div(ev[:, 1], self.ci_g, rounding_mode="floor") + ev[:, 0] * self.groups
+        out.index_add_(0, grp, self.src[t][ev[:, 1], ev[:, 2], ev[:, 3]])
+        return out.reshape(nb, -1)
 
 
 def spike_kv(k: Tensor, v: Tensor, dtype: torch.dtype) -> Tensor:
-    """KV[j] = K[j]ᵀ · V[j] per head for spike masks ``[h, N, d]``: coincidence counts ``[h, d, d]``."""
-    return torch.bmm(k.transpose(1, 2).to(dtype), v.to(dtype))
+    """KV[b, j] = K[b, j]ᵀ · V[b, j] per clip and head for spike masks ``[B, h, N, d]``: coincidence counts
+    ``[B, h, d, d]``."""
+    return torch.matmul(k.transpose(-2, -1).to(dtype), v.to(dtype))
 
 
 def spike_q_kv(q: Tensor, kv: Tensor) -> Tensor:
-    """Q[j] · KV[j] per head: each Q spike (j, n, i) adds the row KV[j, i, :] to output row n."""
-    return torch.bmm(q.to(kv.dtype), kv)
+    """Q[b, j] · KV[b, j] per clip and head: each Q spike (b, j, n, i) adds the row KV[b, j, i, :] to output row n."""
+    return torch.matmul(q.to(kv.dtype), kv)

@@ -65,7 +65,7 @@ class Neuron(Node):
         out_key = c.key("spikes_out")
 
         def step(col, ins, out, nnz_in=None, nnz_out=None):
-            col[out_key] += int(out.count_nonzero()) if nnz_out is None else nnz_out
+            col[:, out_key] += c.nnz(out) if nnz_out is None else nnz_out
         return step
 
     def sim_float(self, sim: Any, n: str) -> Any:

@@ -2,9 +2,10 @@
 
 :class:`Simulator` runs one clip (frames ``[T, C, H, W]``, :meth:`Simulator.run`) or a batch of
 clips (``[B, T, C, H, W]``, :meth:`Simulator.run_batch`, every tensor with the batch axis first and
-every count kept per clip) through a graph written by the export pipeline, **one frame per time step**: at step t every step-rate node is evaluated once in
-topological order, neurons carry their membrane from step t-1, the head conv3d accumulates its
-share of step t, and after step T-1 the clip-rate nodes (head BN/flatten/linear/output) run once.
+every count kept per clip) through a graph written by the export pipeline, **one frame per time
+step**: at step t every step-rate node is evaluated once in topological order, neurons carry
+their membrane from step t-1, the head conv3d accumulates its share of step t, and after step
+T-1 the clip-rate nodes (head BN/flatten/linear/output) run once.
 
 Spike tensors are boolean masks (one per step). Weighted ops read them as events through
 :mod:`simulators.kernels` (CSR / scatter kernels over the active indices below a density

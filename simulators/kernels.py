@@ -107,7 +107,7 @@ class LinearKernel:
 
 
 class Conv2dKernel:
-    """Y[b, o, y, x] = Σ W[o, i, u, v] · X[b, g(o)·C_in/g + i, s·y + u - p, s·x + v - p] (no bias), one frame per clip."""
+    """Y[b, o, y, x] = Σ W[o, i, u, v] · X[b, g(o)·C_in/g + i, s·y + u - p, s·x + v - p] (no bias), per clip b."""
 
     def __init__(self, weight: Tensor, stride: tuple[int, int], padding: tuple[int, int], groups: int,
                  in_shape: tuple[int, int, int], policy: KernelPolicy):

@@ -337,7 +337,7 @@ def kernel_crossover(repeat: int) -> None:
 
         row = []
         for d in (0.1, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2):
-            mask = torch.rand(*xs, generator=g) < d
+            mask = torch.rand(1, *xs, generator=g) < d  # the kernels take a batch of clips: a batch of one
             k = mk(dense if len(row) == 0 else events)
             nnz = int(mask.sum())
             row.append(min(timed(lambda k=k, mask=mask, nnz=nnz: k.spikes(mask, nnz), repeat)) * 1e3)

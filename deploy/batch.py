@@ -95,33 +95,65 @@ def _worker_init() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
-def _simulate_one(clip: str, kind: str, label: str | None, model: str, out: str, views: tuple[int, int],
-                  executor: str, threads: int) -> list[str]:
-    """Worker: simulate one clip into ``out``; SVFormerError propagates as the failure reason."""
+def _simulate_group(group: list[tuple[str, str | None, str]], kind: str, model: str, views: tuple[int, int],
+                    executor: str, threads: int, batch: int) -> list[tuple[str, list[str], str | None]]:
+    """Worker: simulate a group of clips ``(clip, label, out folder)``, their views ``batch`` at a time
+    through one executor pass; per clip ``(clip, record paths, None)`` or ``(clip, [], reason)``.
+
+    A clip that cannot be read fails alone; the others of its group are simulated and written.
+    """
     if _STOP:
         raise SystemExit(1)
     import torch
-    from svformer_deploy.simulators.run import simulate_file
+    from svformer_deploy.simulators.run import open_simulation, prepare_input, simulate_prepared
 
     torch.set_num_threads(threads)
-    kw = {"events": clip} if kind == "events" else {"video": clip}
-    report = simulate_file(**kw, model=model, views=views, executor=executor, out_dir=out, label=label)
-    return [str(p) for p in report.record_paths]
+    setup = open_simulation(model, executor)
+    outcome: dict[str, tuple[list[str], str | None]] = {}
+    ready = []
+    for clip, label, out in group:
+        try:
+            video, events = (None, clip) if kind == "events" else (clip, None)
+            ready.append((clip, prepare_input(setup.spec, video, events, views, setup.bundle.path), label, out))
+        except SVFormerError as e:
+            outcome[clip] = ([], str(e))
+        except Exception as e:  # noqa: BLE001 - a crashing clip must not stop the batch
+            outcome[clip] = ([], f"{type(e).__name__}: {e}")
+    reports = simulate_prepared(setup, [r[1] for r in ready], [r[3] for r in ready], [r[2] for r in ready], batch)
+    for (clip, _, _, _), rep in zip(ready, reports, strict=True):
+        outcome[clip] = ([], str(rep)) if isinstance(rep, SVFormerError) else ([str(p) for p in rep.record_paths], None)
+    return [(clip, *outcome[clip]) for clip, _, _ in group]
+
+
+def group_clips(todo: list, views: int, workers: int, batch: int) -> list[list]:
+    """Split the clips to simulate into groups of at most ``batch // views`` clips (at least 1) and at
+    most an equal share per worker, so every worker gets work and each group fills one executor pass."""
+    if not todo:
+        return []
+    size = max(1, min(batch // max(views, 1), -(-len(todo) // workers)))
+    return [todo[i:i + size] for i in range(0, len(todo), size)]
 
 
 def simulate_folder(videos: str | Path, model: str | Path, out_dir: str | Path | None = None, workers: int = 2,
                     views: tuple[int, int] = (1, 1), executor: str = "float",
-                    on_clip: Callable[[str, str | None], None] | None = None) -> BatchResult:
+                    on_clip: Callable[[str, str | None], None] | None = None,
+                    batch: int | None = None) -> BatchResult:
     """Simulate every clip below ``videos`` with the bundle ``model``.
 
     ``out_dir`` defaults to ``runs/batch-<model hash[:12]>``; it is checked for writability before
-    any clip is simulated. ``on_clip(clip, error)`` is called after each clip (progress display).
-    Returns the records of all clips, including resumed ones. Ctrl-C (KeyboardInterrupt) cancels
-    the queued clips, stops the running ones (their records are not written) and propagates.
+    any clip is simulated. Each worker takes a group of clips and runs their views ``batch`` at a
+    time through one executor pass (default :data:`simulators.run.DEFAULT_BATCH`; 1: clip by
+    clip). ``on_clip(clip, error)`` is called after each clip (progress display). Returns the
+    records of all clips, including resumed ones. Ctrl-C (KeyboardInterrupt) cancels the queued
+    clips, stops the running ones (their records are not written) and propagates.
     """
     from svformer_deploy.export.bundle import load_bundle
+    from svformer_deploy.simulators import DEFAULT_BATCH
     from svformer_deploy.simulators.run import bundle_input_spec
 
+    batch = DEFAULT_BATCH if batch is None else int(batch)
+    if batch < 1:
+        raise SVFormerError(f"the batch size must be at least 1, not {batch}")
     bundle = load_bundle(model)
     kind = bundle_input_spec(bundle).file_kind  # video-events models read video files
     root = Path(videos)
@@ -139,27 +171,29 @@ def simulate_folder(videos: str | Path, model: str | Path, out_dir: str | Path |
             if on_clip:
                 on_clip(str(clip), None)
         else:
-            todo.append((clip, label, slot))
+            todo.append((str(clip), label, str(slot)))
     workers = max(1, min(workers, len(todo) or 1))
     threads = 1 if workers > 1 else max(1, (os.cpu_count() or 1))
-    args = [(str(c), kind, lab, str(bundle.path), str(s), views, executor, threads) for c, lab, s in todo]
+    groups = group_clips(todo, views[0] * views[1], workers, batch)
+    args = [(g, kind, str(bundle.path), views, executor, threads, batch) for g in groups]
     if workers == 1:
-        outcomes = ((a[0], _call(a)) for a in args)
-        for clip, (paths, err) in outcomes:
-            _collect(result, clip, paths, err, on_clip)
+        for a in args:
+            for clip, paths, err in _call(a):
+                _collect(result, clip, paths, err, on_clip)
     else:
         pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init)
         try:
-            futures = {pool.submit(_simulate_one, *a): a[0] for a in args}
+            futures = {pool.submit(_simulate_group, *a): a[0] for a in args}
             for fut in as_completed(futures):
-                clip = futures[fut]
+                group = futures[fut]
                 try:
-                    paths, err = fut.result(), None
+                    outcomes = fut.result()
                 except SVFormerError as e:
-                    paths, err = [], str(e)
-                except Exception as e:  # noqa: BLE001 - a crashing clip must not stop the batch
-                    paths, err = [], f"{type(e).__name__}: {e}"
-                _collect(result, clip, paths, err, on_clip)
+                    outcomes = [(c, [], str(e)) for c, _, _ in group]
+                except Exception as e:  # noqa: BLE001 - a crashing group must not stop the batch
+                    outcomes = [(c, [], f"{type(e).__name__}: {e}") for c, _, _ in group]
+                for clip, paths, err in outcomes:
+                    _collect(result, clip, paths, err, on_clip)
         except BaseException:
             _cancel(pool)
             raise
@@ -182,14 +216,14 @@ def _cancel(pool: ProcessPoolExecutor) -> None:
             p.kill()
 
 
-def _call(args: tuple) -> tuple[list[str], str | None]:
-    """One clip in this process: ``(record paths, None)`` or ``([], reason)``, as the worker pool reports it."""
+def _call(args: tuple) -> list[tuple[str, list[str], str | None]]:
+    """One group in this process, reported per clip as the worker pool reports it."""
     try:
-        return _simulate_one(*args), None
+        return _simulate_group(*args)
     except SVFormerError as e:
-        return [], str(e)
-    except Exception as e:  # noqa: BLE001 - a crashing clip must not stop the batch (same as with workers)
-        return [], f"{type(e).__name__}: {e}"
+        return [(c, [], str(e)) for c, _, _ in args[0]]
+    except Exception as e:  # noqa: BLE001 - a crashing group must not stop the batch (same as with workers)
+        return [(c, [], f"{type(e).__name__}: {e}") for c, _, _ in args[0]]
 
 
 def _collect(result: BatchResult, clip: str, paths: list[str], err: str | None,

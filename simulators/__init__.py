@@ -22,7 +22,12 @@ _EXPORTS = {
     "SimResult": "executor", "Simulator": "executor", "simulate": "executor", "KernelPolicy": "kernels",
     "build_record": "record", "write_records": "record", "SimulationReport": "run", "simulate_file": "run",
 }
-__all__ = list(_EXPORTS)
+__all__ = [*_EXPORTS, "DEFAULT_BATCH", "MAX_BATCH"]
+
+# clip views per executor pass (``Simulator.run_batch``) in ``simulate`` and ``energy-report --videos``:
+# measured by benchmarks/bench_batch.py (docs/simulator.md, "Batched simulation"); no torch import here
+DEFAULT_BATCH = 16
+MAX_BATCH = 256
 
 
 def __getattr__(name: str) -> Any:

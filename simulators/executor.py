@@ -42,7 +42,7 @@ from .counting import LayerCounter, LayerInfo, build_counters, layer_infos
 from .kernels import HeadConv3dKernel, KernelPolicy
 
 MODES = ("float", "integer")
-StepFn = Callable[[int, list[Tensor], int | None], Tensor]  # (step, inputs, spikes in input 0)
+StepFn = Callable[[int, list[Tensor], np.ndarray | None], Tensor]  # (step, inputs, spikes per clip in input 0)
 
 
 @dataclass
@@ -155,10 +155,11 @@ class Simulator:
         clips (fewer, larger kernel calls). Clips never mix: every kernel keeps clip b's events in
         clip b's outputs, neurons are elementwise, and every counter reduces over all axes but the
         batch axis, so each clip's counts are its own (never a batch average). In integer mode each
-        clip's logits and counts are identical to :meth:`run` of that clip alone; in float mode
-        spikes and counts are too wherever no value lands within rounding of a threshold (a batch
-        can pick another kernel than a single clip under ``"auto"``, and BLAS may block a larger
-        product differently: the same sums in another order). Each result's ``wall_s`` and
+        clip's logits and counts are identical to :meth:`run` of that clip alone. In float mode each
+        clip gets the kernel it would get alone (``"auto"`` decides per clip, :func:`kernels.by_clip`)
+        and the same kernels on a larger batch; the tests find identical logits, spikes and counts
+        (float64 and float32), but a BLAS may block a larger product differently (the same sums in
+        another order), so a value within rounding of a threshold could flip. Each result's ``wall_s`` and
         ``step_seconds`` are the batch's times divided by B.
         """
         self.check_batch(clips)
@@ -179,15 +180,13 @@ class Simulator:
                 t0 = time.perf_counter()
                 env: dict[str, Tensor] = {}
                 nnz: dict[str, np.ndarray] = {}  # per-clip spike counts of every spike tensor, int64 [B]
-                total: dict[str, int] = {}  # their sum over the batch (the kernels' density decision)
                 for n, fn, in_names, c in plan:
                     ins = [env[i] for i in in_names]
                     src = in_names[0] if in_names else None
-                    out = fn(t, ins, total.get(src))
+                    out = fn(t, ins, nnz.get(src))
                     env[n] = out
                     if out.dtype == torch.bool:
                         nnz[n] = LayerCounter.nnz(out)
-                        total[n] = int(nnz[n].sum())
                     if c is not None:
                         c.step(t, ins, out, nnz.get(src), nnz.get(n))
                     if record_spikes and n in spikes:
@@ -196,7 +195,7 @@ class Simulator:
                         values[n].append(out)
                 for h in self.heads:
                     src = self.inputs[h][0]
-                    self._head_step(h, t, env[src], total.get(src))
+                    self._head_step(h, t, env[src], nnz.get(src))
                     c = counters.get(h)
                     if c is not None:
                         c.step(t, [env[src]], env[src], nnz.get(src))
@@ -230,7 +229,7 @@ class Simulator:
         self.state = {}
         return results
 
-    def _head_step(self, n: str, t: int, x: Tensor, nnz: int | None) -> None:
+    def _head_step(self, n: str, t: int, x: Tensor, nnz: np.ndarray | None) -> None:
         kernel, acc_dtype = self._heads[n]
         part = kernel.spikes(x, nnz, t) if x.dtype == torch.bool else kernel.dense(x, t)
         part = part.to(torch.int64) if self.mode == "integer" else part.to(acc_dtype)

@@ -18,7 +18,8 @@ b), so each clip's sums are those of running it alone.
 
 Dense kernels (``F.conv2d`` / ``F.linear`` on the 0/1 mask) give the same sums (up to float
 rounding order) and are faster on a CPU above a few percent density, so the ``"auto"`` policy
-uses event kernels only below a density (input spikes / input size) measured per kernel kind
+uses event kernels only below a density (input spikes / input size of one clip, decided per clip of
+a batch: :func:`by_clip`) measured per kernel kind
 (:data:`DEFAULT_MAX_DENSITY`); ``"events"`` forces event kernels, ``"dense"`` dense ones. Operation counts never
 depend on the kernel: they are computed from the events by :mod:`simulators.counting`. Kernels
 return float tensors in the caller's dtype; for integer operands they are exact (see
@@ -28,6 +29,7 @@ return float tensors in the caller's dtype; for integer operands they are exact 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -68,6 +70,26 @@ class KernelPolicy:
         return nnz is not None and nnz <= limit * size
 
 
+def by_clip(policy: KernelPolicy, kind: str, mask: Tensor, nnz: Sequence[int] | None,
+            events: Callable[[Tensor], Tensor], dense: Callable[[Tensor], Tensor]) -> Tensor:
+    """Apply ``events`` to the clips of ``mask`` ``[B, ...]`` whose own density (``nnz[b]`` spikes out of
+    one clip's size) makes ``policy`` pick the event kernel, and ``dense`` to the others, so every
+    clip of a batch uses the kernel it would use alone (both kernels run batched over their clips)."""
+    size = mask[0].numel()
+    picks = [policy.use_events(kind, None if nnz is None else int(n), size)
+             for n in (nnz if nnz is not None else [None] * mask.shape[0])]
+    if all(picks):
+        return events(mask)
+    if not any(picks):
+        return dense(mask)
+    ev = torch.tensor([b for b, p in enumerate(picks) if p])
+    de = torch.tensor([b for b, p in enumerate(picks) if not p])
+    out_e, out_d = events(mask[ev]), dense(mask[de])
+    out = torch.empty((mask.shape[0], *out_e.shape[1:]), dtype=out_e.dtype)
+    out[ev], out[de] = out_e, out_d
+    return out
+
+
 def _csr(rows: Tensor, cols: Tensor, n_rows: int, n_cols: int, dtype: torch.dtype) -> Tensor:
     """A 0/1 CSR matrix from (row, col) pairs sorted by row (then col)."""
     counts = torch.bincount(rows, minlength=n_rows)
@@ -93,11 +115,12 @@ class LinearKernel:
             return torch.stack([F.linear(row, self.weight) for row in x])  # clip (BLAS sums a GEMM differently)
         return F.linear(x, self.weight)
 
-    def spikes(self, mask: Tensor, nnz: int | None) -> Tensor:
-        if not self.policy.use_events("linear", nnz, mask.numel()):
-            return self.dense(mask)
-        m2 = mask.reshape(-1, mask.shape[-1])
-        return self.events_2d(m2).reshape(*mask.shape[:-1], self.weight.shape[0])
+    def spikes(self, mask: Tensor, nnz: Sequence[int] | None) -> Tensor:
+        """``[B, ..., C_in]`` spikes (``nnz``: spikes per clip) -> ``[B, ..., C_out]``."""
+        return by_clip(self.policy, "linear", mask, nnz, self._events, self.dense)
+
+    def _events(self, mask: Tensor) -> Tensor:
+        return self.events_2d(mask.reshape(-1, mask.shape[-1])).reshape(*mask.shape[:-1], self.weight.shape[0])
 
     def events_2d(self, m2: Tensor) -> Tensor:
         """``[M, C_in]`` mask -> ``[M, C_out]``: each event (m, i) adds W[:, i] to row m."""
@@ -135,15 +158,18 @@ class Conv2dKernel:
     def dense(self, x: Tensor) -> Tensor:
         return F.conv2d(x.to(self.weight.dtype), self.weight, None, self.stride, self.padding, 1, self.groups)
 
-    def spikes(self, mask: Tensor, nnz: int | None) -> Tensor:
-        """``[B, C_in, H, W]`` spikes -> ``[B, C_out, H_out, W_out]``."""
-        if not self.policy.use_events(self.kind, nnz, mask.numel()):
-            return self.dense(mask)
+    def spikes(self, mask: Tensor, nnz: Sequence[int] | None) -> Tensor:
+        """``[B, C_in, H, W]`` spikes (``nnz``: spikes per clip) -> ``[B, C_out, H_out, W_out]``."""
+        return by_clip(self.policy, self.kind, mask, nnz, self._events, self.dense)
+
+    def _events(self, mask: Tensor) -> Tensor:
+        """Event kernels; the output is contiguous, as the dense kernel's (a consumer's BLAS path can depend
+        on the memory layout, and so could its rounding)."""
         if self.pointwise:  # a linear map over pixels: rows = (clip, position), sorted (b, y, x, c) events
             b, c, h, w = mask.shape
             out = self.linear.events_2d(mask.permute(0, 2, 3, 1).reshape(b * h * w, c))
-            return out.reshape(b, h, w, self.c_out).permute(0, 3, 1, 2)
-        return self._events_dense_groups(mask) if self.groups == 1 else self._events_scatter(mask)
+            return out.reshape(b, h, w, self.c_out).permute(0, 3, 1, 2).contiguous()
+        return (self._events_dense_groups(mask) if self.groups == 1 else self._events_scatter(mask)).contiguous()
 
     def _tap_targets(self, ys: Tensor, xs: Tensor, u: int, v: int) -> tuple[Tensor, Tensor]:
         """Valid flag and output position (oy·W_out + ox) of events at (ys, xs) through tap (u, v)."""
@@ -203,9 +229,11 @@ class HeadConv3dKernel:
         """``[B, C_in, h, w]`` -> ``[B, C_out]``: step ``t``'s share of every clip's sums."""
         return F.conv2d(x.to(self.weight.dtype), self.per_step[t], None, 1, 0, 1, self.groups).reshape(x.shape[0], -1)
 
-    def spikes(self, mask: Tensor, nnz: int | None, t: int) -> Tensor:
-        if not self.policy.use_events("head", nnz, mask.numel()):
-            return self.dense(mask, t)
+    def spikes(self, mask: Tensor, nnz: Sequence[int] | None, t: int) -> Tensor:
+        """``[B, C_in, h, w]`` spikes of step ``t`` (``nnz``: spikes per clip) -> ``[B, C_out]``."""
+        return by_clip(self.policy, "head", mask, nnz, lambda m: self._events(m, t), lambda m: self.dense(m, t))
+
+    def _events(self, mask: Tensor, t: int) -> Tensor:
         ev = mask.nonzero()  # (b, c, y, x)
         nb = mask.shape[0]
         out = torch.zeros(nb * self.groups, self.m, dtype=self.weight.dtype)

@@ -25,6 +25,7 @@ from svformer_deploy.svformer.data.datasets import InputSpec
 from svformer_deploy.svformer.errors import SVFormerError
 from svformer_deploy.svformer.fileio import sha256_file
 
+from . import DEFAULT_BATCH
 from .executor import SimResult, Simulator
 from .record import COUNT_KEYS, DEFAULT_RUNS_DIR, build_record, firing_rate, top_k, write_records
 
@@ -142,18 +143,24 @@ def prepare_input(spec: InputSpec, video: str | Path | None, events: str | Path 
     return PreparedInput(given, path, tensor, indices, views, {"encoding": spec.kind, **details})
 
 
-def simulate_file(video: str | Path | None = None, events: str | Path | None = None,
-                  model: str | Path | None = None, views: tuple[int, int] = (1, 1), executor: str = "float",
-                  out_dir: str | Path = DEFAULT_RUNS_DIR, kernel: str = "auto", cwd: str | Path = ".",
-                  on_step: Callable[[int], None] | None = None, label: str | None = None) -> SimulationReport:
-    """Simulate every view of ``video`` (or the ``events`` recording) and write one run record per view.
+@dataclass
+class SimSetup:
+    """An opened bundle ready to simulate: its graph's :class:`Simulator`, input spec and class names."""
+
+    bundle: Bundle
+    executor: str
+    simulator: Simulator
+    spec: InputSpec
+    class_names: list[str]
+
+
+def open_simulation(model: str | Path | None = None, executor: str = "float", kernel: str = "auto",
+                    cwd: str | Path = ".") -> SimSetup:
+    """Open the bundle (``model``, or the newest in ``cwd``) and build the executor of its graph.
 
     ``executor``: ``"float"`` (the bundle's ``ir`` graph, float32) or ``"integer"`` (its
-    ``ir_quantized`` graph, the fixed-point spec). ``on_step(t)`` is called after every time step
-    (progress display). ``label``: the clip's true class, stored in the records' ``input.label``
-    (dataset evaluations). Returns the report; raises ``SVFormerError`` for bad input.
+    ``ir_quantized`` graph, the fixed-point spec). Raises ``SVFormerError`` for an unusable bundle.
     """
-    t0 = time.perf_counter()
     if executor not in EXECUTORS:
         raise SVFormerError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
     bundle = open_bundle(model, cwd)
@@ -162,30 +169,94 @@ def simulate_file(video: str | Path | None = None, events: str | Path | None = N
                             "executor has nothing to run; re-export with quantization or use --float")
     graph = bundle.graph("ir_quantized" if executor == "integer" else "ir")
     sim = Simulator(graph, mode=executor, kernel=kernel)
-    T = sim.time_steps
     spec = bundle_input_spec(bundle)
-    spec.check_shape(sim.input_shape[1:], T, where=str(bundle.path))
-    prepared = prepare_input(spec, video, events, views, bundle.path)
+    spec.check_shape(sim.input_shape[1:], sim.time_steps, where=str(bundle.path))
     class_names = bundle.class_names
     n_classes = sim.specs[sim.out_name].shape[0]
     if class_names and len(class_names) != n_classes:
         raise SVFormerError(f"{bundle.path}: the manifest names {len(class_names)} classes, the graph has {n_classes}")
-    results = [sim.run(prepared.tensor[v], on_step=on_step) for v in range(prepared.tensor.shape[0])]
-    if not all(np.isfinite(r.logits).all() for r in results):
-        raise SVFormerError(f"{bundle.path}: the simulation overflowed (non-finite logits): the graph's values are "
-                            f"out of range for the {executor} executor")
-    digest = sha256_file(prepared.path)
-    man = bundle.manifest
-    model_info = {"hash": bundle.model_hash, "bundle": str(bundle.path.resolve()), "arch": man.get("arch"),
-                  "config": man.get("config")}
-    records = []
-    for v, res in enumerate(results):
-        inp = {"kind": prepared.kind, "path": str(prepared.path.resolve()), "sha256": digest, "view": v,
-               "views": list(prepared.views), "frame_indices": prepared.frame_indices[v]}
-        if label is not None:
-            inp["label"] = label
-        records.append(build_record(sim, res, model=model_info, input=inp, class_names=class_names))
-    paths = write_records(records, out_dir, prepared.path.stem)
-    return SimulationReport(bundle=bundle, executor=executor, input=prepared, simulator=sim, results=results,
-                            records=records, record_paths=paths, class_names=class_names,
-                            wall_s=time.perf_counter() - t0)
+    return SimSetup(bundle, executor, sim, spec, class_names)
+
+
+def run_views(sim: Simulator, views: torch.Tensor, batch: int = DEFAULT_BATCH,
+              on_step: Callable[[int], None] | None = None) -> list[SimResult]:
+    """Simulate clip views ``[N, T, C, H, W]`` in passes of at most ``batch`` views (``run_batch``).
+
+    Each result equals the view simulated alone (:meth:`Simulator.run_batch`); ``on_step(t)`` is
+    called after every time step of every pass.
+    """
+    if batch < 1:
+        raise SVFormerError(f"the batch size must be at least 1, not {batch}")
+    out: list[SimResult] = []
+    for i in range(0, views.shape[0], batch):
+        out += sim.run_batch(views[i:i + batch], on_step=on_step)
+    return out
+
+
+def simulate_prepared(setup: SimSetup, inputs: list[PreparedInput], out_dirs: list[str | Path],
+                      labels: list[str | None] | None = None, batch: int = DEFAULT_BATCH,
+                      on_step: Callable[[int], None] | None = None) -> list[SimulationReport | SVFormerError]:
+    """Simulate every view of several prepared inputs, ``batch`` views per executor pass, and write
+    each input's run records into its ``out_dirs`` entry (atomically, all views or none).
+
+    Returns, per input, its :class:`SimulationReport` or the :class:`SVFormerError` that input
+    failed with (non-finite logits, an unwritable folder); one input's failure never touches the
+    others. ``labels``: each input's true class (``input.label`` in its records) or None.
+    """
+    t0 = time.perf_counter()
+    sim = setup.simulator
+    labels = labels if labels is not None else [None] * len(inputs)
+    if not inputs:
+        return []
+    results = run_views(sim, torch.cat([p.tensor for p in inputs]), batch, on_step)
+    man = setup.bundle.manifest
+    model_info = {"hash": setup.bundle.model_hash, "bundle": str(setup.bundle.path.resolve()),
+                  "arch": man.get("arch"), "config": man.get("config")}
+    out: list[SimulationReport | SVFormerError] = []
+    first = 0
+    for prepared, out_dir, label in zip(inputs, out_dirs, labels, strict=True):
+        mine = results[first:first + prepared.tensor.shape[0]]
+        first += prepared.tensor.shape[0]
+        try:
+            if not all(np.isfinite(r.logits).all() for r in mine):
+                raise SVFormerError(f"{setup.bundle.path}: the simulation of {prepared.path} overflowed (non-finite "
+                                    f"logits): the graph's values are out of range for the {setup.executor} executor")
+            digest = sha256_file(prepared.path)
+            records = []
+            for v, res in enumerate(mine):
+                inp = {"kind": prepared.kind, "path": str(prepared.path.resolve()), "sha256": digest, "view": v,
+                       "views": list(prepared.views), "frame_indices": prepared.frame_indices[v]}
+                if label is not None:
+                    inp["label"] = label
+                records.append(build_record(sim, res, model=model_info, input=inp, class_names=setup.class_names))
+            paths = write_records(records, out_dir, prepared.path.stem)
+        except SVFormerError as e:
+            out.append(e)
+            continue
+        out.append(SimulationReport(bundle=setup.bundle, executor=setup.executor, input=prepared, simulator=sim,
+                                    results=mine, records=records, record_paths=paths,
+                                    class_names=setup.class_names, wall_s=time.perf_counter() - t0))
+    return out
+
+
+def simulate_file(video: str | Path | None = None, events: str | Path | None = None,
+                  model: str | Path | None = None, views: tuple[int, int] = (1, 1), executor: str = "float",
+                  out_dir: str | Path = DEFAULT_RUNS_DIR, kernel: str = "auto", cwd: str | Path = ".",
+                  on_step: Callable[[int], None] | None = None, label: str | None = None,
+                  batch: int = DEFAULT_BATCH) -> SimulationReport:
+    """Simulate every view of ``video`` (or the ``events`` recording) and write one run record per view.
+
+    ``executor``: ``"float"`` (the bundle's ``ir`` graph, float32) or ``"integer"`` (its
+    ``ir_quantized`` graph, the fixed-point spec). The views run ``batch`` at a time through one
+    executor pass (:func:`run_views`). ``on_step(t)`` is called after every time step (progress
+    display). ``label``: the clip's true class, stored in the records' ``input.label`` (dataset
+    evaluations). Returns the report; raises ``SVFormerError`` for bad input.
+    """
+    t0 = time.perf_counter()
+    setup = open_simulation(model, executor, kernel, cwd)
+    prepared = prepare_input(setup.spec, video, events, views, setup.bundle.path)
+    (report,) = simulate_prepared(setup, [prepared], [out_dir], [label], batch, on_step)
+    if isinstance(report, SVFormerError):
+        raise report
+    report.wall_s = time.perf_counter() - t0
+    return report

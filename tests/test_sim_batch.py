@@ -108,3 +108,91 @@ def test_a_batch_of_the_wrong_shape_is_refused():
     for bad in (torch.zeros(T, C, S, S), torch.zeros(0, T, C, S, S), torch.zeros(2, T, C, S, S + 1)):
         with pytest.raises(SVFormerError, match=r"\[B, T, C, H, W\]"):
             sim.run_batch(bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# the commands: a folder and a multi-view clip give the same records batched as one at a time
+# ---------------------------------------------------------------------------------------------
+def _clip_of(path, amplitude: int, frames: int = 20, size: int = 48):
+    """A video of random pixels around grey with ``amplitude`` (0: a flat grey clip): activity grows with it."""
+    import av
+
+    rng = np.random.default_rng(amplitude)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=25)
+        s.width = s.height = size
+        s.pix_fmt = "yuv420p"
+        for _ in range(frames):
+            rgb = np.clip(128 + rng.integers(-amplitude, amplitude + 1, (size, size, 3)), 0, 255).astype(np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def _same_records(a_paths, b_paths) -> None:
+    """Two sets of run records (same clips and views) with identical logits and per-layer, per-step counts."""
+    from svformer_deploy.simulators.record import read_record
+
+    key = lambda rec: (rec["input"]["path"], rec["input"]["view"])  # noqa: E731
+    a = sorted((read_record(p).data for p in a_paths), key=key)
+    b = sorted((read_record(p).data for p in b_paths), key=key)
+    assert [key(r) for r in a] == [key(r) for r in b] and a
+    for ra, rb in zip(a, b, strict=True):
+        assert ra["prediction"]["logits"] == rb["prediction"]["logits"]
+        assert ra["layers"] == rb["layers"] and ra["totals"] == rb["totals"]
+
+
+def test_folder_batched_equals_one_clip_at_a_time(tmp_path):
+    from svformer_deploy.deploy.batch import group_clips, simulate_folder
+    from test_sim_cli import make_bundle
+
+    bundle = make_bundle(tmp_path / "m.svfd", img_size=32, time_steps=4)
+    for i, amp in enumerate((0, 20, 60, 127)):
+        (tmp_path / "clips" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        _clip_of(tmp_path / "clips" / f"c{i % 2}" / f"amp{amp}.mp4", amp)
+    (tmp_path / "clips" / "c0" / "broken.mp4").write_bytes(b"not a video")  # fails alone inside its group
+    for executor in ("float", "integer"):
+        one = simulate_folder(tmp_path / "clips", bundle, tmp_path / f"one-{executor}", workers=1,
+                              executor=executor, batch=1)
+        many = simulate_folder(tmp_path / "clips", bundle, tmp_path / f"many-{executor}", workers=1,
+                               executor=executor, batch=16)
+        assert one.simulated == many.simulated == 4
+        assert [c for c, _ in one.failures] == [c for c, _ in many.failures] and len(many.failures) == 1
+        _same_records(one.records, many.records)
+        totals = [r["totals"] for r in (read_data(p) for p in many.records)]
+        assert len({t["spikes"] for t in totals}) == 4  # four different activities, each counted on its own
+    # groups: at most batch // views clips, and every worker gets a share
+    assert [len(g) for g in group_clips(list(range(10)), 1, 2, 16)] == [5, 5]
+    assert [len(g) for g in group_clips(list(range(10)), 3, 1, 16)] == [5, 5]
+    assert [len(g) for g in group_clips(list(range(3)), 20, 2, 16)] == [1, 1, 1]
+
+
+def read_data(path):
+    from svformer_deploy.simulators.record import read_record
+
+    return read_record(path).data
+
+
+def test_simulate_views_batched_equals_one_view_at_a_time(tmp_path, capsys):
+    import json
+
+    from svformer_deploy.deploy.cli import main
+    from test_sim_cli import make_bundle
+
+    bundle = make_bundle(tmp_path / "m.svfd", img_size=32, time_steps=4)
+    clip = _clip_of(tmp_path / "clip.mp4", 90, frames=40)  # 2x3 = 6 views: passes of 4 + 2 views with --batch 4
+    docs = []
+    for batch in (1, 4):
+        code = main(["simulate", "--video", str(clip), "--model", str(bundle), "--views", "2x3", "--batch", str(batch),
+                     "--out", str(tmp_path / f"runs{batch}"), "--json", "-q"])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        docs.append(json.loads(out))
+    assert docs[0]["logits"] == docs[1]["logits"] and docs[0]["layers"] == docs[1]["layers"]
+    _same_records(docs[0]["records"], docs[1]["records"])
+    code = main(["simulate", "--video", str(clip), "--model", str(bundle), "--batch", "0"])
+    from conftest import one_error_line
+
+    one_error_line(code, capsys.readouterr().err, "--batch")

@@ -108,7 +108,7 @@ def test_conv2d_ac_and_event_sums_equal_a_loop_over_spikes(case):
     assert counts["spikes_in"] == int(mask.sum())
     assert counts["weight_reads"] == ref_syn
     kern = Conv2dKernel(weight, (stride, stride), (pad, pad), groups, (c_in, h, w), EVENTS)
-    np.testing.assert_allclose(kern.spikes(mask[None], int(mask.sum()))[0].numpy(), ref_out, atol=1e-12)
+    np.testing.assert_allclose(kern.spikes(mask[None], [int(mask.sum())])[0].numpy(), ref_out, atol=1e-12)
     np.testing.assert_allclose(kern.dense(mask[None])[0].numpy(), ref_out, atol=1e-12)
 
 
@@ -153,7 +153,8 @@ def test_linear_ac_is_one_per_spike_and_output_and_matches_event_loop():
     counts = _count(g, [mask])
     assert counts["ac"] == synapses == 4 * int(mask.sum())
     assert counts["add"] == 5 * 4 and counts["weight_reads"] == synapses + 20
-    np.testing.assert_allclose(LinearKernel(weight, EVENTS).spikes(mask, int(mask.sum())).numpy(), out, atol=1e-12)
+    got = LinearKernel(weight, EVENTS).spikes(mask[None], [int(mask.sum())])[0]
+    np.testing.assert_allclose(got.numpy(), out, atol=1e-12)
 
 
 def test_attention_counts_coincident_pairs_and_d_per_q_spike():
@@ -206,7 +207,7 @@ def test_head_conv3d_event_kernel_and_count_match_a_loop():
             for o in range(grp * m, (grp + 1) * m):
                 acc[o] += w[o, i, t, y, x].item()
                 synapses += 1
-    total = sum(kern.spikes(mk[None], int(mk.sum()), t)[0] for t, mk in enumerate(masks))
+    total = sum(kern.spikes(mk[None], [int(mk.sum())], t)[0] for t, mk in enumerate(masks))
     np.testing.assert_allclose(total.numpy(), acc, atol=1e-12)
     dense = F.conv3d(torch.stack(masks, 1)[None].double(), w, groups=g).reshape(-1)
     np.testing.assert_allclose(dense.numpy(), acc, atol=1e-12)

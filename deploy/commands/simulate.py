@@ -8,6 +8,7 @@ from typing import Any
 import click
 from svformer_deploy.deploy.commands.probe import parse_views
 from svformer_deploy.deploy.render import emit_json, fmt_int, fmt_si, table
+from svformer_deploy.simulators import DEFAULT_BATCH, MAX_BATCH
 
 
 def render_simulation(doc: dict[str, Any]) -> str:
@@ -57,13 +58,16 @@ def render_simulation(doc: dict[str, Any]) -> str:
               show_default=True, help="Folder for the run records (one JSON file per view).")
 @click.option("--kernel", type=click.Choice(["auto", "events", "dense"]), default="auto", show_default=True,
               help="Accumulation kernels for spike inputs (counts do not depend on it).")
+@click.option("--batch", type=click.IntRange(min=1, max=MAX_BATCH), default=DEFAULT_BATCH, show_default=True,
+              help="Views per simulator pass (batched simulation, same counts and logits); 1: one at a time.")
 @click.option("--runtime", type=click.Choice(["graph", "onnx"]), default="graph", show_default=True,
               help="graph: the event-driven simulator (op counts, run records); onnx: the bundle's one-step ONNX "
                    "graph in onnxruntime, fed one frame at a time (top-5 only).")
 @click.option("--live", is_flag=True, help="With --runtime onnx: print the running top-5 after every step.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def simulate(video, events, model, views_spec, integer, out_dir, kernel, runtime, live, as_json, quiet) -> None:
+def simulate(video, events, model, views_spec, integer, out_dir, kernel, batch, runtime, live, as_json,
+             quiet) -> None:
     """Simulate a clip on the exported graph: top-5 classes, per-layer firing rates and exact op counts.
 
     Writes one run record per view (read by `svformer-deploy energy-report`).
@@ -88,7 +92,7 @@ def simulate(video, events, model, views_spec, integer, out_dir, kernel, runtime
     try:
         report = simulate_file(video=video, events=events, model=model, views=views,
                                executor="integer" if integer else "float", out_dir=out_dir, kernel=kernel,
-                               on_step=on_step)
+                               on_step=on_step, batch=batch)
     finally:
         progress.close()
     doc = report.to_dict()

@@ -96,7 +96,7 @@ def _worker_init() -> None:
 
 
 def _simulate_group(group: list[tuple[str, str | None, str]], kind: str, model: str, views: tuple[int, int],
-                    executor: str, threads: int, batch: int) -> list[tuple[str, list[str], str | None]]:
+                    executor: str, threads: int, batch: int | str) -> list[tuple[str, list[str], str | None]]:
     """Worker: simulate a group of clips ``(clip, label, out folder)``, their views ``batch`` at a time
     through one executor pass; per clip ``(clip, record paths, None)`` or ``(clip, [], reason)``.
 
@@ -137,24 +137,25 @@ def group_clips(todo: list, views: int, workers: int, batch: int) -> list[list]:
 def simulate_folder(videos: str | Path, model: str | Path, out_dir: str | Path | None = None, workers: int = 2,
                     views: tuple[int, int] = (1, 1), executor: str = "float",
                     on_clip: Callable[[str, str | None], None] | None = None,
-                    batch: int | None = None) -> BatchResult:
+                    batch: int | str | None = None) -> BatchResult:
     """Simulate every clip below ``videos`` with the bundle ``model``.
 
     ``out_dir`` defaults to ``runs/batch-<model hash[:12]>``; it is checked for writability before
     any clip is simulated. Each worker takes a group of clips and runs their views ``batch`` at a
-    time through one executor pass (default :data:`simulators.run.DEFAULT_BATCH`; 1: clip by
-    clip). ``on_clip(clip, error)`` is called after each clip (progress display). Returns the
+    time through one executor pass (default ``"auto"``: :func:`simulators.run.auto_batch`; 1: clip
+    by clip). ``on_clip(clip, error)`` is called after each clip (progress display). Returns the
     records of all clips, including resumed ones. Ctrl-C (KeyboardInterrupt) cancels the queued
     clips, stops the running ones (their records are not written) and propagates.
     """
     from svformer_deploy.export.bundle import load_bundle
-    from svformer_deploy.simulators import DEFAULT_BATCH
-    from svformer_deploy.simulators.run import bundle_input_spec
+    from svformer_deploy.simulators.run import auto_batch, bundle_input_spec
 
-    batch = DEFAULT_BATCH if batch is None else int(batch)
-    if batch < 1:
+    batch = "auto" if batch is None else batch
+    if batch != "auto" and int(batch) < 1:
         raise SVFormerError(f"the batch size must be at least 1, not {batch}")
     bundle = load_bundle(model)
+    if batch == "auto":
+        batch = auto_batch(bundle.graph("ir_quantized" if executor == "integer" else "ir"))
     kind = bundle_input_spec(bundle).file_kind  # video-events models read video files
     root = Path(videos)
     clips = find_clips(root, kind)
@@ -174,7 +175,7 @@ def simulate_folder(videos: str | Path, model: str | Path, out_dir: str | Path |
             todo.append((str(clip), label, str(slot)))
     workers = max(1, min(workers, len(todo) or 1))
     threads = 1 if workers > 1 else max(1, (os.cpu_count() or 1))
-    groups = group_clips(todo, views[0] * views[1], workers, batch)
+    groups = group_clips(todo, views[0] * views[1], workers, int(batch))
     args = [(g, kind, str(bundle.path), views, executor, threads, batch) for g in groups]
     if workers == 1:
         for a in args:

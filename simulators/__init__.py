@@ -22,12 +22,26 @@ _EXPORTS = {
     "SimResult": "executor", "Simulator": "executor", "simulate": "executor", "KernelPolicy": "kernels",
     "build_record": "record", "write_records": "record", "SimulationReport": "run", "simulate_file": "run",
 }
-__all__ = [*_EXPORTS, "DEFAULT_BATCH", "MAX_BATCH"]
+__all__ = [*_EXPORTS, "DEFAULT_BATCH", "MAX_BATCH", "parse_batch"]
 
 # clip views per executor pass (``Simulator.run_batch``) in ``simulate`` and ``energy-report --videos``:
-# measured by benchmarks/bench_batch.py (docs/simulator.md, "Batched simulation"); no torch import here
-DEFAULT_BATCH = 16
+# "auto" = ``simulators.run.auto_batch`` (measured by benchmarks/bench_batch.py, docs/simulator.md,
+# "Batched simulation"); no torch import here
+DEFAULT_BATCH = "auto"
 MAX_BATCH = 256
+
+
+def parse_batch(value: str | int) -> str | int:
+    """``"auto"`` or an integer 1..:data:`MAX_BATCH` (``--batch``); anything else raises ``ValueError``."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected 'auto' or a number of clip views per pass, got {value!r}") from None
+    if not 1 <= n <= MAX_BATCH:
+        raise ValueError(f"expected 'auto' or 1..{MAX_BATCH} clip views per pass, got {n}")
+    return n
 
 
 def __getattr__(name: str) -> Any:

@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import networkx as nx
 import numpy as np
 import torch
+from svformer_deploy.export import ir
 from svformer_deploy.export.bundle import Bundle, find_latest_bundle, load_bundle
 from svformer_deploy.svformer.data.datasets import InputSpec
 from svformer_deploy.svformer.errors import SVFormerError
@@ -178,15 +180,37 @@ def open_simulation(model: str | Path | None = None, executor: str = "float", ke
     return SimSetup(bundle, executor, sim, spec, class_names)
 
 
-def run_views(sim: Simulator, views: torch.Tensor, batch: int = DEFAULT_BATCH,
+# ``"auto"`` batches models up to this many dense MACs per clip; measured (benchmarks/bench_batch.py, 1 thread):
+# 16 views per pass are 3-15x faster for the demo model (0.02 GMAC/clip), 1.6x for the 3-stage DVS model at
+# 128x128, T=16 (3.4 GMAC), 0.97x for SVFormer-base at 224x224, T=16 (38 GMAC, and 2.3 GB peak RSS at B=16)
+AUTO_BATCH_MAX_GMAC = 10.0
+AUTO_BATCH = 16
+
+
+def auto_batch(graph: nx.DiGraph) -> int:
+    """Views per pass for ``batch="auto"``: :data:`AUTO_BATCH` when the graph's dense MACs per clip are at most
+    :data:`AUTO_BATCH_MAX_GMAC` billion (per-op overheads dominate, batching pays), else 1."""
+    gmac = sum(int(ir.node_cost(graph, n)["macs"]) for n in graph.nodes) / 1e9
+    return AUTO_BATCH if gmac <= AUTO_BATCH_MAX_GMAC else 1
+
+
+def resolve_batch(sim: Simulator, batch: int | str) -> int:
+    """``batch`` as a number of views per pass (``"auto"``: :func:`auto_batch` of the simulator's graph)."""
+    n = auto_batch(sim.graph) if batch == "auto" else int(batch)
+    if n < 1:
+        raise SVFormerError(f"the batch size must be at least 1, not {n}")
+    return n
+
+
+def run_views(sim: Simulator, views: torch.Tensor, batch: int | str = DEFAULT_BATCH,
               on_step: Callable[[int], None] | None = None) -> list[SimResult]:
-    """Simulate clip views ``[N, T, C, H, W]`` in passes of at most ``batch`` views (``run_batch``).
+    """Simulate clip views ``[N, T, C, H, W]`` in passes of at most ``batch`` views (``run_batch``; ``"auto"``:
+    :func:`auto_batch`).
 
     Each result equals the view simulated alone (:meth:`Simulator.run_batch`); ``on_step(t)`` is
     called after every time step of every pass.
     """
-    if batch < 1:
-        raise SVFormerError(f"the batch size must be at least 1, not {batch}")
+    batch = resolve_batch(sim, batch)
     out: list[SimResult] = []
     for i in range(0, views.shape[0], batch):
         out += sim.run_batch(views[i:i + batch], on_step=on_step)
@@ -194,7 +218,7 @@ def run_views(sim: Simulator, views: torch.Tensor, batch: int = DEFAULT_BATCH,
 
 
 def simulate_prepared(setup: SimSetup, inputs: list[PreparedInput], out_dirs: list[str | Path],
-                      labels: list[str | None] | None = None, batch: int = DEFAULT_BATCH,
+                      labels: list[str | None] | None = None, batch: int | str = DEFAULT_BATCH,
                       on_step: Callable[[int], None] | None = None) -> list[SimulationReport | SVFormerError]:
     """Simulate every view of several prepared inputs, ``batch`` views per executor pass, and write
     each input's run records into its ``out_dirs`` entry (atomically, all views or none).
@@ -243,14 +267,14 @@ def simulate_file(video: str | Path | None = None, events: str | Path | None = N
                   model: str | Path | None = None, views: tuple[int, int] = (1, 1), executor: str = "float",
                   out_dir: str | Path = DEFAULT_RUNS_DIR, kernel: str = "auto", cwd: str | Path = ".",
                   on_step: Callable[[int], None] | None = None, label: str | None = None,
-                  batch: int = DEFAULT_BATCH) -> SimulationReport:
+                  batch: int | str = DEFAULT_BATCH) -> SimulationReport:
     """Simulate every view of ``video`` (or the ``events`` recording) and write one run record per view.
 
     ``executor``: ``"float"`` (the bundle's ``ir`` graph, float32) or ``"integer"`` (its
     ``ir_quantized`` graph, the fixed-point spec). The views run ``batch`` at a time through one
-    executor pass (:func:`run_views`). ``on_step(t)`` is called after every time step (progress
-    display). ``label``: the clip's true class, stored in the records' ``input.label`` (dataset
-    evaluations). Returns the report; raises ``SVFormerError`` for bad input.
+    executor pass (:func:`run_views`; ``"auto"``: :func:`auto_batch`). ``on_step(t)`` is called after
+    every time step (progress display). ``label``: the clip's true class, stored in the records'
+    ``input.label`` (dataset evaluations). Returns the report; raises ``SVFormerError`` for bad input.
     """
     t0 = time.perf_counter()
     setup = open_simulation(model, executor, kernel, cwd)

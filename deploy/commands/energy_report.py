@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 import click
+from svformer_deploy.deploy.commands.simulate import batch_option
 from svformer_deploy.deploy.render import emit_json, json_document
-from svformer_deploy.simulators import DEFAULT_BATCH, MAX_BATCH
+from svformer_deploy.simulators import DEFAULT_BATCH
 
 
 @click.command("energy-report")
@@ -28,9 +29,9 @@ from svformer_deploy.simulators import DEFAULT_BATCH, MAX_BATCH
               help="Export bundle (*.svfd) used with --videos.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="Parallel simulation processes for --videos.")
-@click.option("--batch", type=click.IntRange(min=1, max=MAX_BATCH), default=DEFAULT_BATCH, show_default=True,
-              help="Clip views per simulator pass for --videos (docs/simulator.md, batched simulation); 1: one "
-                   "at a time.")
+@click.option("--batch", callback=batch_option, default=DEFAULT_BATCH, show_default=True,
+              help="Clip views per simulator pass for --videos (auto: 16 for models up to 10 GMAC per clip, "
+                   "else 1; docs/simulator.md, batched simulation).")
 @click.option("--runs", "runs_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where --videos writes run records [default: runs/batch-<model hash>]; rerunning resumes.")
 @click.option("--views", "views_spec", default="1x1", show_default=True, help="Views per clip for --videos (KxS).")
@@ -79,7 +80,7 @@ def energy_report(records, cost_model, as_json, csv_path, md_path, html_dir, no_
 
 
 def _simulate_videos(videos_dir: Path, model_dir: Path, workers: int, runs_dir: Path | None, views_spec: str,
-                     integer: bool, as_json: bool, batch: int) -> Path:
+                     integer: bool, as_json: bool, batch: int | str) -> Path:
     """Run ``deploy.batch.simulate_folder`` with a progress bar; returns the folder of run records."""
     from svformer_deploy.deploy.batch import find_clips, simulate_folder
     from svformer_deploy.deploy.commands.probe import parse_views

@@ -8,7 +8,15 @@ from typing import Any
 import click
 from svformer_deploy.deploy.commands.probe import parse_views
 from svformer_deploy.deploy.render import emit_json, fmt_int, fmt_si, table
-from svformer_deploy.simulators import DEFAULT_BATCH, MAX_BATCH
+from svformer_deploy.simulators import DEFAULT_BATCH, parse_batch
+
+
+def batch_option(ctx: click.Context, param: click.Parameter, value: str | int) -> str | int:
+    """``--batch auto|N`` (views per simulator pass), shared by ``simulate`` and ``energy-report --videos``."""
+    try:
+        return parse_batch(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 def render_simulation(doc: dict[str, Any]) -> str:
@@ -58,8 +66,9 @@ def render_simulation(doc: dict[str, Any]) -> str:
               show_default=True, help="Folder for the run records (one JSON file per view).")
 @click.option("--kernel", type=click.Choice(["auto", "events", "dense"]), default="auto", show_default=True,
               help="Accumulation kernels for spike inputs (counts do not depend on it).")
-@click.option("--batch", type=click.IntRange(min=1, max=MAX_BATCH), default=DEFAULT_BATCH, show_default=True,
-              help="Views per simulator pass (batched simulation, same counts and logits); 1: one at a time.")
+@click.option("--batch", callback=batch_option, default=DEFAULT_BATCH, show_default=True,
+              help="Views per simulator pass (batched simulation: the same counts; auto: 16 for models up to 10 "
+                   "GMAC per clip, else 1; docs/simulator.md).")
 @click.option("--runtime", type=click.Choice(["graph", "onnx"]), default="graph", show_default=True,
               help="graph: the event-driven simulator (op counts, run records); onnx: the bundle's one-step ONNX "
                    "graph in onnxruntime, fed one frame at a time (top-5 only).")

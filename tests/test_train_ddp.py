@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -110,6 +111,12 @@ def test_train_nproc_2_writes_a_loadable_checkpoint_and_resumes_on_one_process(s
     with torch.no_grad():
         assert model.forward_sequence(torch.zeros(2, 1, 3, 16, 16)).shape == (1, 2)
     assert sorted(p.name for p in out.iterdir()) == ["epoch-001.pt", "last.pt", "metrics.jsonl", "summary.json"]
+    # the same run started by torchrun (its environment: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT)
+    tr = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                         str(CLI), *_train_args(synthetic, tmp_path / "tr", "--epochs", "1", "--json")],
+                        capture_output=True, text=True, timeout=300, env=dict(os.environ, SVFORMER_NO_PROGRESS="1"))
+    assert tr.returncode == 0, tr.stderr
+    assert _same_but_time(json.loads(tr.stdout), doc)  # the same shards, the same steps, the same metrics
     # --resume with another process count: the checkpoint holds nothing specific to N
     code = main(["train", "--resume", str(out / "last.pt"), "--epochs", "2", "--nproc", "1", "--quiet"])
     assert code == 0
@@ -117,6 +124,12 @@ def test_train_nproc_2_writes_a_loadable_checkpoint_and_resumes_on_one_process(s
     assert again.training["epoch"] == 2 and again.training["processes"] == 1
     assert [h["epoch"] for h in again.training["history"]] == [1, 2]
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def _same_but_time(a: dict, b: dict) -> bool:
+    """Two training results with the same metrics (wall times aside)."""
+    strip = lambda h: {k: v for k, v in h.items() if "seconds" not in k}  # noqa: E731
+    return [strip(h) for h in a["history"]] == [strip(h) for h in b["history"]]
 
 
 @pytest.mark.parametrize("nproc,fragment", [("0", "at least 1"), ("4096", "more than the")])

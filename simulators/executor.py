@@ -158,9 +158,9 @@ class Simulator:
         clip's logits and counts are identical to :meth:`run` of that clip alone. In float mode each
         clip gets the kernel it would get alone (``"auto"`` decides per clip, :func:`kernels.by_clip`)
         and the same kernels on a larger batch; the tests find identical logits, spikes and counts
-        (float64 and float32), but a BLAS may block a larger product differently (the same sums in
-        another order), so a value within rounding of a threshold could flip. Each result's ``wall_s`` and
-        ``step_seconds`` are the batch's times divided by B.
+        (float64 and float32), but a BLAS / oneDNN may sum a larger batch in another order (seen:
+        float32 1x1 convolutions at B = 16), so a value within rounding of a threshold can flip.
+        Each result's ``wall_s`` and ``step_seconds`` are the batch's times divided by B.
         """
         self.check_batch(clips)
         B = int(clips.shape[0])

@@ -192,3 +192,11 @@ def test_ctrl_c_during_nproc_2_leaves_no_process_and_no_partial_checkpoint(synth
     assert all(n.endswith((".pt", ".jsonl")) for n in names), names  # no temporary left beside them
     for p in out.glob("*.pt"):
         load_checkpoint(p)  # every checkpoint present is complete
+
+
+def test_a_failing_rank_is_one_error_line_and_stops_the_others(tmp_path):
+    (tmp_path / "empty" / "a").mkdir(parents=True)  # every rank finds no video: each reports, the launcher once
+    proc = subprocess.run([str(CLI), "train", "--videos", str(tmp_path / "empty"), "--arch", "3stg", "--size", "16",
+                           "-T", "2", "--nproc", "2", "-o", str(tmp_path / "o")], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, SVFORMER_NO_PROGRESS="1"))
+    one_error_line(proc.returncode, proc.stderr, "empty dataset folder")

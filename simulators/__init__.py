@@ -1,7 +1,8 @@
 """Event-driven execution of exported IR graphs with exact per-layer, per-step operation counts.
 
 - :class:`Simulator` (``simulators.executor``): float (float32/float64) and integer fixed-point
-  executors of an IR graph, one frame per time step, spikes as events;
+  executors of an IR graph, one frame per time step, spikes as events, one clip (``run``) or a
+  batch of clips with per-clip counts (``run_batch``);
 - ``simulators.counting``: what is counted and how (AC, MAC, mul/add, neuron updates, spikes,
   memory words);
 - ``simulators.fixed``: the integer arithmetic of the fixed-point spec;

@@ -337,9 +337,9 @@ def kernel_crossover(repeat: int) -> None:
 
         row = []
         for d in (0.1, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2):
-            mask = torch.rand(*xs, generator=g) < d
+            mask = torch.rand(1, *xs, generator=g) < d  # the kernels take a batch of clips: a batch of one
             k = mk(dense if len(row) == 0 else events)
-            nnz = int(mask.sum())
+            nnz = [int(mask.sum())]
             row.append(min(timed(lambda k=k, mask=mask, nnz=nnz: k.spikes(mask, nnz), repeat)) * 1e3)
         print(f"{label:34s} {row[0]:8.2f}  " + "  ".join(f"{v:8.2f}" for v in row[1:]))
 

@@ -96,32 +96,66 @@ def _worker_init() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
-def _simulate_one(clip: str, kind: str, label: str | None, model: str, out: str, views: tuple[int, int],
-                  executor: str, threads: int) -> list[str]:
-    """Worker: simulate one clip into ``out``; SVFormerError propagates as the failure reason."""
+def _simulate_group(group: list[tuple[str, str | None, str]], kind: str, model: str, views: tuple[int, int],
+                    executor: str, threads: int, batch: int | str) -> list[tuple[str, list[str], str | None]]:
+    """Worker: simulate a group of clips ``(clip, label, out folder)``, their views ``batch`` at a time
+    through one executor pass; per clip ``(clip, record paths, None)`` or ``(clip, [], reason)``.
+
+    A clip that cannot be read fails alone; the others of its group are simulated and written.
+    """
     import torch
-    from svformer_deploy.simulators.run import simulate_file
+    from svformer_deploy.simulators.run import open_simulation, prepare_input, simulate_prepared
 
     torch.set_num_threads(threads)
-    kw = {"events": clip} if kind == "events" else {"video": clip}
-    report = simulate_file(**kw, model=model, views=views, executor=executor, out_dir=out, label=label)
-    return [str(p) for p in report.record_paths]
+    setup = open_simulation(model, executor)
+    outcome: dict[str, tuple[list[str], str | None]] = {}
+    ready = []
+    for clip, label, out in group:
+        try:
+            video, events = (None, clip) if kind == "events" else (clip, None)
+            ready.append((clip, prepare_input(setup.spec, video, events, views, setup.bundle.path), label, out))
+        except SVFormerError as e:
+            outcome[clip] = ([], str(e))
+        except Exception as e:  # noqa: BLE001 - a crashing clip must not stop the batch
+            outcome[clip] = ([], f"{type(e).__name__}: {e}")
+    reports = simulate_prepared(setup, [r[1] for r in ready], [r[3] for r in ready], [r[2] for r in ready], batch)
+    for (clip, _, _, _), rep in zip(ready, reports, strict=True):
+        outcome[clip] = ([], str(rep)) if isinstance(rep, SVFormerError) else ([str(p) for p in rep.record_paths], None)
+    return [(clip, *outcome[clip]) for clip, _, _ in group]
+
+
+def group_clips(todo: list, views: int, workers: int, batch: int) -> list[list]:
+    """Split the clips to simulate into groups of at most ``batch // views`` clips (at least 1) and at most
+    a quarter of an equal share per worker, so every worker gets work, each group fills one executor pass,
+    and progress and Ctrl-C stay fine-grained (an interrupt loses at most one group per worker)."""
+    if not todo:
+        return []
+    size = max(1, min(batch // max(views, 1), -(-len(todo) // (4 * workers))))
+    return [todo[i:i + size] for i in range(0, len(todo), size)]
 
 
 def simulate_folder(videos: str | Path, model: str | Path, out_dir: str | Path | None = None, workers: int = 2,
                     views: tuple[int, int] = (1, 1), executor: str = "float",
-                    on_clip: Callable[[str, str | None], None] | None = None) -> BatchResult:
+                    on_clip: Callable[[str, str | None], None] | None = None,
+                    batch: int | str | None = None) -> BatchResult:
     """Simulate every clip below ``videos`` with the bundle ``model``.
 
     ``out_dir`` defaults to ``runs/batch-<model hash[:12]>``; it is checked for writability before
-    any clip is simulated. ``on_clip(clip, error)`` is called after each clip (progress display).
-    Returns the records of all clips, including resumed ones. Ctrl-C (KeyboardInterrupt) cancels
-    the queued clips, stops the running ones (their records are not written) and propagates.
+    any clip is simulated. Each worker takes a group of clips and runs their views ``batch`` at a
+    time through one executor pass (default ``"auto"``: :func:`simulators.run.auto_batch`; 1: clip
+    by clip). ``on_clip(clip, error)`` is called after each clip (progress display). Returns the
+    records of all clips, including resumed ones. Ctrl-C (KeyboardInterrupt) cancels the queued
+    clips, stops the running ones (their records are not written) and propagates.
     """
     from svformer_deploy.export.bundle import load_bundle
-    from svformer_deploy.simulators.run import bundle_input_spec
+    from svformer_deploy.simulators.run import auto_batch, bundle_input_spec
 
+    batch = "auto" if batch is None else batch
+    if batch != "auto" and int(batch) < 1:
+        raise SVFormerError(f"the batch size must be at least 1, not {batch}")
     bundle = load_bundle(model)
+    if batch == "auto":
+        batch = auto_batch(bundle.graph("ir_quantized" if executor == "integer" else "ir"))
     kind = bundle_input_spec(bundle).file_kind  # video-events models read video files
     root = Path(videos)
     clips = find_clips(root, kind)
@@ -138,12 +172,17 @@ def simulate_folder(videos: str | Path, model: str | Path, out_dir: str | Path |
             if on_clip:
                 on_clip(str(clip), None)
         else:
-            todo.append((clip, label, slot))
+            todo.append((str(clip), label, str(slot)))
     workers = max(1, min(workers, len(todo) or 1))
     threads = 1 if workers > 1 else max(1, (os.cpu_count() or 1))
-    args = [(str(c), kind, lab, str(bundle.path), str(s), views, executor, threads) for c, lab, s in todo]
-    map_clips(_simulate_one, args, workers,
-              lambda clip, paths, err: _collect(result, clip, paths or [], err, on_clip))
+    groups = group_clips(todo, views[0] * views[1], workers, int(batch))
+    args = [(g, kind, str(bundle.path), views, executor, threads, batch) for g in groups]
+
+    def finished(group: list, outcomes: list | None, err: str | None) -> None:
+        for clip, paths, why in (outcomes if err is None else [(c, [], err) for c, _, _ in group]):
+            _collect(result, clip, paths, why, on_clip)
+
+    map_clips(_simulate_group, args, workers, finished)
     result.records.sort()
     return result
 

@@ -126,21 +126,24 @@ def layer_infos(g: nx.DiGraph, mode: str = "float", dtype: torch.dtype = torch.f
 # counters
 # --------------------------------------------------------------------------------------------
 class LayerCounter:
-    """Counts of one work node: ``table[key, t]`` (int64).
+    """Counts of one work node for a batch of B clips: ``table[b, key, t]`` (int64), one table per clip.
 
     The rule is the op's ``count`` hook (:mod:`export.ir.ops`): it sets the counts that depend
     only on shapes (neuron updates, state words, bias/scale/residual arithmetic) with :meth:`set`,
-    which :meth:`finish` adds, and returns the per-step function of the counts that depend on the
-    activity (spikes, synaptic events, nonzero inputs), which :meth:`step` calls while the executor
-    runs (``dynamic`` tells whether a layer has one).
+    which :meth:`finish` adds to every clip, and returns the per-step function of the counts that
+    depend on the activity (spikes, synaptic events, nonzero inputs), which :meth:`step` calls while
+    the executor runs (``dynamic`` tells whether a layer has one). That function sees the step's
+    tensors with their leading batch axis and adds one value per clip (reductions over every axis
+    but the batch axis, :meth:`nnz` and :meth:`per_clip`), so clips are never summed together.
     """
 
-    def __init__(self, g: nx.DiGraph, name: str):
+    def __init__(self, g: nx.DiGraph, name: str, batch: int = 1):
         self.name = name
         self.op = ir.op_of(g, name)
         self.T = int(g.graph["time_steps"])
+        self.batch = int(batch)
         self.clip = ir.spec(g, name).rate == ir.CLIP
-        self.table = np.zeros((len(COUNT_KEYS), self.T), dtype=np.int64)
+        self.table = np.zeros((self.batch, len(COUNT_KEYS), self.T), dtype=np.int64)
         ins = ir.inputs_of(g, name)
         self.in_specs = [ir.spec(g, i) for i in ins]
         self.n_out = int(np.prod(ir.spec(g, name).shape))
@@ -154,32 +157,40 @@ class LayerCounter:
         """Row of count ``name`` in the table (:data:`COUNT_KEYS`)."""
         return K[name]
 
+    @staticmethod
+    def nnz(x: Tensor) -> np.ndarray:
+        """Nonzero elements of each clip of ``x`` ``[B, ...]``: int64 ``[B]``."""
+        return x.reshape(x.shape[0], -1).count_nonzero(1).numpy()
+
+    @staticmethod
+    def per_clip(x: Tensor) -> np.ndarray:
+        """Sum of each clip of the integer tensor ``x`` ``[B, ...]``: int64 ``[B]``."""
+        return x.reshape(x.shape[0], -1).sum(1, dtype=torch.int64).numpy()
+
     def set(self, key: str, value: int, final: bool = False) -> None:
         """Add ``value`` to the static count ``key`` (every step; ``final``: once, at the last step)."""
         (self.final if final else self.static)[K[key]] += int(value)
 
-    def step(self, t: int, ins: list[Tensor], out: Tensor, nnz_in: int | None = None,
-             nnz_out: int | None = None) -> None:
-        """Add the activity-dependent counts of step ``t`` (clip-rate ops: ``t = T-1``).
+    def step(self, t: int, ins: list[Tensor], out: Tensor, nnz_in: np.ndarray | None = None,
+             nnz_out: np.ndarray | None = None) -> None:
+        """Add the activity-dependent counts of step ``t`` (clip-rate ops: ``t = T-1``) for every clip.
 
-        ``nnz_in`` / ``nnz_out``: spike counts of input 0 / the output when the executor knows them.
+        ``ins`` / ``out``: the step's tensors ``[B, ...]``; ``nnz_in`` / ``nnz_out``: per-clip spike
+        counts (int64 ``[B]``) of input 0 / the output when the executor knows them.
         """
         if self._step is not None:
-            self._step(self.table[:, t], ins, out, nnz_in, nnz_out)
+            self._step(self.table[:, :, t], ins, out, nnz_in, nnz_out)
 
     def finish(self) -> np.ndarray:
-        """Add the static counts (once; call after the last step) and return the table."""
+        """Add the static counts (once; call after the last step) and return the table ``[B, keys, T]``."""
         if self.clip and not self.op.accumulates:
-            self.table[:, -1] += self.static
+            self.table[:, :, -1] += self.static
         else:
-            self.table += self.static[:, None]
-        self.table[:, -1] += self.final
+            self.table += self.static[None, :, None]
+        self.table[:, :, -1] += self.final
         return self.table
 
-    def totals(self) -> dict[str, int]:
-        return {k: int(self.table[i].sum()) for i, k in enumerate(COUNT_KEYS)}
 
-
-def build_counters(g: nx.DiGraph) -> dict[str, LayerCounter]:
-    """One :class:`LayerCounter` per work node of ``g``."""
-    return {n: LayerCounter(g, n) for n in work_nodes(g)}
+def build_counters(g: nx.DiGraph, batch: int = 1) -> dict[str, LayerCounter]:
+    """One :class:`LayerCounter` per work node of ``g``, for ``batch`` clips."""
+    return {n: LayerCounter(g, n, batch) for n in work_nodes(g)}

@@ -1,9 +1,11 @@
 """Event-driven executors of an IR graph: float reference and integer fixed-point, with exact counts.
 
-:class:`Simulator` runs one clip (frames ``[T, C, H, W]``) through a graph written by the export
-pipeline, **one frame per time step**: at step t every step-rate node is evaluated once in
-topological order, neurons carry their membrane from step t-1, the head conv3d accumulates its
-share of step t, and after step T-1 the clip-rate nodes (head BN/flatten/linear/output) run once.
+:class:`Simulator` runs one clip (frames ``[T, C, H, W]``, :meth:`Simulator.run`) or a batch of
+clips (``[B, T, C, H, W]``, :meth:`Simulator.run_batch`, every tensor with the batch axis first and
+every count kept per clip) through a graph written by the export pipeline, **one frame per time
+step**: at step t every step-rate node is evaluated once in topological order, neurons carry
+their membrane from step t-1, the head conv3d accumulates its share of step t, and after step
+T-1 the clip-rate nodes (head BN/flatten/linear/output) run once.
 
 Spike tensors are boolean masks (one per step). Weighted ops read them as events through
 :mod:`simulators.kernels` (CSR / scatter kernels over the active indices below a density
@@ -40,7 +42,7 @@ from .counting import COUNT_KEYS, LayerCounter, LayerInfo, build_counters, layer
 from .kernels import HeadConv3dKernel, KernelPolicy
 
 MODES = ("float", "integer")
-StepFn = Callable[[int, list[Tensor], int | None], Tensor]  # (step, inputs, spikes in input 0)
+StepFn = Callable[[int, list[Tensor], np.ndarray | None], Tensor]  # (step, inputs, spikes per clip in input 0)
 
 
 @dataclass
@@ -126,9 +128,16 @@ class Simulator:
         return (self.time_steps, *self.specs[self.in_name].shape)
 
     def check_input(self, frames: Tensor) -> None:
+        """Refuse frames that are not ``[T, C, H, W]`` of this graph."""
         if frames.dim() != 4 or tuple(frames.shape) != self.input_shape:
             raise SVFormerError(f"input frames {list(frames.shape)} do not fit the graph: expected "
                                 f"[T, C, H, W] = {list(self.input_shape)}")
+
+    def check_batch(self, clips: Tensor) -> None:
+        """Refuse clips that are not ``[B, T, C, H, W]`` of this graph (B >= 1)."""
+        if clips.dim() != 5 or clips.shape[0] < 1 or tuple(clips.shape[1:]) != self.input_shape:
+            raise SVFormerError(f"input clips {list(clips.shape)} do not fit the graph: expected "
+                                f"[B, T, C, H, W] = [B, {', '.join(map(str, self.input_shape))}] with B >= 1")
 
     # -- running ------------------------------------------------------------------------------
     def run(self, frames: Tensor, record_spikes: bool = False, record_values: bool = False,
@@ -138,20 +147,40 @@ class Simulator:
         ``on_step(t)`` is called after each time step (progress display). ``anytime``: also the logits
         after every step t (``step_logits``, see :meth:`anytime_logits`) and what each of those early
         read-outs costs (``readout_counts[:, t]``, counted like the record's layers; 0 at t = T-1,
-        whose read-out is the ordinary clip-rate tail already in ``counts``).
+        whose read-out is the ordinary clip-rate tail already in ``counts``). A batch of one of
+        :meth:`run_batch`.
         """
         self.check_input(frames)
+        return self.run_batch(frames[None], record_spikes, record_values, on_step, anytime)[0]
+
+    def run_batch(self, clips: Tensor, record_spikes: bool = False, record_values: bool = False,
+                  on_step: Callable[[int], None] | None = None, anytime: bool = False) -> list[SimResult]:
+        """Simulate B clips ``[B, T, C, H, W]`` in one pass; one :class:`SimResult` per clip.
+
+        Every step tensor carries the batch axis first, so each op runs once per step for all B
+        clips (fewer, larger kernel calls). Clips never mix: every kernel keeps clip b's events in
+        clip b's outputs, neurons are elementwise, and every counter reduces over all axes but the
+        batch axis, so each clip's counts are its own (never a batch average). In integer mode each
+        clip's logits and counts are identical to :meth:`run` of that clip alone. In float mode each
+        clip gets the kernel it would get alone (``"auto"`` decides per clip, :func:`kernels.by_clip`)
+        and the same kernels on a larger batch; the tests find identical logits, spikes and counts
+        (float64 and float32), but a BLAS / oneDNN may sum a larger batch in another order (seen:
+        float32 1x1 convolutions at B = 16), so a value within rounding of a threshold can flip.
+        Each result's ``wall_s`` and ``step_seconds`` are the batch's times divided by B.
+        """
+        self.check_batch(clips)
+        B = int(clips.shape[0])
         early = self._anytime_setup() if anytime else None
-        step_logits: list[np.ndarray] = []
-        readout = np.zeros((len(COUNT_KEYS), self.time_steps), dtype=np.int64) if anytime else None
-        counters: dict[str, LayerCounter] = build_counters(self.graph) if self.count else {}
+        step_logits: list[np.ndarray] = []  # [B, classes] after each step t < T-1
+        readout = np.zeros((B, len(COUNT_KEYS), self.time_steps), dtype=np.int64) if anytime else None
+        counters: dict[str, LayerCounter] = build_counters(self.graph, B) if self.count else {}
         spikes: dict[str, list[Tensor]] = {n: [] for n in self.neurons} if record_spikes else {}
         values: dict[str, list[Tensor]] = {n: [] for n in self.step_nodes} if record_values else {}
         self.state = {}
         step_s: list[float] = []
         inp = self._fns[self.in_name]
         # (name, step function, input names, dynamic counter or None), resolved once per run
-        plan = [(n, (lambda t, ins, nnz: inp(t, [frames[t]], None)) if n == self.in_name else self._fns[n],
+        plan = [(n, (lambda t, ins, nnz: inp(t, [clips[:, t]], None)) if n == self.in_name else self._fns[n],
                  tuple(self.inputs[n]), counters[n] if n in counters and counters[n].dynamic else None)
                 for n in self.step_nodes]
         t_start = time.perf_counter()
@@ -159,16 +188,16 @@ class Simulator:
             for t in range(self.time_steps):
                 t0 = time.perf_counter()
                 env: dict[str, Tensor] = {}
-                nnz: dict[str, int] = {}
+                nnz: dict[str, np.ndarray] = {}  # per-clip spike counts of every spike tensor, int64 [B]
                 for n, fn, in_names, c in plan:
                     ins = [env[i] for i in in_names]
-                    nnz_in = nnz.get(in_names[0]) if in_names else None
-                    out = fn(t, ins, nnz_in)
+                    src = in_names[0] if in_names else None
+                    out = fn(t, ins, nnz.get(src))
                     env[n] = out
                     if out.dtype == torch.bool:
-                        nnz[n] = int(out.count_nonzero())
+                        nnz[n] = LayerCounter.nnz(out)
                     if c is not None:
-                        c.step(t, ins, out, nnz_in, nnz.get(n))
+                        c.step(t, ins, out, nnz.get(src), nnz.get(n))
                     if record_spikes and n in spikes:
                         spikes[n].append(out)
                     if record_values:
@@ -180,7 +209,7 @@ class Simulator:
                     if c is not None:
                         c.step(t, [env[src]], env[src], nnz.get(src))
                 if early is not None and t < self.time_steps - 1:
-                    step_logits.append(self.anytime_logits(t, env, early, readout[:, t]))
+                    step_logits.append(self.anytime_logits(t, env, early, readout[:, :, t]))
                 step_s.append(time.perf_counter() - t0)
                 if on_step is not None:
                     on_step(t)
@@ -193,19 +222,27 @@ class Simulator:
                 if c is not None and n not in self._heads:
                     c.step(self.time_steps - 1, ins, env[n])
             step_s[-1] += time.perf_counter() - t0
-        logits = env[self.out_name].to(torch.float64).reshape(-1).numpy().copy()
-        result = SimResult(logits=logits, counts={n: c.finish() for n, c in counters.items()},
-                           step_seconds=step_s, wall_s=time.perf_counter() - t_start)
+        wall = time.perf_counter() - t_start
+        logits = env[self.out_name].to(torch.float64).reshape(B, -1).numpy().copy()
+        tables = {n: c.finish() for n, c in counters.items()}
+        per_step = [s / B for s in step_s]
+        results = [SimResult(logits=logits[b], counts={n: tab[b] for n, tab in tables.items()},
+                             step_seconds=list(per_step), wall_s=wall / B) for b in range(B)]
         if record_spikes:
-            result.spikes = {n: torch.stack(v) for n, v in spikes.items()}
+            stacked = {n: torch.stack(v, 1) for n, v in spikes.items()}  # [B, T, ...]
+            for b, r in enumerate(results):
+                r.spikes = {n: v[b] for n, v in stacked.items()}
         if record_values:
-            result.values = {n: torch.stack(v) for n, v in values.items()}
-            result.values.update({n: env[n] for n in self.clip_nodes})
+            stacked = {n: torch.stack(v, 1) for n, v in values.items()}
+            for b, r in enumerate(results):
+                r.values = {n: v[b] for n, v in stacked.items()}
+                r.values.update({n: env[n][b] for n in self.clip_nodes})
         if early is not None:
-            result.step_logits = np.stack([*step_logits, logits])
-            result.readout_counts = readout
+            for b, r in enumerate(results):
+                r.step_logits = np.stack([*(s[b] for s in step_logits), logits[b]])
+                r.readout_counts = readout[b]
         self.state = {}
-        return result
+        return results
 
     # -- anytime read-out ---------------------------------------------------------------------
     def _anytime_setup(self) -> dict[str, object]:
@@ -225,14 +262,14 @@ class Simulator:
                 "final": LayerCounter(self.graph, h).final.copy() if self.count else None}
 
     def anytime_logits(self, t: int, env: dict[str, Tensor], early: dict, readout: np.ndarray | None) -> np.ndarray:
-        """The logits after step ``t`` < T-1: the head applied to what it accumulated so far, completed.
+        """The logits ``[B, classes]`` after step ``t`` < T-1: the head applied to what it accumulated, completed.
 
         The head conv3d is linear in its input volume X[0..T-1]: Y = B + Σ_s W_s·X_s. After step t the
         accumulator holds Σ_{s<=t} W_s·X_s; the steps not seen yet are estimated by the mean of the
         seen inputs, m_t = (1/(t+1))·Σ_{s<=t} X_s, so Ŷ_t = B + Σ_{s<=t} W_s·X_s + (Σ_{s>t} W_s)·m_t,
         then the clip-rate tail (BN, flatten, linear) runs on Ŷ_t. At t = T-1 the estimate is the
         exact output. Integer mode: the completion term is rounded half up to an integer before the
-        head's requantisation. ``readout`` (a [keys] column) gets the cost of this read-out: one MAC
+        head's requantisation. ``readout`` (a [B, keys] column) gets the cost of this read-out: one MAC
         and one weight read per nonzero input sum x C_out/g, one multiply per output (the 1/(t+1)),
         the head's bias and the tail's counts.
         """
@@ -241,17 +278,17 @@ class Simulator:
         from .counting import K
 
         h, src = early["head"], early["src"]
-        x = env[src].to(torch.float64)
+        x = env[src].to(torch.float64)  # [B, C, h, w]
         early["sum"] = x if early["sum"] is None else early["sum"] + x
         run_sum = early["sum"]
         w = early["suffix"][t]
         saved = self.state[h]
         if self.mode == "integer":
-            num = F.conv2d(run_sum[None], w, None, 1, 0, 1, early["groups"]).reshape(-1)
+            num = F.conv2d(run_sum, w, None, 1, 0, 1, early["groups"]).reshape(saved.shape)
             est = torch.div(2 * num + (t + 1), 2 * (t + 1), rounding_mode="floor").to(torch.int64)
             self.state[h] = saved + est
         else:
-            num = F.conv2d(run_sum.to(w.dtype)[None], w, None, 1, 0, 1, early["groups"]).reshape(-1)
+            num = F.conv2d(run_sum.to(w.dtype), w, None, 1, 0, 1, early["groups"]).reshape(saved.shape)
             self.state[h] = saved + (num / (t + 1)).to(saved.dtype)
         tail_counters = {}
         out_env: dict[str, Tensor] = {}
@@ -260,21 +297,21 @@ class Simulator:
                 ins = [] if n in self._heads else [out_env[i] for i in self.inputs[n]]
                 out_env[n] = self._fns[n](self.time_steps - 1, ins, None)
                 if readout is not None and n not in self._heads and self.ops[n].counted:
-                    c = tail_counters[n] = LayerCounter(self.graph, n)
+                    c = tail_counters[n] = LayerCounter(self.graph, n, x.shape[0])
                     c.step(self.time_steps - 1, ins, out_env[n])
         finally:
             self.state[h] = saved
         if readout is not None and self.count:
-            nnz = int(torch.count_nonzero(run_sum))
-            readout[K["mac"]] += nnz * early["fan_out"]
-            readout[K["weight_reads"]] += nnz * early["fan_out"]
-            readout[K["mul"]] += int(saved.numel())
+            nnz = LayerCounter.nnz(run_sum)  # per clip
+            readout[:, K["mac"]] += nnz * early["fan_out"]
+            readout[:, K["weight_reads"]] += nnz * early["fan_out"]
+            readout[:, K["mul"]] += int(saved[0].numel())
             readout += early["final"]
             for c in tail_counters.values():
-                readout += c.finish().sum(axis=1)
-        return out_env[self.out_name].to(torch.float64).reshape(-1).numpy().copy()
+                readout += c.finish().sum(axis=2)
+        return out_env[self.out_name].to(torch.float64).reshape(x.shape[0], -1).numpy().copy()
 
-    def _head_step(self, n: str, t: int, x: Tensor, nnz: int | None) -> None:
+    def _head_step(self, n: str, t: int, x: Tensor, nnz: np.ndarray | None) -> None:
         kernel, acc_dtype = self._heads[n]
         part = kernel.spikes(x, nnz, t) if x.dtype == torch.bool else kernel.dense(x, t)
         part = part.to(torch.int64) if self.mode == "integer" else part.to(acc_dtype)

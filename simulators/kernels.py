@@ -12,9 +12,14 @@ that event drives, exactly what a neuromorphic core does:
 - ``conv2d`` with ``groups > 1`` (depthwise, grouped) and the head's ``conv3d``: every (event, tap)
   pair scatters its group's ``C_out/g`` weights into the output (``index_add_``).
 
+Every kernel takes a batch of clips: tensors carry a leading batch axis ``B`` (one step of B
+clips), and an event of clip b only ever reaches outputs of clip b (its row/scatter index carries
+b), so each clip's sums are those of running it alone.
+
 Dense kernels (``F.conv2d`` / ``F.linear`` on the 0/1 mask) give the same sums (up to float
 rounding order) and are faster on a CPU above a few percent density, so the ``"auto"`` policy
-uses event kernels only below a density (input spikes / input size) measured per kernel kind
+uses event kernels only below a density (input spikes / input size of one clip, decided per clip of
+a batch: :func:`by_clip`) measured per kernel kind
 (:data:`DEFAULT_MAX_DENSITY`); ``"events"`` forces event kernels, ``"dense"`` dense ones. Operation counts never
 depend on the kernel: they are computed from the events by :mod:`simulators.counting`. Kernels
 return float tensors in the caller's dtype; for integer operands they are exact (see
@@ -24,6 +29,7 @@ return float tensors in the caller's dtype; for integer operands they are exact 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +70,26 @@ class KernelPolicy:
         return nnz is not None and nnz <= limit * size
 
 
+def by_clip(policy: KernelPolicy, kind: str, mask: Tensor, nnz: Sequence[int] | None,
+            events: Callable[[Tensor], Tensor], dense: Callable[[Tensor], Tensor]) -> Tensor:
+    """Apply ``events`` to the clips of ``mask`` ``[B, ...]`` whose own density (``nnz[b]`` spikes out of
+    one clip's size) makes ``policy`` pick the event kernel, and ``dense`` to the others, so every
+    clip of a batch uses the kernel it would use alone (both kernels run batched over their clips)."""
+    size = mask[0].numel()
+    picks = [policy.use_events(kind, None if nnz is None else int(n), size)
+             for n in (nnz if nnz is not None else [None] * mask.shape[0])]
+    if all(picks):
+        return events(mask)
+    if not any(picks):
+        return dense(mask)
+    ev = torch.tensor([b for b, p in enumerate(picks) if p])
+    de = torch.tensor([b for b, p in enumerate(picks) if not p])
+    out_e, out_d = events(mask[ev]), dense(mask[de])
+    out = torch.empty((mask.shape[0], *out_e.shape[1:]), dtype=out_e.dtype)
+    out[ev], out[de] = out_e, out_d
+    return out
+
+
 def _csr(rows: Tensor, cols: Tensor, n_rows: int, n_cols: int, dtype: torch.dtype) -> Tensor:
     """A 0/1 CSR matrix from (row, col) pairs sorted by row (then col)."""
     counts = torch.bincount(rows, minlength=n_rows)
@@ -84,13 +110,17 @@ class LinearKernel:
         self.policy = policy
 
     def dense(self, x: Tensor) -> Tensor:
-        return F.linear(x.to(self.weight.dtype), self.weight)
+        x = x.to(self.weight.dtype)
+        if x.dim() == 2:  # one vector per clip (the head): a matrix-vector product per clip, as for a single
+            return torch.stack([F.linear(row, self.weight) for row in x])  # clip (BLAS sums a GEMM differently)
+        return F.linear(x, self.weight)
 
-    def spikes(self, mask: Tensor, nnz: int | None) -> Tensor:
-        if not self.policy.use_events("linear", nnz, mask.numel()):
-            return self.dense(mask)
-        m2 = mask.reshape(-1, mask.shape[-1])
-        return self.events_2d(m2).reshape(*mask.shape[:-1], self.weight.shape[0])
+    def spikes(self, mask: Tensor, nnz: Sequence[int] | None) -> Tensor:
+        """``[B, ..., C_in]`` spikes (``nnz``: spikes per clip) -> ``[B, ..., C_out]``."""
+        return by_clip(self.policy, "linear", mask, nnz, self._events, self.dense)
+
+    def _events(self, mask: Tensor) -> Tensor:
+        return self.events_2d(mask.reshape(-1, mask.shape[-1])).reshape(*mask.shape[:-1], self.weight.shape[0])
 
     def events_2d(self, m2: Tensor) -> Tensor:
         """``[M, C_in]`` mask -> ``[M, C_out]``: each event (m, i) adds W[:, i] to row m."""
@@ -100,7 +130,7 @@ class LinearKernel:
 
 
 class Conv2dKernel:
-    """Y[o, y, x] = Σ W[o, i, u, v] · X[g(o)·C_in/g + i, s·y + u - p, s·x + v - p] (no bias), one frame."""
+    """Y[b, o, y, x] = Σ W[o, i, u, v] · X[b, g(o)·C_in/g + i, s·y + u - p, s·x + v - p] (no bias), per clip b."""
 
     def __init__(self, weight: Tensor, stride: tuple[int, int], padding: tuple[int, int], groups: int,
                  in_shape: tuple[int, int, int], policy: KernelPolicy):
@@ -126,15 +156,20 @@ class Conv2dKernel:
             self.ci_g = ci_g
 
     def dense(self, x: Tensor) -> Tensor:
-        return F.conv2d(x.to(self.weight.dtype)[None], self.weight, None, self.stride, self.padding, 1, self.groups)[0]
+        return F.conv2d(x.to(self.weight.dtype), self.weight, None, self.stride, self.padding, 1, self.groups)
 
-    def spikes(self, mask: Tensor, nnz: int | None) -> Tensor:
-        if not self.policy.use_events(self.kind, nnz, mask.numel()):
-            return self.dense(mask)
-        if self.pointwise:  # a linear map over pixels: rows = positions, sorted (y, x, c) events
-            c, h, w = mask.shape
-            return self.linear.events_2d(mask.reshape(c, h * w).t()).t().reshape(self.c_out, h, w)
-        return self._events_dense_groups(mask) if self.groups == 1 else self._events_scatter(mask)
+    def spikes(self, mask: Tensor, nnz: Sequence[int] | None) -> Tensor:
+        """``[B, C_in, H, W]`` spikes (``nnz``: spikes per clip) -> ``[B, C_out, H_out, W_out]``."""
+        return by_clip(self.policy, self.kind, mask, nnz, self._events, self.dense)
+
+    def _events(self, mask: Tensor) -> Tensor:
+        """Event kernels; the output is contiguous, as the dense kernel's (a consumer's BLAS path can depend
+        on the memory layout, and so could its rounding)."""
+        if self.pointwise:  # a linear map over pixels: rows = (clip, position), sorted (b, y, x, c) events
+            b, c, h, w = mask.shape
+            out = self.linear.events_2d(mask.permute(0, 2, 3, 1).reshape(b * h * w, c))
+            return out.reshape(b, h, w, self.c_out).permute(0, 3, 1, 2).contiguous()
+        return (self._events_dense_groups(mask) if self.groups == 1 else self._events_scatter(mask)).contiguous()
 
     def _tap_targets(self, ys: Tensor, xs: Tensor, u: int, v: int) -> tuple[Tensor, Tensor]:
         """Valid flag and output position (oy·W_out + ox) of events at (ys, xs) through tap (u, v)."""
@@ -145,32 +180,35 @@ class Conv2dKernel:
         return ok, oy * wo + ox
 
     def _events_dense_groups(self, mask: Tensor) -> Tensor:
-        ev = mask.permute(1, 2, 0).nonzero()  # (y, x, c), sorted row-major
-        ys, xs, cs = ev[:, 0], ev[:, 1], ev[:, 2]
+        ev = mask.permute(0, 2, 3, 1).nonzero()  # (b, y, x, c), sorted row-major
+        bs, ys, xs, cs = ev[:, 0], ev[:, 1], ev[:, 2], ev[:, 3]
         ho, wo = self.out_hw
-        acc = torch.zeros(ho * wo, self.c_out, dtype=self.weight.dtype)
+        nb = mask.shape[0]
+        acc = torch.zeros(nb * ho * wo, self.c_out, dtype=self.weight.dtype)
+        base = bs * (ho * wo)
         for u in range(self.kh):
             for v in range(self.kw):
                 ok, pos = self._tap_targets(ys, xs, u, v)
                 if not bool(ok.any()):
                     continue
-                csr = _csr(pos[ok], cs[ok], ho * wo, self.in_shape[0], self.weight.dtype)
+                csr = _csr((base + pos)[ok], cs[ok], nb * ho * wo, self.in_shape[0], self.weight.dtype)
                 acc += torch.sparse.mm(csr, self.taps[u, v])
-        return acc.t().reshape(self.c_out, ho, wo)
+        return acc.reshape(nb, ho * wo, self.c_out).transpose(1, 2).reshape(nb, self.c_out, ho, wo)
 
     def _events_scatter(self, mask: Tensor) -> Tensor:
-        ev = mask.nonzero()  # (c, y, x)
-        cs, ys, xs = ev[:, 0], ev[:, 1], ev[:, 2]
+        ev = mask.nonzero()  # (b, c, y, x)
+        bs, cs, ys, xs = ev[:, 0], ev[:, 1], ev[:, 2], ev[:, 3]
         ho, wo = self.out_hw
         g, m = self.groups, self.m
-        out = torch.zeros(ho * wo * g, m, dtype=self.weight.dtype)
-        grp = torch.div(cs, self.ci_g, rounding_mode="floor")
+        nb = mask.shape[0]
+        out = torch.zeros(nb * ho * wo * g, m, dtype=self.weight.dtype)
+        grp = torch.div(cs, self.ci_g, rounding_mode="floor") + bs * (ho * wo * g)
         for u in range(self.kh):
             for v in range(self.kw):
                 ok, pos = self._tap_targets(ys, xs, u, v)
                 if bool(ok.any()):
                     out.index_add_(0, pos[ok] * g + grp[ok], self.src[cs[ok], u, v])
-        return out.reshape(ho, wo, g, m).permute(2, 3, 0, 1).reshape(self.c_out, ho, wo)
+        return out.reshape(nb, ho, wo, g, m).permute(0, 3, 4, 1, 2).reshape(nb, self.c_out, ho, wo)
 
 
 class HeadConv3dKernel:
@@ -188,23 +226,28 @@ class HeadConv3dKernel:
                     .contiguous() for wt in self.per_step]
 
     def dense(self, x: Tensor, t: int) -> Tensor:
-        return F.conv2d(x.to(self.weight.dtype)[None], self.per_step[t], None, 1, 0, 1, self.groups).reshape(-1)
+        """``[B, C_in, h, w]`` -> ``[B, C_out]``: step ``t``'s share of every clip's sums."""
+        return F.conv2d(x.to(self.weight.dtype), self.per_step[t], None, 1, 0, 1, self.groups).reshape(x.shape[0], -1)
 
-    def spikes(self, mask: Tensor, nnz: int | None, t: int) -> Tensor:
-        if not self.policy.use_events("head", nnz, mask.numel()):
-            return self.dense(mask, t)
-        ev = mask.nonzero()
-        out = torch.zeros(self.groups, self.m, dtype=self.weight.dtype)
-        grp = torch.div(ev[:, 0], self.ci_g, rounding_mode="floor")
-        out.index_add_(0, grp, self.src[t][ev[:, 0], ev[:, 1], ev[:, 2]])
-        return out.reshape(-1)
+    def spikes(self, mask: Tensor, nnz: Sequence[int] | None, t: int) -> Tensor:
+        """``[B, C_in, h, w]`` spikes of step ``t`` (``nnz``: spikes per clip) -> ``[B, C_out]``."""
+        return by_clip(self.policy, "head", mask, nnz, lambda m: self._events(m, t), lambda m: self.dense(m, t))
+
+    def _events(self, mask: Tensor, t: int) -> Tensor:
+        ev = mask.nonzero()  # (b, c, y, x)
+        nb = mask.shape[0]
+        out = torch.zeros(nb * self.groups, self.m, dtype=self.weight.dtype)
+        grp = torch.div(ev[:, 1], self.ci_g, rounding_mode="floor") + ev[:, 0] * self.groups
+        out.index_add_(0, grp, self.src[t][ev[:, 1], ev[:, 2], ev[:, 3]])
+        return out.reshape(nb, -1)
 
 
 def spike_kv(k: Tensor, v: Tensor, dtype: torch.dtype) -> Tensor:
-    """KV[j] = K[j]ᵀ · V[j] per head for spike masks ``[h, N, d]``: coincidence counts ``[h, d, d]``."""
-    return torch.bmm(k.transpose(1, 2).to(dtype), v.to(dtype))
+    """KV[b, j] = K[b, j]ᵀ · V[b, j] per clip and head for spike masks ``[B, h, N, d]``: coincidence counts
+    ``[B, h, d, d]``."""
+    return torch.matmul(k.transpose(-2, -1).to(dtype), v.to(dtype))
 
 
 def spike_q_kv(q: Tensor, kv: Tensor) -> Tensor:
-    """Q[j] · KV[j] per head: each Q spike (j, n, i) adds the row KV[j, i, :] to output row n."""
-    return torch.bmm(q.to(kv.dtype), kv)
+    """Q[b, j] · KV[b, j] per clip and head: each Q spike (b, j, n, i) adds the row KV[b, j, i, :] to output row n."""
+    return torch.matmul(q.to(kv.dtype), kv)

@@ -18,13 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import networkx as nx
 import numpy as np
 import torch
+from svformer_deploy.export import ir
 from svformer_deploy.export.bundle import Bundle, find_latest_bundle, load_bundle
 from svformer_deploy.svformer.data.datasets import InputSpec
 from svformer_deploy.svformer.errors import SVFormerError
 from svformer_deploy.svformer.fileio import sha256_file
 
+from . import DEFAULT_BATCH
 from .executor import SimResult, Simulator
 from .record import COUNT_KEYS, DEFAULT_RUNS_DIR, build_record, firing_rate, top_k, write_records
 
@@ -144,22 +147,24 @@ def prepare_input(spec: InputSpec, video: str | Path | None, events: str | Path 
     return PreparedInput(given, path, tensor, indices, views, {"encoding": spec.kind, **details})
 
 
-def simulate_file(video: str | Path | None = None, events: str | Path | None = None,
-                  model: str | Path | None = None, views: tuple[int, int] = (1, 1), executor: str = "float",
-                  out_dir: str | Path = DEFAULT_RUNS_DIR, kernel: str = "auto", cwd: str | Path = ".",
-                  on_step: Callable[[int], None] | None = None, label: str | None = None,
-                  early_exit: tuple[float, int] | None = None, cost_model: str = "fp32") -> SimulationReport:
-    """Simulate every view of ``video`` (or the ``events`` recording) and write one run record per view.
+@dataclass
+class SimSetup:
+    """An opened bundle ready to simulate: its graph's :class:`Simulator`, input spec and class names."""
+
+    bundle: Bundle
+    executor: str
+    simulator: Simulator
+    spec: InputSpec
+    class_names: list[str]
+
+
+def open_simulation(model: str | Path | None = None, executor: str = "float", kernel: str = "auto",
+                    cwd: str | Path = ".") -> SimSetup:
+    """Open the bundle (``model``, or the newest in ``cwd``) and build the executor of its graph.
 
     ``executor``: ``"float"`` (the bundle's ``ir`` graph, float32) or ``"integer"`` (its
-    ``ir_quantized`` graph, the fixed-point spec). ``on_step(t)`` is called after every time step
-    (progress display). ``label``: the clip's true class, stored in the records' ``input.label``
-    (dataset evaluations). ``early_exit`` ``(m, k)``: also where the rule of :mod:`simulators.anytime`
-    stops the clip and the energy up to that step by every method (priced with ``cost_model``); the
-    simulation still runs all T steps and the records are the full ones. Returns the report; raises
-    ``SVFormerError`` for bad input.
+    ``ir_quantized`` graph, the fixed-point spec). Raises ``SVFormerError`` for an unusable bundle.
     """
-    t0 = time.perf_counter()
     if executor not in EXECUTORS:
         raise SVFormerError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
     bundle = open_bundle(model, cwd)
@@ -168,39 +173,134 @@ def simulate_file(video: str | Path | None = None, events: str | Path | None = N
                             "executor has nothing to run; re-export with quantization or use --float")
     graph = bundle.graph("ir_quantized" if executor == "integer" else "ir")
     sim = Simulator(graph, mode=executor, kernel=kernel)
-    T = sim.time_steps
     spec = bundle_input_spec(bundle)
-    spec.check_shape(sim.input_shape[1:], T, where=str(bundle.path))
-    prepared = prepare_input(spec, video, events, views, bundle.path)
+    spec.check_shape(sim.input_shape[1:], sim.time_steps, where=str(bundle.path))
     class_names = bundle.class_names
     n_classes = sim.specs[sim.out_name].shape[0]
     if class_names and len(class_names) != n_classes:
         raise SVFormerError(f"{bundle.path}: the manifest names {len(class_names)} classes, the graph has {n_classes}")
+    return SimSetup(bundle, executor, sim, spec, class_names)
+
+
+# ``"auto"`` batches models up to this many dense MACs per clip; measured (benchmarks/bench_batch.py, 1 thread):
+# 16 views per pass are 3-15x faster for the demo model (0.02 GMAC/clip), 1.6x for the 3-stage DVS model at
+# 128x128, T=16 (3.4 GMAC), 0.97x for SVFormer-base at 224x224, T=16 (38 GMAC, and 2.3 GB peak RSS at B=16)
+AUTO_BATCH_MAX_GMAC = 10.0
+AUTO_BATCH = 16
+
+
+def auto_batch(graph: nx.DiGraph) -> int:
+    """Views per pass for ``batch="auto"``: :data:`AUTO_BATCH` when the graph's dense MACs per clip are at most
+    :data:`AUTO_BATCH_MAX_GMAC` billion (per-op overheads dominate, batching pays), else 1."""
+    gmac = sum(int(ir.node_cost(graph, n)["macs"]) for n in graph.nodes) / 1e9
+    return AUTO_BATCH if gmac <= AUTO_BATCH_MAX_GMAC else 1
+
+
+def resolve_batch(sim: Simulator, batch: int | str) -> int:
+    """``batch`` as a number of views per pass (``"auto"``: :func:`auto_batch` of the simulator's graph)."""
+    n = auto_batch(sim.graph) if batch == "auto" else int(batch)
+    if n < 1:
+        raise SVFormerError(f"the batch size must be at least 1, not {n}")
+    return n
+
+
+def run_views(sim: Simulator, views: torch.Tensor, batch: int | str = DEFAULT_BATCH,
+              on_step: Callable[[int], None] | None = None, anytime: bool = False) -> list[SimResult]:
+    """Simulate clip views ``[N, T, C, H, W]`` in passes of at most ``batch`` views (``run_batch``; ``"auto"``:
+    :func:`auto_batch`).
+
+    Each result equals the view simulated alone (:meth:`Simulator.run_batch`); ``on_step(t)`` is
+    called after every time step of every pass; ``anytime``: with the logits after every step.
+    """
+    batch = resolve_batch(sim, batch)
+    out: list[SimResult] = []
+    for i in range(0, views.shape[0], batch):
+        out += sim.run_batch(views[i:i + batch], on_step=on_step, anytime=anytime)
+    return out
+
+
+def simulate_prepared(setup: SimSetup, inputs: list[PreparedInput], out_dirs: list[str | Path],
+                      labels: list[str | None] | None = None, batch: int | str = DEFAULT_BATCH,
+                      on_step: Callable[[int], None] | None = None, early_exit: tuple[float, int] | None = None,
+                      cost: Any = None) -> list[SimulationReport | SVFormerError]:
+    """Simulate every view of several prepared inputs, ``batch`` views per executor pass, and write
+    each input's run records into its ``out_dirs`` entry (atomically, all views or none).
+
+    Returns, per input, its :class:`SimulationReport` or the :class:`SVFormerError` that input
+    failed with (non-finite logits, an unwritable folder); one input's failure never touches the
+    others. ``labels``: each input's true class (``input.label`` in its records) or None.
+    ``early_exit`` ``(m, k)`` with ``cost`` (a cost model): each report also says where the rule of
+    :mod:`simulators.anytime` stops the input and the energy up to that step (:func:`early_exit_summary`).
+    """
+    t0 = time.perf_counter()
+    sim = setup.simulator
+    labels = labels if labels is not None else [None] * len(inputs)
+    if not inputs:
+        return []
+    results = run_views(sim, torch.cat([p.tensor for p in inputs]), batch, on_step, anytime=early_exit is not None)
+    man = setup.bundle.manifest
+    model_info = {"hash": setup.bundle.model_hash, "bundle": str(setup.bundle.path.resolve()),
+                  "arch": man.get("arch"), "config": man.get("config")}
+    out: list[SimulationReport | SVFormerError] = []
+    first = 0
+    for prepared, out_dir, label in zip(inputs, out_dirs, labels, strict=True):
+        mine = results[first:first + prepared.tensor.shape[0]]
+        first += prepared.tensor.shape[0]
+        try:
+            if not all(np.isfinite(r.logits).all() for r in mine):
+                raise SVFormerError(f"{setup.bundle.path}: the simulation of {prepared.path} overflowed (non-finite "
+                                    f"logits): the graph's values are out of range for the {setup.executor} executor")
+            digest = sha256_file(prepared.path)
+            records = []
+            for v, res in enumerate(mine):
+                inp = {"kind": prepared.kind, "path": str(prepared.path.resolve()), "sha256": digest, "view": v,
+                       "views": list(prepared.views), "frame_indices": prepared.frame_indices[v]}
+                if label is not None:
+                    inp["label"] = label
+                records.append(build_record(sim, res, model=model_info, input=inp, class_names=setup.class_names))
+            exit_doc = early_exit_summary(sim, mine, records, early_exit, cost, setup.class_names) \
+                if early_exit else None
+            paths = write_records(records, out_dir, prepared.path.stem)
+        except SVFormerError as e:
+            out.append(e)
+            continue
+        out.append(SimulationReport(bundle=setup.bundle, executor=setup.executor, input=prepared, simulator=sim,
+                                    results=mine, records=records, record_paths=paths,
+                                    class_names=setup.class_names, wall_s=time.perf_counter() - t0,
+                                    early_exit=exit_doc))
+    return out
+
+
+def simulate_file(video: str | Path | None = None, events: str | Path | None = None,
+                  model: str | Path | None = None, views: tuple[int, int] = (1, 1), executor: str = "float",
+                  out_dir: str | Path = DEFAULT_RUNS_DIR, kernel: str = "auto", cwd: str | Path = ".",
+                  on_step: Callable[[int], None] | None = None, label: str | None = None,
+                  batch: int | str = DEFAULT_BATCH, early_exit: tuple[float, int] | None = None,
+                  cost_model: str = "fp32") -> SimulationReport:
+    """Simulate every view of ``video`` (or the ``events`` recording) and write one run record per view.
+
+    ``executor``: ``"float"`` (the bundle's ``ir`` graph, float32) or ``"integer"`` (its
+    ``ir_quantized`` graph, the fixed-point spec). The views run ``batch`` at a time through one
+    executor pass (:func:`run_views`; ``"auto"``: :func:`auto_batch`). ``on_step(t)`` is called after
+    every time step (progress display). ``label``: the clip's true class, stored in the records'
+    ``input.label`` (dataset evaluations). ``early_exit`` ``(m, k)``: also where the rule of
+    :mod:`simulators.anytime` stops the clip and the energy up to that step by every method (priced with
+    ``cost_model``); the simulation still runs all T steps and the records are the full ones. Returns the
+    report; raises ``SVFormerError`` for bad input.
+    """
+    t0 = time.perf_counter()
+    cost = None
     if early_exit is not None:
         from svformer_deploy.deploy.energy.cost_models import get_cost_model
 
         cost = get_cost_model(cost_model)  # a bad cost model is an error before simulating
-    results = [sim.run(prepared.tensor[v], on_step=on_step, anytime=early_exit is not None)
-               for v in range(prepared.tensor.shape[0])]
-    if not all(np.isfinite(r.logits).all() for r in results):
-        raise SVFormerError(f"{bundle.path}: the simulation overflowed (non-finite logits): the graph's values are "
-                            f"out of range for the {executor} executor")
-    digest = sha256_file(prepared.path)
-    man = bundle.manifest
-    model_info = {"hash": bundle.model_hash, "bundle": str(bundle.path.resolve()), "arch": man.get("arch"),
-                  "config": man.get("config")}
-    records = []
-    for v, res in enumerate(results):
-        inp = {"kind": prepared.kind, "path": str(prepared.path.resolve()), "sha256": digest, "view": v,
-               "views": list(prepared.views), "frame_indices": prepared.frame_indices[v]}
-        if label is not None:
-            inp["label"] = label
-        records.append(build_record(sim, res, model=model_info, input=inp, class_names=class_names))
-    exit_doc = early_exit_summary(sim, results, records, early_exit, cost, class_names) if early_exit else None
-    paths = write_records(records, out_dir, prepared.path.stem)
-    return SimulationReport(bundle=bundle, executor=executor, input=prepared, simulator=sim, results=results,
-                            records=records, record_paths=paths, class_names=class_names,
-                            wall_s=time.perf_counter() - t0, early_exit=exit_doc)
+    setup = open_simulation(model, executor, kernel, cwd)
+    prepared = prepare_input(setup.spec, video, events, views, setup.bundle.path)
+    (report,) = simulate_prepared(setup, [prepared], [out_dir], [label], batch, on_step, early_exit, cost)
+    if isinstance(report, SVFormerError):
+        raise report
+    report.wall_s = time.perf_counter() - t0
+    return report
 
 
 def early_exit_summary(sim: Simulator, results: list[SimResult], records: list[dict[str, Any]],

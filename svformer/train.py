@@ -18,6 +18,10 @@
   tensors, with a random shift of size/16 pixels in place of the decode-time random crop.
 - **BatchNorm3d** in the head needs at least 2 clips per training batch: a last batch holding one
   clip (after bad files are left out) is skipped and counted; ``batch_size`` must be >= 2.
+- **Several processes** (``--nproc N`` or ``torchrun``; :mod:`svformer.distributed`): DDP with
+  ``batch_size`` clips per rank (global batch N x ``batch_size``), a ``DistributedSampler`` shard
+  per rank and epoch, BatchNorm statistics over the global batch; rank 0 alone evaluates, writes
+  every output and shows progress. Checkpoints hold nothing specific to N (``--resume`` with any N).
 - **Outputs** (``out_dir``, every file written atomically): ``epoch-NNN.pt`` after every epoch and
   ``last.pt`` (the checkpoint format of :mod:`svformer.checkpoint`, loadable with
   ``weights_only=True``; its ``training`` dict holds the epoch, the step, the metrics history, the
@@ -42,6 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data.datasets import (
     Augment,
@@ -57,7 +62,7 @@ from .data.datasets import (
 from .errors import SVFormerError
 from .fileio import write_json_atomic, write_text_atomic
 from .model import SVFormer
-from .progress import bar
+from .progress import bar, set_quiet
 from .variants import variant_config
 
 SOURCES = ("videos", "csv", "nmnist", "events", "synthetic")
@@ -336,14 +341,54 @@ def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     write_text_atomic(path, "".join(json.dumps(h, sort_keys=False) + "\n" for h in history))
 
 
-def train_model(cfg: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, clips: torch.Tensor, labels: torch.Tensor,
+               loss_fn: nn.Module, clip_grad: float | None, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on ``clips`` ``[B, T, C, S, S]``: forward (through DDP when ``net`` is wrapped, which
+    averages the gradients over the ranks), loss, backward, gradient clipping, AdamW at rate ``lr``.
+    Returns ``(loss, logits)``; a non-finite loss raises before any update."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    logits = net(clips.permute(0, 2, 1, 3, 4))  # SVFormer.forward takes [B, C, T, H, W]
+    loss = loss_fn(logits, labels)
+    if not torch.isfinite(loss):
+        raise SVFormerError(f"training diverged (loss {float(loss)}); lower --lr")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_grad:
+        nn.utils.clip_grad_norm_(net.parameters(), clip_grad)
+    optimizer.step()
+    return loss, logits
+
+
+def train_model(cfg: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None = None,
+                dist_info: distributed.DistInfo | None = None) -> TrainResult:
     """Train (or, with ``cfg.resume``, continue training) and write checkpoints and metrics to ``cfg.out_dir``.
 
-    ``on_epoch`` is called with each epoch's metrics dict. Returns the :class:`TrainResult`.
+    ``on_epoch`` is called with each epoch's metrics dict (on rank 0). ``dist_info``: this process's
+    rank in a data-parallel run (default: from the launcher's environment, ``RANK`` / ``WORLD_SIZE``,
+    else a single process). Returns the :class:`TrainResult` (on every rank; rank 0 writes it).
     """
+    info = dist_info or distributed.from_env() or distributed.SINGLE
+    distributed.init(info)
+    try:
+        return _train(cfg, on_epoch, info)
+    finally:
+        distributed.shutdown()
+
+
+def _train(cfg: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None,
+           info: distributed.DistInfo) -> TrainResult:
     t_start = time.perf_counter()
+    main = info.is_main
+    if not main:  # one voice: rank 0 prints, shows progress and writes every file
+        cfg = dataclasses.replace(cfg, quiet=True)
+        set_quiet(True)
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        if cfg.source == "synthetic":
+            ensure_synthetic(cfg)  # generated once, before the other ranks read it
+    distributed.barrier(info)
     start_epoch, history, opt_state = 0, [], None
     if cfg.resume:
         ckpt = load_checkpoint(cfg.resume)
@@ -370,6 +415,7 @@ def train_model(cfg: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | N
         model = build_model(cfg, len(class_names))
     spec = input_spec(cfg, model.cfg)
     model.train()
+    net = distributed.wrap(model, info)
     optimizer = make_optimizer(model, cfg)
     if opt_state is not None:
         try:
@@ -380,38 +426,38 @@ def train_model(cfg: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | N
     params = sum(p.numel() for p in model.parameters())
     if not cfg.quiet:
         what = f"resuming at epoch {start_epoch + 1}" if start_epoch else "training"
+        ranks = (f", {info.world_size} processes x {cfg.batch_size} clips = global batch "
+                 f"{info.world_size * cfg.batch_size}" if info.world_size > 1 else "")
         print(f"{what}: {params:,} parameters, {len(train_set)} train / {len(test_set)} test clips, "
-              f"{len(class_names)} classes, input {[spec.time_steps, spec.channels, spec.size, spec.size]}",
+              f"{len(class_names)} classes, input {[spec.time_steps, spec.channels, spec.size, spec.size]}{ranks}",
               file=sys.stderr, flush=True)
     step = int(history[-1].get("step", 0)) if history else 0
     last_path = out / "last.pt"
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed * 1000 + epoch)  # model-side randomness (drop-path), reproducible on resume
-        loader = make_loader(train_set, cfg.batch_size, epoch=epoch, shuffle=True, workers=cfg.workers)
+        shard = (info.rank, info.world_size) if info.world_size > 1 else None
+        loader = make_loader(train_set, cfg.batch_size, epoch=epoch, shuffle=True, workers=cfg.workers, shard=shard)
         steps_in_epoch = max(len(loader), 1)
         loss_sum, seen, correct, skipped_batches = 0.0, 0, 0, 0
         lr = lr_at(cfg, epoch)
-        pbar = bar(len(train_set), f"epoch {epoch + 1}/{cfg.epochs}", unit="clip")
+        pbar = bar(len(loader.sampler), f"epoch {epoch + 1}/{cfg.epochs}", unit="clip")  # rank 0's shard
         try:
             for i, batch in enumerate(loader):
                 for b in batch.bad:
                     train_set.skip(b.path, b.reason)
-                if len(batch.labels) < 2:  # BatchNorm3d needs >= 2 clips in training
+                # BatchNorm3d needs >= 2 clips in training; with several ranks all skip together (collectives)
+                usable = len(batch.labels) >= 2
+                if info.world_size > 1:
+                    usable = distributed.all_sum(info, [float(usable)])[0] == info.world_size
+                if not usable:
                     skipped_batches += 1
                     continue
                 lr = lr_at(cfg, epoch + i / steps_in_epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                logits = model.forward_sequence(batch.clips.transpose(0, 1))
-                loss = loss_fn(logits, batch.labels)
-                if not torch.isfinite(loss):
-                    raise SVFormerError(f"training diverged at epoch {epoch + 1} (loss {float(loss)}); lower --lr")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.clip_grad:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                optimizer.step()
+                try:
+                    loss, logits = train_step(net, optimizer, batch.clips, batch.labels, loss_fn, cfg.clip_grad, lr)
+                except SVFormerError as e:
+                    raise SVFormerError(f"epoch {epoch + 1}: {e}") from None
                 step += 1
                 b = len(batch.labels)
                 loss_sum += loss.item() * b
@@ -421,12 +467,18 @@ def train_model(cfg: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | N
                 pbar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
         finally:
             pbar.close()
+        if info.world_size > 1:  # the epoch's figures over all ranks; rank 0 learns every rank's bad files
+            loss_sum, seen, correct, skipped_batches = distributed.all_sum(
+                info, [loss_sum, seen, correct, skipped_batches])
+            seen, correct, skipped_batches = int(seen), int(correct), int(skipped_batches // info.world_size)
+            for skipped in distributed.gather_objects(info, dict(train_set.skipped)):
+                train_set.skipped.update(skipped)
         if seen == 0:
             raise SVFormerError(f"{train_set.source}: no training batch with >= 2 readable clips in epoch {epoch + 1}")
         train_seconds = time.perf_counter() - t0
         metrics: dict[str, Any] = {"epoch": epoch + 1, "step": step, "loss": loss_sum / seen, "lr": lr,
                                    "train_acc": correct / seen, "train_samples": seen}
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+        if main and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             ev = evaluate(model, test_set, cfg.batch_size, cfg.workers, desc="test")
             metrics.update({"test_top1": ev["top1"], "test_top5": ev["top5"], "test_loss": ev["loss"],
                             "test_samples": ev["samples"]})
@@ -444,23 +496,29 @@ def train_model(cfg: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | N
                           "warmup_epochs": cfg.warmup_epochs, "epochs": cfg.epochs},
             "config": cfg.to_dict(),
             "data": {"train": _data_summary(train_set), "test": _data_summary(test_set)},
+            # how this epoch ran (information only: nothing here depends on it when resuming)
+            "processes": info.world_size, "global_batch": info.world_size * cfg.batch_size,
         }
-        epoch_path = out / f"epoch-{epoch + 1:03d}.pt"
-        save_checkpoint(epoch_path, model, class_names, spec.to_preprocessing(), training)
-        save_checkpoint(last_path, model, class_names, spec.to_preprocessing(), training)
-        _write_metrics(out / "metrics.jsonl", history)
-        _prune(out, epoch + 1, cfg.keep)
-        if not cfg.quiet:
-            print(format_epoch(metrics, cfg.epochs), file=sys.stderr, flush=True)
-        if on_epoch is not None:
-            on_epoch(metrics)
+        if main:
+            epoch_path = out / f"epoch-{epoch + 1:03d}.pt"
+            save_checkpoint(epoch_path, model, class_names, spec.to_preprocessing(), training)
+            save_checkpoint(last_path, model, class_names, spec.to_preprocessing(), training)
+            _write_metrics(out / "metrics.jsonl", history)
+            _prune(out, epoch + 1, cfg.keep)
+            if not cfg.quiet:
+                print(format_epoch(metrics, cfg.epochs), file=sys.stderr, flush=True)
+            if on_epoch is not None:
+                on_epoch(metrics)
+        distributed.barrier(info)
     result = TrainResult(
         out_dir=str(out), checkpoint=str(last_path), epochs=cfg.epochs, metrics=dict(history[-1]),
         history=history, class_names=list(class_names), train_data=_data_summary(train_set),
         test_data=_data_summary(test_set), params=params, seconds=round(time.perf_counter() - t_start, 3),
         resumed_from=start_epoch,
     )
-    write_json_atomic(out / "summary.json", result.to_dict())
+    if main:
+        write_json_atomic(out / "summary.json", result.to_dict())
+    distributed.barrier(info)
     return result
 
 

@@ -254,17 +254,17 @@ def test_a_failing_view_leaves_no_records(tmp_path, capsys, small_rgb, monkeypat
     from svformer_deploy.simulators import executor
 
     calls = {"n": 0}
-    real = executor.Simulator.run
+    real = executor.Simulator.run_batch
 
-    def flaky(self, frames, **kw):
+    def flaky(self, clips, *args, **kw):
         calls["n"] += 1
         if calls["n"] == 2:
             raise RuntimeError("simulated failure on the second view")
-        return real(self, frames, **kw)
+        return real(self, clips, *args, **kw)
 
-    monkeypatch.setattr(executor.Simulator, "run", flaky)
+    monkeypatch.setattr(executor.Simulator, "run_batch", flaky)
     code = main(["simulate", "--video", str(small_rgb[1]), "--model", str(small_rgb[0]), "--views", "2x1",
-                 "--out", str(tmp_path / "runs")])
+                 "--batch", "1", "--out", str(tmp_path / "runs")])  # one view per pass: the second pass fails
     capsys.readouterr()
     assert code != 0 and calls["n"] == 2
     assert not (tmp_path / "runs").exists()

@@ -40,10 +40,11 @@ def _graph_with(op: ir.Node, in_shape: tuple[int, ...], spikes: bool = True):
 
 
 def _count(g, ins, out=None, t=0):
+    """Counts of one clip, run as a batch of one (the counters' tensors lead with the batch axis)."""
     c = LayerCounter(g, "op")
-    c.step(t, ins, out if out is not None else ins[0])
+    c.step(t, [x[None] for x in ins], (out if out is not None else ins[0])[None])
     c.finish()
-    return {k: int(c.table[K[k]].sum()) for k in COUNT_KEYS}
+    return {k: int(c.table[0, K[k]].sum()) for k in COUNT_KEYS}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,8 +108,8 @@ def test_conv2d_ac_and_event_sums_equal_a_loop_over_spikes(case):
     assert counts["spikes_in"] == int(mask.sum())
     assert counts["weight_reads"] == ref_syn
     kern = Conv2dKernel(weight, (stride, stride), (pad, pad), groups, (c_in, h, w), EVENTS)
-    np.testing.assert_allclose(kern.spikes(mask, int(mask.sum())).numpy(), ref_out, atol=1e-12)
-    np.testing.assert_allclose(kern.dense(mask).numpy(), ref_out, atol=1e-12)
+    np.testing.assert_allclose(kern.spikes(mask[None], [int(mask.sum())])[0].numpy(), ref_out, atol=1e-12)
+    np.testing.assert_allclose(kern.dense(mask[None])[0].numpy(), ref_out, atol=1e-12)
 
 
 @settings(max_examples=25, deadline=None)
@@ -128,7 +129,7 @@ def test_conv2d_mac_on_real_input_counts_only_nonzero_values_border_aware(case):
     assert counts["add"] == n_out  # one bias add per output element
     assert counts["weight_reads"] == ref_syn + n_out
     np.testing.assert_allclose(Conv2dKernel(weight, (stride,) * 2, (pad,) * 2, groups, (c_in, h, w), EVENTS)
-                               .dense(x).numpy(), ref_out, atol=1e-12)
+                               .dense(x[None])[0].numpy(), ref_out, atol=1e-12)
 
 
 def test_fanout_of_a_patch_embedding_counts_border_rows_once():
@@ -152,7 +153,8 @@ def test_linear_ac_is_one_per_spike_and_output_and_matches_event_loop():
     counts = _count(g, [mask])
     assert counts["ac"] == synapses == 4 * int(mask.sum())
     assert counts["add"] == 5 * 4 and counts["weight_reads"] == synapses + 20
-    np.testing.assert_allclose(LinearKernel(weight, EVENTS).spikes(mask, int(mask.sum())).numpy(), out, atol=1e-12)
+    got = LinearKernel(weight, EVENTS).spikes(mask[None], [int(mask.sum())])[0]
+    np.testing.assert_allclose(got.numpy(), out, atol=1e-12)
 
 
 def test_attention_counts_coincident_pairs_and_d_per_q_spike():
@@ -186,9 +188,9 @@ def test_attention_counts_coincident_pairs_and_d_per_q_spike():
             out[j, t, e] += kv[j, i, e].item()
             adds += 1
     c2 = LayerCounter(g2, "op")
-    c2.step(0, [q, kv], spike_q_kv(q, kv))
+    c2.step(0, [q[None], kv[None]], spike_q_kv(q, kv)[None])
     c2.finish()
-    assert int(c2.table[K["ac"]].sum()) == adds and int(c2.table[K["state_reads"]].sum()) == adds
+    assert int(c2.table[0, K["ac"]].sum()) == adds and int(c2.table[0, K["state_reads"]].sum()) == adds
     np.testing.assert_array_equal(spike_q_kv(q, kv).numpy(), out)
 
 
@@ -205,7 +207,7 @@ def test_head_conv3d_event_kernel_and_count_match_a_loop():
             for o in range(grp * m, (grp + 1) * m):
                 acc[o] += w[o, i, t, y, x].item()
                 synapses += 1
-    total = sum(kern.spikes(mk, int(mk.sum()), t) for t, mk in enumerate(masks))
+    total = sum(kern.spikes(mk[None], [int(mk.sum())], t)[0] for t, mk in enumerate(masks))
     np.testing.assert_allclose(total.numpy(), acc, atol=1e-12)
     dense = F.conv3d(torch.stack(masks, 1)[None].double(), w, groups=g).reshape(-1)
     np.testing.assert_allclose(dense.numpy(), acc, atol=1e-12)
@@ -215,11 +217,11 @@ def test_head_conv3d_event_kernel_and_count_match_a_loop():
     ir.add_op(gr, "op", ir.Conv3dHead(weight=w.numpy(), bias=np.zeros(g * m), groups=g), ["lif"])
     cnt = LayerCounter(gr, "op")
     for t, mk in enumerate(masks):
-        cnt.step(t, [mk], mk)
+        cnt.step(t, [mk[None]], mk[None])
     cnt.finish()
-    assert int(cnt.table[K["ac"]].sum()) == synapses
-    assert int(cnt.table[K["add"]].sum()) == g * m  # the bias, once per clip
-    assert cnt.table[K["add"], :-1].sum() == 0
+    assert int(cnt.table[0, K["ac"]].sum()) == synapses
+    assert int(cnt.table[0, K["add"]].sum()) == g * m  # the bias, once per clip
+    assert cnt.table[0, K["add"], :-1].sum() == 0
 
 
 def test_affine_neuron_add_counts_are_per_element_per_step():
@@ -230,15 +232,15 @@ def test_affine_neuron_add_counts_are_per_element_per_step():
     c = LayerCounter(g, "op")
     assert not c.dynamic
     c.finish()
-    assert c.table[K["mul"]].tolist() == c.table[K["add"]].tolist() == [12, 12]  # per element, per step
-    assert c.table[K["weight_reads"]].tolist() == [24, 24]
+    assert c.table[0, K["mul"]].tolist() == c.table[0, K["add"]].tolist() == [12, 12]  # per element, per step
+    assert c.table[0, K["weight_reads"]].tolist() == [24, 24]
     g2 = _graph_with(ir.Neuron(a=0.0), (3, 2, 2), spikes=False)
     c2 = LayerCounter(g2, "op")
     s = torch.tensor([[[True, False], [False, True]]] * 3)
-    c2.step(0, [x], s)
+    c2.step(0, [x[None]], s[None])
     c2.finish()
-    assert int(c2.table[K["neuron_updates"]].sum()) == 12 and int(c2.table[K["spikes_out"]].sum()) == 6
-    assert int(c2.table[K["state_reads"]].sum()) == int(c2.table[K["state_writes"]].sum()) == 12
+    assert int(c2.table[0, K["neuron_updates"]].sum()) == 12 and int(c2.table[0, K["spikes_out"]].sum()) == 6
+    assert int(c2.table[0, K["state_reads"]].sum()) == int(c2.table[0, K["state_writes"]].sum()) == 12
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ import sys
 from pathlib import Path
 
 import click
+from svformer_deploy.deploy.commands.simulate import batch_option
 from svformer_deploy.deploy.render import emit_json, json_document
+from svformer_deploy.simulators import DEFAULT_BATCH
 
 
 @click.command("energy-report")
@@ -34,12 +36,15 @@ from svformer_deploy.deploy.render import emit_json, json_document
               help="Export bundle (*.svfd) used with --videos.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="Parallel simulation processes for --videos.")
+@click.option("--batch", callback=batch_option, default=DEFAULT_BATCH, show_default=True,
+              help="Clip views per simulator pass for --videos (auto: 16 for models up to 10 GMAC per clip, "
+                   "else 1; docs/simulator.md, batched simulation).")
 @click.option("--runs", "runs_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where --videos writes run records [default: runs/batch-<model hash>]; rerunning resumes.")
 @click.option("--views", "views_spec", default="1x1", show_default=True, help="Views per clip for --videos (KxS).")
 @click.option("--integer", "integer", is_flag=True, help="Use the integer executor for --videos.")
 def energy_report(records, cost_model, host_model, bundle, as_json, csv_path, md_path, html_dir, no_layers, videos_dir,
-                  model_dir, workers, runs_dir, views_spec, integer) -> None:
+                  model_dir, workers, batch, runs_dir, views_spec, integer) -> None:
     """Energy per clip from run records (files or folders; default: the newest in ./runs).
 
     Three methods side by side, all from the same records: exact (counted events x cost model),
@@ -55,7 +60,7 @@ def energy_report(records, cost_model, host_model, bundle, as_json, csv_path, md
             raise click.UsageError("--videos DIR and --model DIR go together")
         if records:
             raise click.UsageError("give run records or --videos/--model, not both")
-        records = (_simulate_videos(videos_dir, model_dir, workers, runs_dir, views_spec, integer, as_json),)
+        records = (_simulate_videos(videos_dir, model_dir, workers, runs_dir, views_spec, integer, as_json, batch),)
     report = report_from_paths(records, cost_model, bundle=bundle or (model_dir if videos_dir else None),
                                host=host_model)
     if report["skipped"]:
@@ -83,7 +88,7 @@ def energy_report(records, cost_model, host_model, bundle, as_json, csv_path, md
 
 
 def _simulate_videos(videos_dir: Path, model_dir: Path, workers: int, runs_dir: Path | None, views_spec: str,
-                     integer: bool, as_json: bool) -> Path:
+                     integer: bool, as_json: bool, batch: int | str) -> Path:
     """Run ``deploy.batch.simulate_folder`` with a progress bar; returns the folder of run records."""
     from svformer_deploy.deploy.batch import find_clips, simulate_folder
     from svformer_deploy.deploy.commands.probe import parse_views
@@ -102,7 +107,7 @@ def _simulate_videos(videos_dir: Path, model_dir: Path, workers: int, runs_dir: 
 
     try:
         result = simulate_folder(videos_dir, model_dir, runs_dir, workers, parse_views(views_spec),
-                                 "integer" if integer else "float", on_clip)
+                                 "integer" if integer else "float", on_clip, batch)
     finally:
         progress.close()
     click.echo(f"simulated {result.simulated} clip(s), {result.resumed} from earlier runs, "

@@ -8,6 +8,15 @@ from typing import Any
 import click
 from svformer_deploy.deploy.commands.probe import parse_views
 from svformer_deploy.deploy.render import emit_json, fmt_int, fmt_si, table
+from svformer_deploy.simulators import DEFAULT_BATCH, parse_batch
+
+
+def batch_option(ctx: click.Context, param: click.Parameter, value: str | int) -> str | int:
+    """``--batch auto|N`` (views per simulator pass), shared by ``simulate`` and ``energy-report --videos``."""
+    try:
+        return parse_batch(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 def render_simulation(doc: dict[str, Any]) -> str:
@@ -68,6 +77,9 @@ def render_simulation(doc: dict[str, Any]) -> str:
               show_default=True, help="Folder for the run records (one JSON file per view).")
 @click.option("--kernel", type=click.Choice(["auto", "events", "dense"]), default="auto", show_default=True,
               help="Accumulation kernels for spike inputs (counts do not depend on it).")
+@click.option("--batch", callback=batch_option, default=DEFAULT_BATCH, show_default=True,
+              help="Views per simulator pass (batched simulation: the same counts; auto: 16 for models up to 10 "
+                   "GMAC per clip, else 1; docs/simulator.md).")
 @click.option("--runtime", type=click.Choice(["graph", "onnx"]), default="graph", show_default=True,
               help="graph: the event-driven simulator (op counts, run records); onnx: the bundle's one-step ONNX "
                    "graph in onnxruntime, fed one frame at a time (top-5 only).")
@@ -79,7 +91,7 @@ def render_simulation(doc: dict[str, Any]) -> str:
               help="Energy per operation for --early-exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def simulate(video, events, model, views_spec, integer, out_dir, kernel, runtime, live, early_exit, cost_model,
+def simulate(video, events, model, views_spec, integer, out_dir, kernel, batch, runtime, live, early_exit, cost_model,
              as_json, quiet) -> None:
     """Simulate a clip on the exported graph: top-5 classes, per-layer firing rates and exact op counts.
 
@@ -112,7 +124,7 @@ def simulate(video, events, model, views_spec, integer, out_dir, kernel, runtime
     try:
         report = simulate_file(video=video, events=events, model=model, views=views,
                                executor="integer" if integer else "float", out_dir=out_dir, kernel=kernel,
-                               on_step=on_step, early_exit=rule, cost_model=cost_model)
+                               on_step=on_step, batch=batch, early_exit=rule, cost_model=cost_model)
     finally:
         progress.close()
     doc = report.to_dict()

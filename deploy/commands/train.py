@@ -168,8 +168,11 @@ def render_result(result: Any) -> str:
 @click.option("--cache/--no-cache", default=None, help="Decode every clip once and keep it in memory [default: "
               "when all clips fit in 2 GiB]; cached videos get random shifts instead of decode-time random crops.")
 @click.option("--workers", "-j", type=int, default=0, show_default=True, help="DataLoader worker processes.")
-@click.option("--threads", type=int, help="Torch CPU threads [default: torch's choice]; 1 is often faster when "
-              "other jobs share the cores.")
+@click.option("--threads", type=int, help="Torch CPU threads [default: torch's choice; with --nproc: the cores "
+              "divided by N]; 1 is often faster when other jobs share the cores.")
+@click.option("--nproc", type=int, help="Train data-parallel on N local processes (DDP: gloo on CPU, nccl on GPUs); "
+              "--batch-size is per process, so the global batch is N x --batch-size. For several machines start "
+              "the command with torchrun instead (docs/training.md).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation, shuffling, augmentation.")
 @click.option("--eval-every", type=int, default=1, show_default=True, help="Evaluate every N epochs (and at the end).")
 @click.option("--keep", type=int, help="Keep only the last N epoch-NNN.pt files [default: all].")
@@ -186,22 +189,49 @@ def train(ctx: click.Context, as_json: bool, **params: Any) -> None:
       svformer-deploy train --nmnist nmnist-small --arch 3stg --size 34 -T 8 \\
           --dims 32,64,128 --depths 1,1,1 --head-dim 32 --epochs 30 -b 32 -o runs/nmnist
       svformer-deploy train --resume runs/nmnist/last.pt --epochs 40
+      svformer-deploy train --synthetic --arch 3stg --size 32 -T 8 --nproc 2 -b 8 -o runs/ddp
     """
+    from svformer_deploy.svformer import distributed
+    from svformer_deploy.svformer.errors import SVFormerError
     from svformer_deploy.svformer.progress import set_quiet
     from svformer_deploy.svformer.train import train_model
 
     explicit = {name for name in params
                 if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
     params["out"] = str(params["out"])
+    nproc = params.get("nproc")
+    launched = distributed.from_env()  # started by torchrun (or another launcher setting WORLD_SIZE)
+    if nproc is not None:
+        if launched is not None:
+            raise SVFormerError(f"started by a launcher (WORLD_SIZE={launched.world_size}); do not also give --nproc")
+        distributed.check_nproc(nproc)
+    if params.get("threads") is not None and params["threads"] < 1:
+        raise SVFormerError(f"--threads must be at least 1, got {params['threads']}")
     cfg = build_config(params, explicit)
     if params.get("quiet"):
         set_quiet(True)
-    if params.get("threads"):
-        import torch
+    if nproc is not None and nproc > 1:
+        result = distributed.launch(_train_rank, nproc, (cfg, bool(params.get("quiet"))), params.get("threads"))
+    else:
+        if params.get("threads"):
+            import torch
 
-        torch.set_num_threads(params["threads"])
-    result = train_model(cfg)
+            torch.set_num_threads(params["threads"])
+        result = train_model(cfg)
+        if launched is not None and not launched.is_main:
+            return  # rank 0 reports
+
     if as_json:
         emit_json(result.to_dict())
     else:
         click.echo(render_result(result))
+
+
+def _train_rank(cfg: Any, quiet: bool) -> Any:
+    """One rank of ``train --nproc N`` (spawned by :func:`svformer.distributed.launch`)."""
+    from svformer_deploy.svformer.progress import set_quiet
+    from svformer_deploy.svformer.train import train_model
+
+    if quiet:
+        set_quiet(True)
+    return train_model(cfg)

@@ -512,10 +512,20 @@ def _worker_init(_: int) -> None:
 
 
 def make_loader(dataset: ClipDataset, batch_size: int, epoch: int = 0, shuffle: bool = False, workers: int = 0,
-                drop_last: bool = False) -> DataLoader:
-    """A DataLoader over ``dataset`` for one epoch: seeded order and augmentation, :func:`collate` batches."""
+                drop_last: bool = False, shard: tuple[int, int] | None = None) -> DataLoader:
+    """A DataLoader over ``dataset`` for one epoch: seeded order and augmentation, :func:`collate` batches.
+
+    ``shard=(rank, world_size)``: this rank's part of the epoch (``DistributedSampler``, seeded with the
+    dataset's seed: the ranks' parts are disjoint and, padded by repeating clips, equally long).
+    """
     dataset.set_epoch(epoch)
-    sampler = SeededSampler(len(dataset), dataset.seed, shuffle)
+    if shard is not None:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(dataset, num_replicas=shard[1], rank=shard[0], shuffle=shuffle,
+                                     seed=dataset.seed)
+    else:
+        sampler = SeededSampler(len(dataset), dataset.seed, shuffle)
     sampler.set_epoch(epoch)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
                       drop_last=drop_last, worker_init_fn=_worker_init if workers > 0 else None)

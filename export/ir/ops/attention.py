@@ -96,9 +96,9 @@ class SpikeMatmulKV(Node):
         ac, sin = c.key("ac"), c.key("spikes_in")
 
         def step(col, ins, out, nnz_in=None, nnz_out=None):
-            k, v = ins
-            col[ac] += int((k.sum(-1) * v.sum(-1)).sum())
-            col[sin] += int(k.count_nonzero()) + int(v.count_nonzero())
+            k, v = ins  # [B, h, N, d]
+            col[:, ac] += c.per_clip(k.sum(-1) * v.sum(-1))
+            col[:, sin] += c.nnz(k) + c.nnz(v)
         return step
 
     def sim_float(self, sim: Any, n: str) -> Any:
@@ -153,10 +153,10 @@ class SpikeMatmulQKV(Node):
         ac, sin, sr = c.key("ac"), c.key("spikes_in"), c.key("state_reads")
 
         def step(col, ins, out, nnz_in=None, nnz_out=None):
-            q = int(ins[0].count_nonzero()) if nnz_in is None else nnz_in
-            col[ac] += q * d
-            col[sin] += q
-            col[sr] += q * d  # each Q spike reads one row of KV
+            q = c.nnz(ins[0]) if nnz_in is None else nnz_in
+            col[:, ac] += q * d
+            col[:, sin] += q
+            col[:, sr] += q * d  # each Q spike reads one row of KV
         return step
 
     def sim_float(self, sim: Any, n: str) -> Any:

@@ -153,8 +153,8 @@ class NoArithmetic:
 
 class Layout(NoArithmetic):
     """Mixin of ops that only move data. One batch-agnostic :meth:`move` is their semantics everywhere:
-    codes move unchanged, so float and fixed point agree, and ``lead`` (leading batch axes: 0 in the
-    simulator, 1 in the reference interpreter) is the only difference between the executors."""
+    codes move unchanged, so float and fixed point agree; ``lead`` is the number of leading batch axes
+    (1 in the simulator and in the reference interpreter)."""
 
     def move(self, ins: list[Any], lead: int, rank: int) -> Any:  # pragma: no cover - abstract
         """The output for inputs ``ins`` with ``lead`` batch axes; ``rank``: the per-step output rank."""
@@ -162,7 +162,7 @@ class Layout(NoArithmetic):
 
     def sim_float(self, sim: Any, n: str) -> Any:
         move, rank = self.move, sim.rank(n)
-        return lambda t, ins, nnz: move(ins, 0, rank)
+        return lambda t, ins, nnz: move(ins, 1, rank)  # the simulator's tensors lead with the batch axis
 
     sim_fixed = sim_float
 

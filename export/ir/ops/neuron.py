@@ -65,8 +65,8 @@ class Neuron(Node):
         out_key, active_key = c.key("spikes_out"), c.key("neurons_active")
 
         def step(col, ins, out, nnz_in=None, nnz_out=None):
-            col[out_key] += int(out.count_nonzero()) if nnz_out is None else nnz_out
-            col[active_key] += int(ins[0].count_nonzero())  # neurons with a non-zero input this step
+            col[:, out_key] += c.nnz(out) if nnz_out is None else nnz_out
+            col[:, active_key] += c.nnz(ins[0])  # neurons with a non-zero input this step
         return step
 
     def sim_float(self, sim: Any, n: str) -> Any:

@@ -69,10 +69,10 @@ class BatchNorm(Node):
 
         def fn(t, ins, nnz):
             args = [a[t] if per_step else a for a in arrs]
-            x = ins[0][None]
+            x = ins[0]  # [B, ...]
             if last:
-                return F.batch_norm(x.transpose(1, -1), *args, False, 0.0, eps).transpose(1, -1)[0]
-            return F.batch_norm(x, *args, False, 0.0, eps)[0]
+                return F.batch_norm(x.transpose(1, -1), *args, False, 0.0, eps).transpose(1, -1)
+            return F.batch_norm(x, *args, False, 0.0, eps)
         return fn
 
     def sim_fixed(self, sim: Any, n: str) -> Any:

@@ -47,23 +47,24 @@ def bias_counts(c: Any, has_bias: bool) -> None:
 
 
 def synapse_counter(c: Any, per_synapse: int, fan: Any = None) -> Callable:
-    """Per-step counts of a weighted op: ``ac`` (spike input) or ``mac`` (nonzero real inputs) =
-    ``per_synapse`` x events (x the output positions each reaches, ``fan`` [H, W], when not uniform)."""
+    """Per-step counts of a weighted op, per clip: ``ac`` (spike input) or ``mac`` (nonzero real inputs) =
+    ``per_synapse`` x events (x the output positions each reaches, ``fan`` [H, W], when not uniform).
+    Inputs carry the batch axis first (conv: ``[B, C, H, W]``)."""
     ac, mac, sin, wr = c.key("ac"), c.key("mac"), c.key("spikes_in"), c.key("weight_reads")
     if c.in_specs[0].kind == SPIKE:
         def step(col, ins, out, nnz_in=None, nnz_out=None):
             x = ins[0]
-            active = int(x.count_nonzero()) if nnz_in is None else nnz_in
-            n = per_synapse * (active if fan is None else int((x.sum(0) * fan).sum()))
-            col[ac] += n
-            col[sin] += active
-            col[wr] += n
+            active = c.nnz(x) if nnz_in is None else nnz_in
+            n = per_synapse * (active if fan is None else c.per_clip(x.sum(1) * fan))
+            col[:, ac] += n
+            col[:, sin] += active
+            col[:, wr] += n
     else:
         def step(col, ins, out, nnz_in=None, nnz_out=None):
             x = ins[0]
-            n = per_synapse * (int(x.count_nonzero()) if fan is None else int(((x != 0).sum(0) * fan).sum()))
-            col[mac] += n
-            col[wr] += n
+            n = per_synapse * (c.nnz(x) if fan is None else c.per_clip((x != 0).sum(1) * fan))
+            col[:, mac] += n
+            col[:, wr] += n
     return step
 
 
@@ -324,8 +325,8 @@ class Conv3dHead(Node):
         b = None if self.bias is None else sim.tensor(self.bias, sim.dtype)
 
         def fn(t, ins, nnz):
-            acc = sim.state[n]
-            return (acc if b is None else acc + b).reshape(-1, 1, 1, 1)
+            acc = sim.state[n]  # [B, C_out]
+            return (acc if b is None else acc + b).reshape(acc.shape[0], -1, 1, 1, 1)
         return fn
 
     def sim_fixed(self, sim: Any, n: str) -> Any:
@@ -336,7 +337,7 @@ class Conv3dHead(Node):
         sim.set_head(n, sim.kernels.HeadConv3dKernel(sim.tensor(q["weight"], acc_dtype), self.groups, sim.policy),
                      torch.int64)
         requant = sim.requant(n, lambda a: a.reshape(-1))
-        return lambda t, ins, nnz: requant(sim.state[n]).reshape(-1, 1, 1, 1)
+        return lambda t, ins, nnz: requant(sim.state[n]).reshape(sim.state[n].shape[0], -1, 1, 1, 1)
 
     def ref_float(self, ref: Any, n: str, t: int, ins: list, state: dict) -> Any:
         import torch.nn.functional as F

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import networkx as nx
+import numpy as np
 import torch
 from spikingjelly.activation_based import neuron as sj_neuron
 from svformer_deploy.svformer.errors import SVFormerError
@@ -70,11 +71,52 @@ class LayerAgreement:
                 "precision": self.precision, "recall": self.recall}
 
 
+_BITS = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
+
+
+def _popcount(bits: np.ndarray) -> int:
+    """Set bits in a uint8 array."""
+    return int(_BITS[bits].sum())
+
+
+@dataclass
+class PackedSpikes:
+    """The spikes of one layer, 8 neuron-steps per byte: ``bits`` uint8 ``[T, ceil(n / 8)]`` (numpy's
+    ``packbits`` order), ``n`` positions per step. A run's spikes are kept packed until compared, so
+    that a whole clip of SVFormer-base (about 10^9 neuron-steps) costs 1/8 of a bool tensor."""
+
+    bits: np.ndarray
+    n: int
+
+    @property
+    def steps(self) -> int:
+        return int(self.bits.shape[0])
+
+    @classmethod
+    def of(cls, x: Tensor | Any) -> PackedSpikes:
+        """Pack ``x`` (any values, non-zero = spike, time step first ``[T, ...]``); packed input is returned as is."""
+        if isinstance(x, PackedSpikes):
+            return x
+        a = torch.as_tensor(x)
+        a = (a != 0).reshape(a.shape[0] if a.dim() else 1, -1)
+        return cls(np.packbits(a.numpy(), axis=1), int(a.shape[1]))
+
+    @classmethod
+    def stack(cls, steps: list[Tensor]) -> PackedSpikes:
+        """Pack a list of per-step spike tensors (step ``t`` is row ``t``)."""
+        rows = [np.packbits((s != 0).reshape(-1).numpy()) for s in steps]
+        return cls(np.stack(rows), int(steps[0].numel()) if steps else 0)
+
+    def count(self) -> int:
+        return _popcount(self.bits)
+
+
 class SpikeTally:
     """The one spike comparison: accumulate per-layer agreement of two runs over batches.
 
     :meth:`add` takes the spikes (any values; non-zero = spike) of one layer from both runs, time step
-    first (``[T, ...]``), and may be called repeatedly for the same layer (more clips). Layers keep the
+    first (``[T, ...]``, or :class:`PackedSpikes`), and may be called repeatedly for the same layer (more
+    clips). Layers keep the
     order of their first :meth:`add` (network order), which decides the first divergence among layers
     that diverge at the same step.
     """
@@ -83,18 +125,20 @@ class SpikeTally:
         self._layers: dict[str, LayerAgreement] = {}
 
     def add(self, name: str, ref: Tensor | Any, new: Tensor | Any) -> LayerAgreement:
-        a, b = torch.as_tensor(ref) != 0, torch.as_tensor(new) != 0
-        if a.shape != b.shape:
-            raise SVFormerError(f"neuron layer {name}: spike shapes differ ({list(a.shape)} vs {list(b.shape)})")
+        a, b = PackedSpikes.of(ref), PackedSpikes.of(new)
+        if (a.steps, a.n) != (b.steps, b.n):
+            raise SVFormerError(f"neuron layer {name}: spike shapes differ ({a.steps} x {a.n} vs {b.steps} x {b.n} "
+                                "neuron-steps)")
         la = self._layers.setdefault(name, LayerAgreement(name, 0, 0, 0, 0))
-        diff = a != b
-        la.positions += a.numel()
-        la.spikes_ref += int(a.sum())
-        la.spikes_new += int(b.sum())
-        la.flips += int(diff.sum())
-        la.matched += int((a & b).sum())
-        if a.dim() > 0 and bool(diff.any()):
-            step = int(diff.reshape(diff.shape[0], -1).any(1).nonzero()[0, 0])
+        diff = a.bits ^ b.bits
+        la.positions += a.steps * a.n
+        la.spikes_ref += a.count()
+        la.spikes_new += b.count()
+        la.flips += _popcount(diff)
+        la.matched += _popcount(a.bits & b.bits)
+        rows = np.flatnonzero(diff.any(axis=1))
+        if rows.size:
+            step = int(rows[0])
             la.first_step = step if la.first_step is None else min(la.first_step, step)
         return la
 
@@ -229,19 +273,21 @@ class _Runner:
         else:
             raise SVFormerError(f"cannot run a {type(subject).__name__}; give an IR graph or an SVFormer")
 
-    def __call__(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def __call__(self, x: Tensor) -> tuple[Tensor, dict[str, PackedSpikes]]:
         with torch.no_grad():
             if not self.is_model:
-                steps: dict[str, list[Tensor]] = {n: [] for n in self.neurons}
+                steps: dict[str, list[np.ndarray]] = {n: [] for n in self.neurons}
+                sizes: dict[str, int] = {}
 
                 def keep(name: str, value: Tensor) -> None:
-                    if name in steps:
-                        steps[name].append(value != 0)  # bool: 1 byte per neuron and step
+                    if name in steps:  # packed at once: 1 bit per neuron and step
+                        steps[name].append(np.packbits((value != 0).reshape(-1).numpy()))
+                        sizes[name] = int(value.numel())
 
                 logits, _ = self.ref.run(x, observe=keep)
-                return logits, {n: torch.stack(v) for n, v in steps.items()}
-            spikes: dict[str, Tensor] = {}
-            hooks = [m.register_forward_hook(lambda mod, i, o, n=n: spikes.__setitem__(n, o != 0))
+                return logits, {n: PackedSpikes(np.stack(v), sizes[n]) for n, v in steps.items()}
+            spikes: dict[str, PackedSpikes] = {}
+            hooks = [m.register_forward_hook(lambda mod, i, o, n=n: spikes.__setitem__(n, PackedSpikes.of(o)))
                      for n, m in self.neurons.items()]
             try:
                 logits = self.model.forward_sequence(x.to(self.dtype))

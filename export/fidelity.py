@@ -258,6 +258,15 @@ def batches(inputs: Tensor | Iterable[Tensor], batch_size: int) -> Iterator[Tens
             yield from batches(x, batch_size)
 
 
+def neuron_layers(subject: Subject) -> list[str]:
+    """Names of the neuron layers of a graph or a model, in network order (how runs are matched)."""
+    if isinstance(subject, SVFormer):
+        return [n for n, m in subject.named_modules() if isinstance(m, sj_neuron.BaseNode)]
+    if isinstance(subject, nx.DiGraph):
+        return list(ir.neuron_names(subject))
+    raise SVFormerError(f"cannot run a {type(subject).__name__}; give an IR graph or an SVFormer")
+
+
 class _Runner:
     """Runs a graph or a model on batches and returns logits and neuron spikes by layer name."""
 
@@ -316,15 +325,17 @@ def compare_chain(subjects: list[tuple[Subject, str]], inputs: Tensor | Iterable
     so that a later check against the same graph need not run it again."""
     if len(subjects) < 2 or len(labels) != len(subjects) - 1:
         raise SVFormerError("compare_chain needs two or more subjects and one label per consecutive pair")
-    runners = [_Runner(s, dtype, mode) for s, mode in subjects]
-    names = [[n for n in a.neurons if n in b.neurons] for a, b in zip(runners[:-1], runners[1:], strict=True)]
+    layers = [neuron_layers(s) for s, _ in subjects]
+    names = [[n for n in a if n in set(b)] for a, b in zip(layers[:-1], layers[1:], strict=True)]
     tallies = [SpikeTally() for _ in labels]
     max_diff, agree = [0.0] * len(labels), [0] * len(labels)
     clips, last = 0, []
     for x in batches(inputs, batch_size):
-        prev = runners[0](x)
-        for i, runner in enumerate(runners[1:]):
-            cur = runner(x)
+        # one subject at a time (its runner is built for the batch and dropped after it): the peak memory is one
+        # executable copy of the network plus the packed spikes of the subject before
+        prev = _Runner(subjects[0][0], dtype, subjects[0][1])(x)
+        for i, (subject, mode) in enumerate(subjects[1:]):
+            cur = _Runner(subject, dtype, mode)(x)
             (la, sa), (lb, sb) = prev, cur
             max_diff[i] = max(max_diff[i], float((la.double() - lb.double()).abs().max()))
             agree[i] += int((la.argmax(-1) == lb.argmax(-1)).sum())

@@ -30,6 +30,7 @@ _owner: int | None = None  # pid of the process that installed the handlers
 _depth = 0  # nesting of deferred_interrupts in the main thread
 _pending: int | None = None  # a signal held back by deferred_interrupts
 _raised: int | None = None  # the signal last raised as Interrupted (raised again if some library swallowed it)
+_hooks: list = []  # sys.unraisablehook before signals_raise, while it is active
 
 
 class Interrupted(KeyboardInterrupt):
@@ -102,6 +103,8 @@ def signals_raise(then_ignore: bool = False) -> Iterator[None]:
         yield  # not the main thread, or already active (nested)
         return
     _depth, _pending, _raised, _owner = 0, None, None, os.getpid()
+    _hooks.append(sys.unraisablehook)
+    sys.unraisablehook = _unraisable
     try:
         for signum in SIGNALS:
             if signal.getsignal(signum) is not signal.SIG_IGN:  # e.g. SIGINT of a background job stays ignored
@@ -112,7 +115,16 @@ def signals_raise(then_ignore: bool = False) -> Iterator[None]:
         for signum, old in _previous.items():
             signal.signal(signum, signal.SIG_IGN if then_ignore else old)
         _previous.clear()
+        sys.unraisablehook = _hooks.pop()
         _depth, _pending, _raised, _owner = 0, None, None, None
+
+
+def _unraisable(info: sys.UnraisableHookArgs) -> None:
+    """An :class:`Interrupted` raised where Python cannot propagate it (a weakref or GC callback, e.g. inside
+    the import machinery) is dropped silently instead of printed as "Exception ignored in ..."; it is already
+    recorded (:func:`swallowed`) and raised again at the next safe point."""
+    if not isinstance(info.exc_value, Interrupted):
+        (_hooks[-1] if _hooks else sys.__unraisablehook__)(info)
 
 
 class _Deferred:

@@ -295,3 +295,28 @@ def test_debug_adds_the_traceback_and_keeps_the_exit_code(capfd, where):
     assert code == code_debug == 2
     assert "Traceback" not in plain and "Traceback (most recent call last)" in err and "SVFormerError" in err
     assert [line for line in err.splitlines() if line.startswith("error:")] == [plain.strip()]
+
+
+def test_an_interrupt_raised_inside_a_callback_is_not_printed_but_other_errors_are() -> None:
+    """A signal can arrive while Python runs a weakref callback (e.g. the import machinery's module-lock
+    callback); the Interrupted raised there cannot propagate and Python would print "Exception ignored in ...".
+    Inside signals_raise it is dropped silently (it is recorded and raised again at the next safe point);
+    any other unraisable error is still printed. Run in a fresh interpreter (pytest installs its own hook)."""
+    import sys
+
+    script = """
+import signal, weakref
+from svformer_deploy.svformer.interrupts import Interrupted, signals_raise
+class Thing: pass
+def interrupted(_ref): raise Interrupted(signal.SIGINT)
+def broken(_ref): raise ValueError("a real bug in a callback")
+with signals_raise():
+    a, b = Thing(), Thing()
+    refs = [weakref.ref(a, interrupted), weakref.ref(b, broken)]
+    del a, b
+print("done")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout == "done\n", proc.stderr
+    assert "Interrupted" not in proc.stderr and "SIGINT" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("Exception ignored") == 1 and "a real bug in a callback" in proc.stderr

@@ -221,6 +221,46 @@ def test_float64_graph_accuracy_equals_the_pytorch_models_on_the_demo_held_out_s
     assert again["conditions"] == report["conditions"] and again["early_exit"] == report["early_exit"]
 
 
+def test_ctrl_c_during_evaluate_leaves_whole_per_clip_results_no_report_and_the_rerun_resumes(demo, tmp_path):
+    """SIGINT once the first clip's result exists: exit 2 with one error line, every per-clip result left is
+    whole, no temporary file, no report folder; the rerun resumes those clips and finishes."""
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    from conftest import CLI
+
+    videos = tmp_path / "videos"
+    for clip in sorted((demo / "data" / "test").rglob("*.mp4")):  # 12 clips, each 3 times: 36
+        for i in range(3):
+            dst = videos / clip.parent.name / f"{clip.stem}_{i}.mp4"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(clip, dst)
+    runs, html = tmp_path / "runs", tmp_path / "html"
+    args = [str(CLI), "evaluate", "--videos", str(videos), "--model", str(demo / "model.svfd"), "--runs", str(runs),
+            "--noise", "gaussian:0.5", "--workers", "2", "--html", str(html)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(__import__("os").environ, SVFORMER_NO_PROGRESS="1"))
+    try:
+        while not list(runs.glob("*.json")) and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    line = one_error_line(proc.returncode, err, "interrupted")
+    assert out == "" and "Traceback" not in err, err
+    done = sorted(runs.glob("*.json"))
+    assert 1 <= len(done) < 36, len(done)
+    assert all(isinstance(json.loads(p.read_text()), dict) for p in done)  # whole files only
+    assert [p for p in runs.rglob("*") if p.is_file() and p.suffix != ".json"] == [] and not html.exists(), line
+    rerun = subprocess.run(args[:-2] + ["--json"], capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    report = json.loads(rerun.stdout)
+    assert report["clips"] == 36 and report["resumed"] == len(done) and not report["failed"]
+
+
 def test_the_html_page_shows_the_noise_table_and_the_early_exit_curve_in_headless_chromium(demo, tmp_path, capsys):
     browser = _browser()
     code, _, err = cli(capsys, "evaluate", "--videos", demo / "data" / "test", "--model", demo / "model.svfd",

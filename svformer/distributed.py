@@ -274,42 +274,43 @@ def launch(fn: Callable[..., Any], nproc: int, args: tuple = (), threads: int | 
     quiet = bool(warnings.filters) and warnings.filters[0][0] == "ignore" and warnings.filters[0][2] is Warning
     procs = [ctx.Process(target=_child, args=(r, nproc, port, threads, fn, args, queue, quiet), daemon=False)
              for r in range(nproc)]
-    result: Any = None
-    error: tuple | None = None
+    got: dict[str, Any] = {"result": None, "error": None}  # rank 0's result, the first failure
+
+    def drain() -> None:
+        while not queue.empty():
+            msg = queue.get()
+            if msg[0] == "ok":
+                got["result"] = pickle.loads(msg[1])
+            elif got["error"] is None:
+                got["error"] = msg
+
     try:
         for p in procs:
             p.start()
         alive = list(procs)
         while alive:
             mpc.wait([p.sentinel for p in alive], timeout=1.0)
-            while not queue.empty():
-                msg = queue.get()
-                if msg[0] == "ok":
-                    result = pickle.loads(msg[1])
-                elif error is None:
-                    error = msg
+            drain()
+            error = got["error"]
             for p in list(alive):
                 if p.exitcode is not None:
                     alive.remove(p)
                     if p.exitcode != 0 and error is None:
-                        error = ("error", f"a training process (pid {p.pid}) exited with code {p.exitcode}", False)
+                        error = got["error"] = ("error", f"a training process (pid {p.pid}) exited with code "
+                                                f"{p.exitcode}", False)
             if error is not None and alive:
                 _stop(alive)
                 alive = []
-        while not queue.empty():
-            msg = queue.get()
-            if msg[0] == "ok":
-                result = pickle.loads(msg[1])
-            elif error is None:
-                error = msg
+        drain()
     except BaseException:
         _stop([p for p in procs if p.pid is not None])
         raise
+    error = got["error"]
     if error is not None:
         if error[2]:
             raise SVFormerError(error[1])
         raise RuntimeError(error[1])
-    return result
+    return got["result"]
 
 
 def _stop(procs: list) -> None:

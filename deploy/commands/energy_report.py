@@ -10,6 +10,8 @@ from svformer_deploy.deploy.commands.simulate import batch_option
 from svformer_deploy.deploy.render import emit_json, json_document
 from svformer_deploy.simulators import DEFAULT_BATCH
 
+from . import report_file_options
+
 
 @click.command("energy-report")
 @click.argument("records", nargs=-1, type=click.Path(path_type=Path))
@@ -25,10 +27,7 @@ from svformer_deploy.simulators import DEFAULT_BATCH
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the totals, stages, layers and clips as one CSV file.")
-@click.option("--markdown", "md_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write the report as Markdown.")
-@click.option("--html", "html_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
-              help="Also write a self-contained HTML page with plots to DIR/index.html.")
+@report_file_options
 @click.option("--no-layers", is_flag=True, help="Leave the per-layer table out of the terminal output.")
 @click.option("--videos", "videos_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Simulate every clip below DIR (class = folder name) with --model first, then report.")

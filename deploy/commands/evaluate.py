@@ -8,6 +8,8 @@ from pathlib import Path
 import click
 from svformer_deploy.deploy.render import emit_json, json_document
 
+from . import report_file_options
+
 
 def _margins(text: str) -> list[float]:
     from svformer_deploy.svformer.errors import SVFormerError
@@ -52,10 +54,7 @@ def _margins(text: str) -> list[float]:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--csv-report", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the tables as one CSV file (--csv names the dataset list).")
-@click.option("--markdown", "md_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write the report as Markdown.")
-@click.option("--html", "html_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
-              help="Also write a self-contained HTML page with plots to DIR/index.html.")
+@report_file_options
 def evaluate(videos, events, nmnist, csv_list, split, model, views_spec, integer, precision, noise_specs, seed,
              margins_text, exit_k, cost_model, workers, runs_dir, as_json, csv_path, md_path, html_dir) -> None:
     """Top-1/top-5, per class, confusion matrix and energy per clip of the exported graph on a labelled

@@ -130,15 +130,7 @@ def load_cost_model_toml(path: str | Path) -> CostModel | ChipModel:
         raise SVFormerError(f"{path}: kind must be \"ops\" (a 45 nm-style cost model) or \"chip\", "
                             f"got {data['kind']!r}")
     data = {k: v for k, v in data.items() if k != "kind"}
-    unknown = sorted(set(data) - _ALLOWED)
-    if unknown:
-        raise SVFormerError(f"{path}: unknown cost model key(s) {', '.join(unknown)}; "
-                            f"allowed: {', '.join(sorted(_ALLOWED))}")
-    base = None
-    if "base" in data:
-        if not isinstance(data["base"], str) or data["base"] not in PRESETS:
-            raise SVFormerError(f"{path}: base {data['base']!r} is not a preset ({', '.join(PRESETS)})")
-        base = PRESETS[data["base"]]
+    base = _toml_base(path, data, _ALLOWED, PRESETS, "cost model", "preset")
     values: dict[str, Any] = {}
     for key in _NUMBERS:
         if key not in data:
@@ -399,17 +391,23 @@ _CHIP_TOP = {"kind", "name", "description", "source", "host", "boundary_word_bit
              "energy_pj", "time_ns", "limits", "provenance"}
 
 
+def _toml_base(path: Path, data: dict[str, Any], allowed: set[str], presets: dict[str, Any], what: str,
+               preset: str) -> Any:
+    """Refuse keys outside ``allowed``; the preset named by ``base`` (or None) that the file overrides."""
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise SVFormerError(f"{path}: unknown {what} key(s) {', '.join(unknown)}; "
+                            f"allowed: {', '.join(sorted(allowed))}")
+    if "base" not in data:
+        return None
+    if not isinstance(data["base"], str) or data["base"] not in presets:
+        raise SVFormerError(f"{path}: base {data['base']!r} is not a {preset} ({', '.join(presets)})")
+    return presets[data["base"]]
+
+
 def _chip_from_toml(path: Path, data: dict[str, Any]) -> ChipModel:
     """A :class:`ChipModel` from parsed TOML; ``base = "loihi"`` starts from a preset chip and overrides."""
-    unknown = sorted(set(data) - _CHIP_TOP)
-    if unknown:
-        raise SVFormerError(f"{path}: unknown chip key(s) {', '.join(unknown)}; "
-                            f"allowed: {', '.join(sorted(_CHIP_TOP))}")
-    base = None
-    if "base" in data:
-        if not isinstance(data["base"], str) or data["base"] not in CHIPS:
-            raise SVFormerError(f"{path}: base {data['base']!r} is not a chip preset ({', '.join(CHIPS)})")
-        base = CHIPS[data["base"]]
+    base = _toml_base(path, data, _CHIP_TOP, CHIPS, "chip", "chip preset")
     values: dict[str, Any] = {}
     for key in ("energy_pj", "time_ns", "limits", "provenance"):
         if key in data:

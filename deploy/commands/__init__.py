@@ -15,3 +15,25 @@ def report_file_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                       help="Also write a self-contained HTML page with plots to DIR/index.html.")(fn)
     return click.option("--markdown", "md_path", type=click.Path(dir_okay=False, path_type=Path),
                         help="Also write the report as Markdown.")(fn)
+
+
+def publish_report(report: dict[str, Any], as_json: bool, terminal: Callable[[], str],
+                   files: list[tuple[str, Path | None, Callable[[], str]]]) -> None:
+    """Write the report files asked for (``(what, path or None, render)``) all or none, then print the report:
+    one JSON document with ``as_json``, else ``terminal()``; then where each file went (stderr with JSON).
+    A non-finite figure is an error before anything is written when JSON or a file is asked for."""
+    from svformer_deploy.deploy.render import emit_json, json_document
+    from svformer_deploy.svformer.fileio import staged_outputs
+
+    outputs = [(what, path, render) for what, path, render in files if path]
+    if as_json or outputs:
+        json_document(report)
+    rendered = [(what, path, render()) for what, path, render in outputs]  # rendered first, then written
+    with staged_outputs() as stage:  # an OSError names the file; none of the outputs is written
+        written = [(what, stage.text(path, text)) for what, path, text in rendered]
+    if as_json:
+        emit_json(report)
+    else:
+        click.echo(terminal())
+    for what, path in written:
+        click.echo(f"wrote {what} report: {path}", err=as_json)

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import click
 from svformer_deploy.deploy.commands.simulate import batch_option
-from svformer_deploy.deploy.render import emit_json, json_document
 from svformer_deploy.simulators import DEFAULT_BATCH
 
-from . import report_file_options
+from . import publish_report, report_file_options
 
 
 @click.command("energy-report")
@@ -52,7 +51,6 @@ def energy_report(records, cost_model, host_model, bundle, as_json, csv_path, md
     """
     from svformer_deploy.deploy.energy.records import report_from_paths
     from svformer_deploy.deploy.energy.report import render_csv, render_markdown, render_terminal
-    from svformer_deploy.svformer.fileio import staged_outputs
 
     if videos_dir is not None or model_dir is not None:
         if videos_dir is None or model_dir is None:
@@ -65,25 +63,12 @@ def energy_report(records, cost_model, host_model, bundle, as_json, csv_path, md
     if report["skipped"]:
         click.echo(f"warning: skipped {len(report['skipped'])} corrupt run record(s): "
                    + "; ".join(s["reason"] for s in report["skipped"][:3]), err=True)
-    if as_json or csv_path or md_path or html_dir:
-        json_document(report)  # a non-finite figure is an error before any output is written
-    outputs = []  # (what, path, text): rendered first, then written all or nothing
-    if csv_path:
-        outputs.append(("CSV", csv_path, render_csv(report)))
-    if md_path:
-        outputs.append(("Markdown", md_path, render_markdown(report)))
-    if html_dir:
-        from svformer_deploy.deploy.energy.html import INDEX, render_html
+    from svformer_deploy.deploy.energy.html import INDEX, render_html
 
-        outputs.append(("HTML", html_dir / INDEX, render_html(report)))
-    with staged_outputs() as stage:  # an OSError names the file; none of the outputs is written
-        written = [(what, stage.text(path, text)) for what, path, text in outputs]
-    if as_json:
-        emit_json(report)
-    else:
-        click.echo(render_terminal(report, layers=not no_layers))
-    for what, path in written:
-        click.echo(f"wrote {what} report: {path}", err=as_json)
+    publish_report(report, as_json, lambda: render_terminal(report, layers=not no_layers),
+                   [("CSV", csv_path, lambda: render_csv(report)),
+                    ("Markdown", md_path, lambda: render_markdown(report)),
+                    ("HTML", html_dir / INDEX if html_dir else None, lambda: render_html(report))])
 
 
 def _simulate_videos(videos_dir: Path, model_dir: Path, workers: int, runs_dir: Path | None, views_spec: str,

@@ -6,9 +6,8 @@ import sys
 from pathlib import Path
 
 import click
-from svformer_deploy.deploy.render import emit_json, json_document
 
-from . import report_file_options
+from . import publish_report, report_file_options
 
 
 def _margins(text: str) -> list[float]:
@@ -68,7 +67,6 @@ def evaluate(videos, events, nmnist, csv_list, split, model, views_spec, integer
     from svformer_deploy.deploy.evaluate_report import INDEX, render_csv, render_html, render_markdown, render_terminal
     from svformer_deploy.simulators.run import open_bundle
     from svformer_deploy.svformer.data.noise import parse_noise
-    from svformer_deploy.svformer.fileio import staged_outputs
     from svformer_deploy.svformer.progress import bar
 
     given = [(name, p) for name, p in (("videos", videos), ("events", events), ("nmnist", nmnist),
@@ -107,19 +105,7 @@ def evaluate(videos, events, nmnist, csv_list, split, model, views_spec, integer
     click.echo(f"evaluated {ev.simulated} clip(s), {ev.resumed} from earlier runs, {len(ev.failures)} failed; "
                f"results in {ev.runs_dir}", err=True)
     report = summarise(ev, margins, exit_k)
-    json_document(report)  # a non-finite figure is an error before any output is written
-    outputs = []
-    if csv_path:
-        outputs.append(("CSV", csv_path, render_csv(report)))
-    if md_path:
-        outputs.append(("Markdown", md_path, render_markdown(report)))
-    if html_dir:
-        outputs.append(("HTML", html_dir / INDEX, render_html(report)))
-    with staged_outputs() as stage:
-        written = [(what, stage.text(p, text)) for what, p, text in outputs]
-    if as_json:
-        emit_json(report)
-    else:
-        click.echo(render_terminal(report))
-    for what, p in written:
-        click.echo(f"wrote {what} report: {p}", err=as_json)
+    publish_report(report, as_json, lambda: render_terminal(report),
+                   [("CSV", csv_path, lambda: render_csv(report)),
+                    ("Markdown", md_path, lambda: render_markdown(report)),
+                    ("HTML", html_dir / INDEX if html_dir else None, lambda: render_html(report))])

@@ -272,6 +272,40 @@ def _needs_requant(g: nx.DiGraph, n: str) -> bool:
     return any(ir.op_of(g, c).op not in ("affine", "neuron", "output") for c in ir.consumers(g, n))
 
 
+def accumulator_bound(weight: np.ndarray, bias: np.ndarray | None, x_code: float) -> float:
+    """Worst-case |accumulator| of a weighted op: max over output channels of Σ|weight|·x_code + |bias|
+    (``weight`` integer codes [C_out, ...], ``bias`` codes [C_out] or [C_out, H, W], ``x_code`` the largest
+    |input code|)."""
+    co = weight.shape[0]
+    bias_bound = np.zeros(co) if bias is None else np.abs(bias).reshape(co, -1).max(axis=1)
+    return float((np.abs(weight).reshape(co, -1).sum(axis=1) * x_code + bias_bound).max())
+
+
+def bits_for(bound: float) -> int:
+    """Signed integer width (sign included) holding every value of magnitude <= ``bound``."""
+    return int(math.ceil(math.log2(bound + 1))) + 1
+
+
+def check_accumulators(acc_bits: dict[str, int]) -> None:
+    """Refuse accumulators too wide for the exact float64 evaluation (acc_bits + 15 <= 53)."""
+    worst = max(acc_bits.values(), default=0)
+    if worst + MULT_BITS - 1 > FLOAT64_EXACT_BITS:
+        raise SVFormerError(f"quantize: accumulators need {worst} bits; the fixed-point evaluation is exact only "
+                            f"up to {FLOAT64_EXACT_BITS - MULT_BITS + 1}; use fewer bits")
+
+
+def input_code_bound(g: nx.DiGraph, n: str) -> float:
+    """Largest |code| weighted op ``n`` of a quantized graph reads: 1 for spikes, the input bits' qmax for the
+    graph input, else the activation bits' qmax (every other real stream a weighted op reads is requantized)."""
+    src = ir.inputs_of(g, n)[0]
+    while ir.op_of(g, src).op in ir.LAYOUT:
+        src = ir.inputs_of(g, src)[0]
+    if ir.spec(g, src).kind == ir.SPIKE:
+        return 1.0
+    cfg = g.graph["quant"]
+    return float(qmax(cfg["input_bits"] if ir.op_of(g, src).op == "input" else cfg["act_bits"]))
+
+
 def _bias_axes(arr: np.ndarray, ndim: int) -> np.ndarray:
     return arr.reshape((-1,) + (1,) * (ndim - 1))
 
@@ -342,15 +376,12 @@ def quantize(graph: nx.DiGraph, calibration: torch.Tensor | Iterable[torch.Tenso
             wq = np.clip(np.rint(w / _bias_axes(w_scale, w.ndim)), -w_max, w_max).astype(np.int64)
             acc_scale = w_scale * float(x_scale)
             q.update(weight=wq, weight_scale=w_scale, in_scale=np.float64(x_scale))
-            bias_bound = np.zeros(co)
             if op.bias is not None:
                 b = op.bias.astype(np.float64)
-                bq = np.rint(b / _bias_axes(acc_scale, b.ndim)).astype(np.int64)
-                q["bias"] = bq
-                bias_bound = np.abs(bq).reshape(co, -1).max(axis=1)
+                q["bias"] = np.rint(b / _bias_axes(acc_scale, b.ndim)).astype(np.int64)
             x_code = 1.0 if spike_in else code_max[src]
-            bound = float((np.abs(wq).reshape(co, -1).sum(axis=1) * x_code + bias_bound).max())
-            acc_bits[n] = int(math.ceil(math.log2(bound + 1))) + 1
+            bound = accumulator_bound(wq, q.get("bias"), x_code)
+            acc_bits[n] = bits_for(bound)
             if _needs_requant(g, n):
                 ys = group_scale[groups[n]]
                 m, sh = multiplier(acc_scale / ys)
@@ -370,7 +401,7 @@ def quantize(graph: nx.DiGraph, calibration: torch.Tensor | Iterable[torch.Tenso
                      in_scale=np.asarray(x_scale))
             if op.bias is not None:
                 q["bias"] = np.rint(op.bias.astype(np.float64) / ys).astype(np.int64)
-            acc_bits[n] = int(math.ceil(math.log2(code_max[ins[0]] + 1))) + 1
+            acc_bits[n] = bits_for(code_max[ins[0]])
             scale[n], code_max[n] = np.float64(ys), float(a_max)
         elif op.op == "neuron":
             q.update(_neuron_params(g, n, op, scale[ins[0]], config))
@@ -399,10 +430,7 @@ def quantize(graph: nx.DiGraph, calibration: torch.Tensor | Iterable[torch.Tenso
         else:
             raise SVFormerError(f"quantize: op {op.op} ({n}) has no fixed-point form")
         g.nodes[n]["quant"] = {k: np.asarray(v) for k, v in q.items()}
-    worst = max(acc_bits.values(), default=0)
-    if worst + MULT_BITS - 1 > FLOAT64_EXACT_BITS:
-        raise SVFormerError(f"quantize: accumulators need {worst} bits; the fixed-point evaluation is exact only "
-                            f"up to {FLOAT64_EXACT_BITS - MULT_BITS + 1}; use fewer bits")
+    check_accumulators(acc_bits)
     for n, b in acc_bits.items():
         g.nodes[n]["quant"]["acc_bits"] = np.asarray(b, dtype=np.int64)
     g.graph["passes"] = list(g.graph.get("passes", [])) + [NAME]

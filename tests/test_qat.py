@@ -21,6 +21,17 @@ from svformer_deploy.export.passes.quantize import QuantConfig
 from svformer_deploy.export.pipeline import run_pipeline
 from svformer_deploy.export.qat import QATModel, finetune, ste_round
 from svformer_deploy.export.reference import ReferenceModel
+from svformer_deploy.export.writers.netx_writer import (
+    data_outputs,
+    default_lava_venv,
+    lava_compare,
+    lava_python,
+    netx_input,
+    netx_issue,
+    netx_net,
+    simulate_netx,
+    write_netx,
+)
 from svformer_deploy.export.writers.onnx_step import (
     FRAME_NAME,
     OUTPUT_NAME,
@@ -30,7 +41,11 @@ from svformer_deploy.export.writers.onnx_step import (
     write_onnx_step,
     zero_states,
 )
+from svformer_deploy.export.writers.partition import partition, record_part_io
 from svformer_deploy.simulators.executor import Simulator
+from svformer_deploy.svformer import demo_config
+from svformer_deploy.svformer.data.synthetic import render_clip, synthetic_classes
+from svformer_deploy.svformer.variants import create_model
 
 NETX_QUANT = QuantConfig(per_channel=False, lava_thresholds=True)
 
@@ -183,3 +198,102 @@ def test_finetune_reports_every_epoch_and_the_written_graph_scores_what_qat_scor
         runs = Simulator(g, "integer").run_batch(x.transpose(0, 1))
         sim_logits = torch.stack([torch.as_tensor(r.logits) for r in runs])
         assert torch.equal(sim_logits, qat(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# netx parts: Lava's integer model (in process) and stock Lava run the QAT model's own spikes
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def netx_tuned():
+    """A plain-BN model (netx parts exist) fine-tuned with per-tensor scales and Lava thresholds, its written
+    graph, and the QAT model's own recorded node outputs on two clips."""
+    model = make_model("base", norm="bn")
+    qat, qg0 = tuned(model, NETX_QUANT)
+    g = qat.to_graph()
+    assert moved_codes(g, qg0) > 0
+    x = _frames(model, 2, 31)
+    with torch.no_grad():
+        _, rec = qat.run(x, record=True)
+    return g, partition(g), rec
+
+
+def test_netx_parts_of_the_qat_graph_reproduce_its_spikes_in_lavas_integer_model(netx_tuned) -> None:
+    g, part, rec = netx_tuned
+    checked = 0
+    for p in part.parts:
+        if netx_issue(g, p) is not None:
+            continue
+        x, outs = record_part_io(g, p, rec)
+        net = netx_net(g, p)
+        got = data_outputs(net, simulate_netx(net, netx_input(net, x, flush=False))[0])
+        for a, b in zip(got, outs, strict=True):
+            assert torch.equal(a != 0, b != 0)
+        checked += 1
+    assert checked >= 5
+
+
+@pytest.mark.slow
+def test_netx_parts_of_the_qat_graph_run_in_stock_lava_spike_for_spike(netx_tuned, tmp_path: Path) -> None:
+    py = lava_python()
+    if py is None:
+        pytest.skip(f"no Lava venv at {default_lava_venv()} (build it with make lava-venv or set SVFORMER_LAVA_VENV)")
+    g, part, rec = netx_tuned
+    picked = [p for p in part.parts if netx_issue(g, p) is None]
+    cases, expected = [], []
+    for p in (picked[0], picked[-1]):  # an LFE conv layer and a GSA token layer
+        x_in, outs = record_part_io(g, p, rec)
+        h5 = write_netx(netx_net(g, p), tmp_path / f"qat-part{p.index}.h5")
+        for b in range(x_in.shape[1]):
+            cases.append((h5, x_in[:, b].numpy()))
+            expected.append(outs[-1][:, b])
+    results = lava_compare(cases, tmp_path, python=py, states=True)
+    for r, want in zip(results, expected, strict=True):
+        assert r.spike_mismatches == 0 and r.early_spikes == 0 and r.state_mismatches == 0 and r.exact, r
+        assert np.array_equal(r.output[r.layers:], (want != 0).numpy()), r.path
+    assert sum(r.output_spikes for r in results) > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the demo's model (svformer/demo_config.py) on synthetic motion clips
+# ---------------------------------------------------------------------------------------------
+def demo_clips(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` synthetic clips of the demo's classes at the demo model's input ([T, B, 3, 32, 32], normalised)."""
+    rng = np.random.default_rng(seed)
+    names = synthetic_classes(demo_config.DATA["num_classes"])
+    t = demo_config.MODEL["time_steps"]
+    clips, labels = [], []
+    for i in range(n):
+        frames = render_clip(names[i % len(names)], rng, size=64, frames=t)  # uint8 [T, 64, 64, 3]
+        x = torch.from_numpy(frames).float().permute(0, 3, 1, 2) / 255.0
+        clips.append(torch.nn.functional.avg_pool2d(x, 2))
+        labels.append(i % len(names))
+    x = torch.stack(clips, dim=1)
+    return (x - x.mean()) / x.std(), torch.tensor(labels)
+
+
+@pytest.mark.slow
+def test_demo_model_after_a_short_finetune_runs_spike_for_spike_in_the_integer_executor_and_onnx(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = create_model(demo_config.ARCH, num_classes=demo_config.DATA["num_classes"], in_channels=3,
+                         **demo_config.MODEL).eval()
+    cal, _ = demo_clips(4, 1)
+    qg0 = run_pipeline(model, quant=DEFAULT, calibration=cal).graphs["quantized"]
+    qat = QATModel(qg0)
+    x, y = demo_clips(8, 2)
+    finetune(qat, lambda epoch: [(x[:, :4], y[:4]), (x[:, 4:], y[4:])], epochs=2, lr=5e-3)
+    g = qat.to_graph()
+    assert moved_codes(g, qg0) > 0
+    held, _ = demo_clips(3, 3)
+    logits, rec = own_forward(qat, held)
+    neurons = ir.neuron_names(g)
+    assert sum(int(rec[n].sum()) for n in neurons) > 0
+    for b, r in enumerate(Simulator(g, "integer").run_batch(held.transpose(0, 1), record_spikes=True)):
+        assert np.array_equal(r.logits, logits[b].numpy())
+        for n in neurons:
+            assert torch.equal(torch.as_tensor(r.spikes[n]).to(torch.float64).reshape(rec[n][:, b].shape),
+                               rec[n][:, b]), n
+    o_logits, o_spikes = _onnx_step_run(write_onnx_step(g, tmp_path / "model_step.onnx", "fixed"), g, held)
+    scale = torch.as_tensor(np.asarray(g.nodes[g_out(g)]["quant"]["scale"], dtype=np.float64))
+    assert torch.equal(torch.round(o_logits.to(torch.float64) / scale), torch.round(logits / scale))
+    for n in neurons:
+        assert torch.equal(o_spikes[n].to(torch.float64).reshape(rec[n].shape), rec[n]), n

@@ -289,3 +289,145 @@ def finetune(model: QATModel, batches: Callable[[int], Iterable[tuple[Tensor, Te
         if on_epoch is not None:
             on_epoch(row)
     return QATResult(history, time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------------------------------------
+# the QAT graph inside a checkpoint, measurements, and the checkpoint-to-checkpoint run (train --qat)
+# ---------------------------------------------------------------------------------------------
+def pack_graph(g: nx.DiGraph) -> dict:
+    """The checkpoint form of a QAT graph: its IR document (JSON text) and arrays (tensors), pickle-safe."""
+    import json
+
+    from .ir.serialize import to_json_and_arrays
+
+    doc, arrays = to_json_and_arrays(g)
+    return {"ir": json.dumps(doc), "arrays": {k: torch.from_numpy(np.array(a)) for k, a in arrays.items()}}
+
+
+def unpack_graph(packed: dict, where: str) -> nx.DiGraph:
+    """The QAT graph of a checkpoint's ``qat`` entry, checked as strictly as a bundle's IR (one-line errors)."""
+    from .ir.serialize import from_json_and_arrays, strict_json_loads
+
+    try:
+        doc = strict_json_loads(packed["ir"], where, "QAT graph")
+        arrays = {str(k): v.numpy() for k, v in packed["arrays"].items()}
+    except (KeyError, TypeError, AttributeError) as e:
+        raise SVFormerError(f"{where}: malformed QAT graph ({type(e).__name__}: {e})") from None
+    g = from_json_and_arrays(doc, arrays)
+    if not g.graph.get("quant", {}).get("qat") or any("quant" not in g.nodes[n] for n in g.nodes):
+        raise SVFormerError(f"{where}: the QAT entry does not hold a quantized QAT graph")
+    return g
+
+
+def checkpoint_graph(ckpt) -> nx.DiGraph | None:  # noqa: ANN001 - svformer.checkpoint.Checkpoint
+    """The QAT graph a checkpoint carries (``train --qat``), or None."""
+    if not ckpt.qat:
+        return None
+    return unpack_graph(ckpt.qat.get("graph") or {}, ckpt.source or "checkpoint")
+
+
+def measure(float_graph: nx.DiGraph, quant_graph: nx.DiGraph, clips: Tensor, labels: Tensor,
+            batch_size: int = 8) -> dict[str, float]:
+    """Accuracy of the integer graph on labelled clips ``[T, B, ...]``, its top-1 agreement with the float graph,
+    and spikes flipped per float spike (:func:`export.fidelity.compare`, float64 float graph as reference)."""
+    from .fidelity import compare_chain
+
+    (fid,), logits = compare_chain([(float_graph, "float"), (quant_graph, "fixed")], clips, torch.float64,
+                                   ["qat measure"], batch_size)
+    return {"accuracy": float((logits.argmax(1) == labels).double().mean()), "top1_agreement": fid.top1_agreement,
+            "flip_rate": fid.flip_rate, "flips": fid.flips, "spikes_ref": fid.spikes_ref, "clips": fid.clips}
+
+
+@dataclasses.dataclass
+class QATOptions:
+    """Options of :func:`qat_checkpoint` (``svformer-deploy train --qat``)."""
+
+    weight_bits: int = 8
+    epochs: int = 2
+    lr: float = 1e-4
+    batch_size: int = 8
+    per_channel: bool | None = None  # None: per-tensor with Lava thresholds when the graph has netx parts
+    calibration_clips: int = 16
+    eval_clips: int = 100
+    max_train_clips: int | None = None
+    seed: int = 0
+
+
+def _labelled(dataset, n: int) -> tuple[Tensor, Tensor]:  # noqa: ANN001 - a ClipDataset
+    idx = np.linspace(0, len(dataset) - 1, num=min(n, len(dataset))).round().astype(int)
+    clips, labels = [], []
+    for i in dict.fromkeys(idx.tolist()):
+        item = dataset[i]
+        if isinstance(item, tuple) and isinstance(item[0], Tensor):
+            clips.append(item[0])
+            labels.append(int(item[1]))
+    if not clips:
+        raise SVFormerError("QAT: no readable clips in the data")
+    return torch.stack(clips, dim=1), torch.tensor(labels)
+
+
+def qat_checkpoint(init: str, out: str, opts: QATOptions,
+                   on_epoch: Callable[[dict[str, float]], None] | None = None) -> dict:
+    """Quantize the float checkpoint ``init`` (calibration on its recorded training data), fine-tune the integer
+    model on that data, measure PTQ and QAT on held-out clips and write ``out``: ``init`` plus a ``qat`` entry
+    holding the fine-tuned integer graph (``export`` writes it instead of quantizing). Returns the summary."""
+    from pathlib import Path
+
+    from svformer_deploy.svformer.checkpoint import load_checkpoint
+    from svformer_deploy.svformer.data.datasets import make_loader
+    from svformer_deploy.svformer.fileio import write_buffered_atomic
+
+    from .exporter import input_spec, training_data
+    from .passes.quantize import QuantConfig, quantize
+    from .pipeline import run_pipeline
+    from .writers.partition import partition
+
+    config_check = QuantConfig(weight_bits=opts.weight_bits)  # refuses a bad bit width before any work
+    ckpt = load_checkpoint(init)
+    if ckpt.qat:
+        raise SVFormerError(f"{init}: already a QAT checkpoint; start from the float checkpoint")
+    data = training_data(ckpt, input_spec(ckpt))
+    if data is None:
+        raise SVFormerError(f"{init}: QAT needs the training data the checkpoint's training record names, and it is "
+                            "not there (train with svformer-deploy train, keep the data in place)")
+    train, test, described = data
+    torch.manual_seed(opts.seed)
+    model = ckpt.build_model()
+    float_graph = run_pipeline(model).graph
+    netx = bool(partition(float_graph).parts) if opts.per_channel is None else not opts.per_channel
+    config = QuantConfig(weight_bits=config_check.weight_bits, per_channel=not netx, lava_thresholds=netx)
+    cal, _ = _labelled(train, opts.calibration_clips)
+    ptq = quantize(float_graph, cal, config, batch_size=opts.batch_size)
+    held, held_y = _labelled(test, opts.eval_clips)
+    before = measure(float_graph, ptq, held, held_y, opts.batch_size)
+    qat = QATModel(ptq)
+
+    def batches(epoch: int) -> Iterable[tuple[Tensor, Tensor]]:
+        seen = 0
+        for b in make_loader(train, opts.batch_size, epoch=epoch, shuffle=True):
+            if b.clips.numel() == 0:
+                continue
+            if opts.max_train_clips is not None and seen >= opts.max_train_clips:
+                break
+            seen += b.clips.shape[0]
+            yield b.clips.transpose(0, 1).contiguous(), b.labels
+
+    res = finetune(qat, batches, opts.epochs, lr=opts.lr, on_epoch=on_epoch)
+    g = qat.to_graph()
+    after = measure(float_graph, g, held, held_y, opts.batch_size)
+    summary = {"init": str(init), "data": described, "quant": dict(g.graph["quant"]), "epochs": opts.epochs,
+               "lr": opts.lr, "history": res.history, "seconds": res.seconds, "held_out_clips": int(held.shape[1]),
+               "float_accuracy": float((run_float(float_graph, held, opts.batch_size).argmax(1) == held_y)
+                                       .double().mean()),
+               "ptq": before, "qat": after}
+    ckpt.qat = {"graph": pack_graph(g), "summary": summary}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    write_buffered_atomic(out, lambda buf: torch.save(ckpt.to_dict(), buf))
+    return summary
+
+
+def run_float(graph: nx.DiGraph, clips: Tensor, batch_size: int = 8) -> Tensor:
+    """Float64 logits of ``graph`` on ``clips`` ``[T, B, ...]``."""
+    from .reference import run_graph
+
+    return run_graph(graph, clips, torch.float64, batch_size=batch_size)[0]

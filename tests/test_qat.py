@@ -17,7 +17,8 @@ import pytest
 import torch
 from fixtures_models import CASES, make_input, make_model, single_thread  # noqa: F401
 from svformer_deploy.export import ir
-from svformer_deploy.export.passes.quantize import QuantConfig
+from svformer_deploy.export.fidelity import compare_chain
+from svformer_deploy.export.passes.quantize import QuantConfig, quantize, search_weight_clips
 from svformer_deploy.export.pipeline import run_pipeline
 from svformer_deploy.export.qat import QATModel, finetune, ste_round
 from svformer_deploy.export.reference import ReferenceModel
@@ -45,6 +46,7 @@ from svformer_deploy.export.writers.partition import partition, record_part_io
 from svformer_deploy.simulators.executor import Simulator
 from svformer_deploy.svformer import demo_config
 from svformer_deploy.svformer.data.synthetic import render_clip, synthetic_classes
+from svformer_deploy.svformer.errors import SVFormerError
 from svformer_deploy.svformer.variants import create_model
 
 NETX_QUANT = QuantConfig(per_channel=False, lava_thresholds=True)
@@ -297,3 +299,33 @@ def test_demo_model_after_a_short_finetune_runs_spike_for_spike_in_the_integer_e
     assert torch.equal(torch.round(o_logits.to(torch.float64) / scale), torch.round(logits / scale))
     for n in neurons:
         assert torch.equal(o_spikes[n].to(torch.float64).reshape(rec[n].shape), rec[n]), n
+
+
+# ---------------------------------------------------------------------------------------------
+# improved post-training calibration: the per-layer weight-range search
+# ---------------------------------------------------------------------------------------------
+def test_weight_range_search_never_diverges_more_than_plain_calibration_and_is_an_ordinary_quantized_graph() -> None:
+    model = make_model("3stg")
+    g = run_pipeline(model).graph
+    cal = _frames(model, 4, 21)
+    cfg = QuantConfig(weight_bits=4)
+    r = search_weight_clips(g, cal, cfg, factors=(1.0, 0.7, 0.5))
+    plain = quantize(g, cal, cfg)
+    assert r.evaluations == 1 + 2 * len(list(ir.iter_ops(g, ir.WEIGHTED)))
+    assert r.after["flip_rate"] <= r.before["flip_rate"] and r.before["spikes_ref"] == r.after["spikes_ref"] > 0
+    # "before" is the plain calibration, measured the same way
+    (fid,), _ = compare_chain([(g, "float"), (plain, "fixed")], cal, torch.float64, ["plain"], 8)
+    assert r.before["flips"] == fid.flips and r.before["top1_agreement"] == fid.top1_agreement
+    assert r.graph.graph["quant"].get("weight_clip", {}) == r.weight_clip
+    again = quantize(g, cal, cfg, weight_clip=r.weight_clip)
+    for n in g.nodes:
+        for field, arr in again.nodes[n]["quant"].items():
+            assert np.array_equal(np.asarray(r.graph.nodes[n]["quant"][field]), np.asarray(arr)), (n, field)
+    some = next(n for n, _ in ir.iter_ops(g, ir.WEIGHTED))
+    clipped = quantize(g, cal, cfg, weight_clip={some: 0.5})
+    ws, ws0 = clipped.nodes[some]["quant"]["weight_scale"], plain.nodes[some]["quant"]["weight_scale"]
+    assert np.allclose(ws, ws0 * 0.5)
+    with pytest.raises(SVFormerError, match="factor in"):
+        quantize(g, cal, cfg, weight_clip={some: 1.5})
+    with pytest.raises(SVFormerError, match="weighted node"):
+        quantize(g, cal, cfg, weight_clip={ir.input_node(g): 0.5})

@@ -41,7 +41,7 @@ from svformer_deploy.svformer.interrupts import deferred_interrupts
 from . import ir
 from .bundle import BundleWriter, default_bundle_path, sha256_file
 from .fidelity import FidelityReport, SpikeTally, spike_totals
-from .passes.quantize import QuantConfig, load_calibration, quantize
+from .passes.quantize import QuantConfig, load_calibration, quantize, search_weight_clips
 from .passes.quantize import report as quant_report
 from .pipeline import check_chain, run_pipeline
 from .qat import checkpoint_graph
@@ -69,6 +69,7 @@ class ExportOptions:
     check_clips: int | None = None
     calibration_clips: int | None = None
     seed: int = 0
+    calibration_search: bool = False  # per-layer weight-range search (quantize.search_weight_clips)
     onnx: str = "step"  # which ONNX graphs: "step" (model_step.onnx), "unrolled" (model.onnx ...) or "both"
 
 
@@ -420,6 +421,8 @@ def export_checkpoint(checkpoint: str | Path, opts: ExportOptions | None = None,
             raise SVFormerError(f"{checkpoint}: a QAT checkpoint's graph is unfused; drop --fuse")
         opts = dataclasses.replace(opts, weight_bits=bits)
     quantized = opts.weight_bits is not None
+    if opts.calibration_search and (not quantized or qat_graph is not None):
+        raise SVFormerError("--calibration-search needs --quantize (and a float checkpoint, not a QAT one)")
     targets = resolve_targets(opts.targets, quantized)
     if opts.onnx not in ONNX_CHOICES:
         raise SVFormerError(f"unknown --onnx choice {opts.onnx!r}; use one of {', '.join(ONNX_CHOICES)}")
@@ -491,6 +494,7 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
 
     qg = None
     quant_info = None
+    searched = None
     onnx_files = _onnx_files(quantized) if opts.onnx in ("unrolled", "both") else []
     if qat_graph is not None:
         netx_mode = not qat_graph.graph["quant"]["per_channel"]
@@ -507,7 +511,11 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
         netx_mode = "netx" in targets and bool(part.parts)
         config = QuantConfig(weight_bits=opts.weight_bits, per_channel=not netx_mode, lava_thresholds=netx_mode)
         step("quantize")
-        qg = quantize(float_graph, inputs.calibration, config, batch_size=batch)
+        if opts.calibration_search:
+            searched = search_weight_clips(float_graph, inputs.calibration, config, batch_size=batch)
+            qg = searched.graph
+        else:
+            qg = quantize(float_graph, inputs.calibration, config, batch_size=batch)
         res.graphs["quantized"] = qg
         res.quant = quant_report(qg)
     if check is not None:
@@ -522,6 +530,7 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
         quant_info = {**qg.graph["quant"], "calibration": inputs.description.get("calibration"),
                       "netx_compatible": netx_mode,
                       **({"qat_summary": ckpt.qat.get("summary")} if qat_graph is not None else {}),
+                      **({"calibration_search": searched.to_dict()} if searched is not None else {}),
                       "why": ("quantization-aware fine-tuning (train --qat): " if qat_graph is not None else "") + (
                               "per-tensor weight scales and thresholds in multiples of 64, so that netx layers "
                               "run exactly in Lava" if netx_mode else "per-channel weight scales")}

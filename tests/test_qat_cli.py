@@ -85,3 +85,17 @@ def test_qat_options_are_refused_with_one_error_line(float_ckpt, tmp_path, capsy
     code, _, err = run_cli(capsys, "train", "--qat", "--init", tmp_path / "missing.pt", "-o", tmp_path / "x")
     one_error_line(code, err, "missing.pt")
     assert not (tmp_path / "x" / "qat.pt").exists()
+
+
+def test_export_with_calibration_search_reports_before_and_after(float_ckpt, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "export", float_ckpt, "--calibration-search", "-o", tmp_path / "none")
+    one_error_line(code, err, "--calibration-search", "--quantize")
+    assert not (tmp_path / "none").exists()
+    code, out, err = run_cli(capsys, "export", float_ckpt, "--quantize", "int4", "--calibration-search",
+                             "--targets", "onnx", "--calibration-clips", "4", "-o", tmp_path / "b", "--json")
+    assert code == 0, err
+    man = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    cs = man["quantization"]["calibration_search"]
+    assert cs["after"]["flip_rate"] <= cs["before"]["flip_rate"] and cs["evaluations"] > 1
+    assert cs["before"]["clips"] == 4
+    assert load_bundle(tmp_path / "b").graph("ir_quantized").graph["quant"].get("weight_clip", {}) == cs["weight_clip"]

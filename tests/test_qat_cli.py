@@ -71,6 +71,15 @@ def test_train_qat_writes_a_checkpoint_whose_integer_graph_export_writes_as_it_i
     got = [r.logits for r in Simulator(bg, "integer").run_batch(x.transpose(0, 1))]
     assert np.array_equal(np.stack(got), want.numpy())
     assert ir.neuron_names(bg)
+    # a QAT checkpoint is exported at its own width; a broken QAT entry is one error line
+    code, _, err = run_cli(capsys, "export", s["checkpoint"], "--quantize", "int4", "-o", tmp_path / "b4")
+    one_error_line(code, err, "int8", "disagrees")
+    raw = torch.load(s["checkpoint"], weights_only=True)
+    raw["qat"]["graph"]["ir"] = raw["qat"]["graph"]["ir"][:-5]
+    torch.save(raw, tmp_path / "broken.pt")
+    code, _, err = run_cli(capsys, "export", tmp_path / "broken.pt", "-o", tmp_path / "b5")
+    one_error_line(code, err, "broken.pt")
+    assert not (tmp_path / "b4").exists() and not (tmp_path / "b5").exists()
 
 
 def test_qat_options_are_refused_with_one_error_line(float_ckpt, tmp_path, capsys):

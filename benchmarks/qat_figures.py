@@ -21,7 +21,7 @@ import torch
 from svformer_deploy.export.exporter import input_spec, training_data
 from svformer_deploy.export.passes.quantize import QuantConfig, quantize, search_weight_clips
 from svformer_deploy.export.pipeline import run_pipeline
-from svformer_deploy.export.qat import QATModel, _labelled, finetune, measure, run_float
+from svformer_deploy.export.qat import QATModel, finetune, labelled_clips, measure, run_float
 from svformer_deploy.export.writers.partition import partition
 from svformer_deploy.svformer.checkpoint import load_checkpoint
 from svformer_deploy.svformer.data.datasets import make_loader
@@ -49,8 +49,8 @@ def main() -> None:
         model = ckpt.build_model()
         g = run_pipeline(model).graph
         netx = bool(partition(g).parts)
-        cal, _ = _labelled(train, a.cal)
-        held, y = _labelled(test, a.held)
+        cal, _ = labelled_clips(train, a.cal)
+        held, y = labelled_clips(test, a.held)
         float_acc = float((run_float(g, held, a.batch).argmax(1) == y).double().mean())
         print(f"{path}: {described}, float accuracy {float_acc:.2%} on {held.shape[1]} clips, "
               f"{'per-tensor (netx parts)' if netx else 'per-channel'}")

@@ -353,7 +353,8 @@ class QATOptions:
     seed: int = 0
 
 
-def _labelled(dataset, n: int) -> tuple[Tensor, Tensor]:  # noqa: ANN001 - a ClipDataset
+def labelled_clips(dataset, n: int) -> tuple[Tensor, Tensor]:  # noqa: ANN001 - a ClipDataset
+    """Up to ``n`` clips spread over ``dataset`` (unreadable ones left out): frames ``[T, B, ...]``, labels ``[B]``."""
     idx = np.linspace(0, len(dataset) - 1, num=min(n, len(dataset))).round().astype(int)
     clips, labels = [], []
     for i in dict.fromkeys(idx.tolist()):
@@ -396,9 +397,9 @@ def qat_checkpoint(init: str, out: str, opts: QATOptions,
     float_graph = run_pipeline(model).graph
     netx = bool(partition(float_graph).parts) if opts.per_channel is None else not opts.per_channel
     config = QuantConfig(weight_bits=config_check.weight_bits, per_channel=not netx, lava_thresholds=netx)
-    cal, _ = _labelled(train, opts.calibration_clips)
+    cal, _ = labelled_clips(train, opts.calibration_clips)
     ptq = quantize(float_graph, cal, config, batch_size=opts.batch_size)
-    held, held_y = _labelled(test, opts.eval_clips)
+    held, held_y = labelled_clips(test, opts.eval_clips)
     before = measure(float_graph, ptq, held, held_y, opts.batch_size)
     qat = QATModel(ptq)
 

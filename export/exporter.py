@@ -19,6 +19,7 @@ Fidelity inputs (held-out clips for the checks, calibration clips for quantizati
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from collections.abc import Callable
@@ -40,9 +41,10 @@ from svformer_deploy.svformer.interrupts import deferred_interrupts
 from . import ir
 from .bundle import BundleWriter, default_bundle_path, sha256_file
 from .fidelity import FidelityReport, SpikeTally, spike_totals
-from .passes.quantize import QuantConfig, load_calibration, quantize
+from .passes.quantize import QuantConfig, load_calibration, quantize, search_weight_clips
 from .passes.quantize import report as quant_report
 from .pipeline import check_chain, run_pipeline
+from .qat import checkpoint_graph
 from .reference import ReferenceModel
 from .writers.partition import Part, partition, record_part_io
 
@@ -67,6 +69,7 @@ class ExportOptions:
     check_clips: int | None = None
     calibration_clips: int | None = None
     seed: int = 0
+    calibration_search: bool = False  # per-layer weight-range search (quantize.search_weight_clips)
     onnx: str = "step"  # which ONNX graphs: "step" (model_step.onnx), "unrolled" (model.onnx ...) or "both"
 
 
@@ -408,7 +411,18 @@ def export_checkpoint(checkpoint: str | Path, opts: ExportOptions | None = None,
     step("load checkpoint")
     ckpt = load_checkpoint(checkpoint, opts.arch)
     model = ckpt.build_model()
+    qat_graph = checkpoint_graph(ckpt)
+    if qat_graph is not None:  # train --qat: the fine-tuned integer graph is written as it is, not re-quantized
+        bits = int(qat_graph.graph["quant"]["weight_bits"])
+        if opts.weight_bits not in (None, bits):
+            raise SVFormerError(f"{checkpoint}: a QAT checkpoint fine-tuned at int{bits}; --quantize/--bits "
+                                f"{opts.weight_bits} disagrees (drop it, or run train --qat --bits {opts.weight_bits})")
+        if opts.fuse:
+            raise SVFormerError(f"{checkpoint}: a QAT checkpoint's graph is unfused; drop --fuse")
+        opts = dataclasses.replace(opts, weight_bits=bits)
     quantized = opts.weight_bits is not None
+    if opts.calibration_search and (not quantized or qat_graph is not None):
+        raise SVFormerError("--calibration-search needs --quantize (and a float checkpoint, not a QAT one)")
     targets = resolve_targets(opts.targets, quantized)
     if opts.onnx not in ONNX_CHOICES:
         raise SVFormerError(f"unknown --onnx choice {opts.onnx!r}; use one of {', '.join(ONNX_CHOICES)}")
@@ -426,7 +440,7 @@ def export_checkpoint(checkpoint: str | Path, opts: ExportOptions | None = None,
                 writer.__enter__()
             except OSError as e:
                 raise SVFormerError(f"{out}: cannot create the bundle there ({e.strerror or e})") from None
-        result = _export_into(writer, checkpoint, ckpt, model, opts, targets, quantized, step, warnings)
+        result = _export_into(writer, checkpoint, ckpt, model, opts, targets, quantized, step, warnings, qat_graph)
         step("publish bundle")
         writer.manifest["timings"] = {k: round(v, 3) for k, v in timings.items()}
         with deferred_interrupts():
@@ -453,7 +467,7 @@ def _abs(out: Path, entry: Any) -> Any:
 
 def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any, opts: ExportOptions,
                  targets: tuple[str, ...], quantized: bool, step: Callable[[str], None],
-                 warnings: list[str]) -> ExportResult:
+                 warnings: list[str], qat_graph: nx.DiGraph | None = None) -> ExportResult:
     from .writers.netx_writer import (
         LAVA_RECIPE,
         netx_issue,
@@ -480,23 +494,45 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
 
     qg = None
     quant_info = None
+    searched = None
     onnx_files = _onnx_files(quantized) if opts.onnx in ("unrolled", "both") else []
-    if quantized:
+    if qat_graph is not None:
+        netx_mode = not qat_graph.graph["quant"]["per_channel"]
+        if "netx" in targets and part.parts and not netx_mode:
+            raise SVFormerError(f"{checkpoint}: the QAT graph has per-channel scales and the netx target needs "
+                                "per-tensor ones; run train --qat without --per-channel, or drop netx from --targets")
+        if set(qat_graph.nodes) != set(float_graph.nodes) or any(
+                ir.op_of(qat_graph, n).op != ir.op_of(float_graph, n).op for n in float_graph.nodes):
+            raise SVFormerError(f"{checkpoint}: the QAT graph does not match the checkpoint's model")
+        qg = qat_graph
+        res.graphs["quantized"] = qg
+        res.quant = quant_report(qg)
+    elif quantized:
         netx_mode = "netx" in targets and bool(part.parts)
         config = QuantConfig(weight_bits=opts.weight_bits, per_channel=not netx_mode, lava_thresholds=netx_mode)
         step("quantize")
-        qg = quantize(float_graph, inputs.calibration, config, batch_size=batch)
+        if opts.calibration_search:
+            searched = search_weight_clips(float_graph, inputs.calibration, config, batch_size=batch)
+            qg = searched.graph
+        else:
+            qg = quantize(float_graph, inputs.calibration, config, batch_size=batch)
         res.graphs["quantized"] = qg
         res.quant = quant_report(qg)
     if check is not None:
         # every step against the one before, each graph run once per dtype (model -> traced -> folded [-> fused]
         # [-> quantized]); the last graph's logits are kept for the ONNX checks
         check_chain(res, check, model, batch, step)
+        if qat_graph is not None and res.quant is not None and res.quant.fidelity is not None:
+            res.quant.fidelity.target = "reported (a QAT graph is the fine-tuned model, not an approximation of it)"
+            res.quant.fidelity.passed = None
     rows = [FidelityRow.from_report(r.label.split(" ")[0], r) for r in res.reports]
     if quantized:
         quant_info = {**qg.graph["quant"], "calibration": inputs.description.get("calibration"),
                       "netx_compatible": netx_mode,
-                      "why": ("per-tensor weight scales and thresholds in multiples of 64, so that netx layers "
+                      **({"qat_summary": ckpt.qat.get("summary")} if qat_graph is not None else {}),
+                      **({"calibration_search": searched.to_dict()} if searched is not None else {}),
+                      "why": ("quantization-aware fine-tuning (train --qat): " if qat_graph is not None else "") + (
+                              "per-tensor weight scales and thresholds in multiples of 64, so that netx layers "
                               "run exactly in Lava" if netx_mode else "per-channel weight scales")}
         if res.quant is not None:
             quant_info.update(weights=res.quant.weights, neurons=res.quant.neurons)

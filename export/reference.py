@@ -13,10 +13,13 @@ Modes:
   :mod:`export.passes.quantize`), evaluated on float64 tensors that hold integers. Every value
   stays an integer below 2^53, so float64 evaluation *is* the integer arithmetic: an integer
   executor following the spec must give identical spikes, states and logits. Weighted ops may run
-  in ``weight_dtype=torch.float32`` (onnxruntime has no float64 Conv); that is still exact while
-  every accumulator stays below 2^24 (``acc_bits`` <= 24 in the quantize report).
+  in ``weight_dtype=torch.float32`` (onnxruntime has no float64 Conv), which is exact while the
+  accumulator stays below 2^24: layers whose worst case (``acc_bits``) is wider keep float64
+  weights (:meth:`ReferenceModel.weight_dtype`), their convolutions computed as gather + matmul
+  with ``conv_impl="matmul"`` (the ONNX fixed files), so every file is exact.
 
-Convolutions (``conv_impl``, float mode): ``"native"`` (default) calls ``F.conv2d``/``F.conv3d``;
+Convolutions (``conv_impl``; in fixed mode only for float64 weights): ``"native"`` (default) calls
+``F.conv2d``/``F.conv3d``;
 ``"matmul"`` computes the same sums as one gather of the padded input at precomputed tap
 positions (im2col) and one batched matmul with the weight matrix (:func:`matmul_conv2d`,
 :func:`matmul_conv3d_head`). It is meant for ONNX export in float64: onnxruntime's CPU provider
@@ -112,6 +115,14 @@ class ReferenceModel(nn.Module):
         """Per-step shape of ``node``'s first input."""
         return self.specs[self.inputs[node][0]].shape
 
+    def weight_dtype(self, node: str) -> torch.dtype:
+        """dtype of ``node``'s weights and multiply-accumulate: the model's weight dtype, except in fixed mode with
+        float32 weights for a layer whose worst-case accumulator exceeds 24 bits (``acc_bits``): float64, where
+        every sum of the spec is exact (with ``conv_impl="matmul"`` convolutions then need no float64 Conv)."""
+        if self.mode == "fixed" and self.wdtype == torch.float32 and int(self._quant[node].get("acc_bits", 0)) > 24:
+            return torch.float64
+        return self.wdtype
+
     def p(self, node: str, field: str) -> Tensor | None:
         return getattr(self, f"{self._key[node]}_{field}", None)
 
@@ -171,6 +182,18 @@ class ReferenceModel(nn.Module):
         return _view(arr, rank, axis)
 
     @staticmethod
+    def floor(x: Tensor) -> Tensor:
+        """floor, the one rounding of the fixed-point hooks (right shifts, Lava's truncation); the QAT view
+        (:mod:`export.qat`) replaces it by a straight-through floor."""
+        return torch.floor(x)
+
+    @staticmethod
+    def fire(v: Tensor, theta: Tensor) -> Tensor:
+        """Spikes of a fixed-point membrane ``v`` (strict threshold ``v > theta``, as Lava) as 0/1 float64; the QAT
+        view gives it a surrogate gradient."""
+        return (v > theta).to(torch.float64)
+
+    @staticmethod
     def sat(x: Tensor, bits: Tensor) -> Tensor:
         """Symmetric saturation to ``bits``: clamp to ±(2^(bits-1) - 1)."""
         return _sat(x, bits)
@@ -199,7 +222,7 @@ class ReferenceModel(nn.Module):
         if m is None:
             return acc
         half, inv = self.p(n, "half"), self.p(n, "inv")
-        y = torch.floor((acc * _view(m, rank, axis) + _view(half, rank, axis)) * _view(inv, rank, axis))
+        y = self.floor((acc * _view(m, rank, axis) + _view(half, rank, axis)) * _view(inv, rank, axis))
         return _sat(y, self.p(n, "bits"))
 
 

@@ -10,7 +10,9 @@ Format (a dict written with ``torch.save``; only tensors, dicts, lists, str, int
       "class_names": ["ApplyEyeMakeup", ...],
       "preprocessing": {...},                # how inputs must be prepared (see default_preprocessing)
       "versions": {"svformer_deploy": ..., "torch": ..., "spikingjelly": ...},
-      "training": {...}                      # optional: epoch, metrics, optimizer state for --resume
+      "training": {...},                     # optional: epoch, metrics, optimizer state for --resume
+      "qat": {...}                           # optional (train --qat): the fine-tuned integer graph, whose
+                                             # codes export writes instead of quantizing (export.qat)
     }
 
 Loading always uses ``torch.load(weights_only=True)``: a file that needs arbitrary unpickling
@@ -99,6 +101,7 @@ class Checkpoint:
     versions: dict[str, str] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    qat: dict[str, Any] = field(default_factory=dict)  # quantization-aware fine-tuning: its integer graph (export.qat)
 
     def build_model(self) -> SVFormer:
         """The model with these weights, in eval mode (the state_dict is checked against the config first)."""
@@ -118,6 +121,7 @@ class Checkpoint:
             "preprocessing": dict(self.preprocessing),
             "versions": self.versions or versions(),
             "training": dict(self.training),
+            **({"qat": dict(self.qat)} if self.qat else {}),
         }
 
 
@@ -259,6 +263,7 @@ def _from_ours(path: Path, obj: dict[str, Any]) -> Checkpoint:
             versions=dict(obj.get("versions") or {}),
             training=dict(obj.get("training") or {}),
             source=str(path),
+            qat=dict(obj.get("qat") or {}),
         )
     except SVFormerError as e:
         raise SVFormerError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None

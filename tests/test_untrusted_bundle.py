@@ -274,7 +274,8 @@ def test_weights_that_overflow_float32_give_an_error_not_infinity(bundle, pristi
     ("bits", np.asarray(-3, np.int64), "bits must be one integer in 1..32"),
     ("acc_bits", np.asarray([8, 8], np.int64), "acc_bits must be one integer"),
     ("weight", np.zeros((2, 2), np.int64), "weight shape"),
-    ("shift", np.asarray(99, np.int64), "shift must be in 0..62"),
+    ("shift", np.asarray(99, np.int64), "shift must be in -16..62"),
+    ("shift", np.asarray(-17, np.int64), "shift must be in -16..62"),
 ])
 def test_out_of_range_fixed_point_parameters_are_refused(tmp_path, pristine, capsys, key, value, fragment):
     bundle = build_bundle(tmp_path / "q.svfd", quantize=True)

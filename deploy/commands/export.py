@@ -122,6 +122,9 @@ def render_export(result: Any) -> str:
               help="ONNX graphs to write: the one-step graph model_step.onnx (frame, step index and state in; state "
                    "out: streaming), the graph unrolled over all T steps (model.onnx, and model_fp32.onnx when not "
                    "quantized; slow to export for large models), or both.")
+@click.option("--calibration-search", is_flag=True, help="Quantized: search each layer's weight range for the "
+              "fewest spikes flipped against the float model on the calibration clips (docs/qat.md); before/after "
+              "in the manifest.")
 @click.option("--fuse-linear", is_flag=True, help="Fuse linear cascades (PW-DW-PW) into single convolutions.")
 @click.option("--arch", help="Variant name for bare state_dicts (base, ss, st, dp, wd, 3stg).")
 @click.option("--strict", is_flag=True, help="Exit 1 when a fidelity check misses its target.")
@@ -129,7 +132,7 @@ def render_export(result: Any) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def export(checkpoint, output, quant, bits, calibration, check_data, check_clips, calibration_clips, targets,
-           onnx, fuse_linear, arch, strict, force, as_json, quiet) -> None:
+           onnx, calibration_search, fuse_linear, arch, strict, force, as_json, quiet) -> None:
     """Export a trained checkpoint to a bundle: IR, NIR, ONNX and (quantized) Lava-DL netx, with fidelity checks."""
     import logging
 
@@ -146,7 +149,8 @@ def export(checkpoint, output, quant, bits, calibration, check_data, check_clips
     set_quiet(quiet)
     opts = ExportOptions(output=output, weight_bits=parse_quantize(quant, bits), calibration=calibration,
                          check_data=check_data, targets=parse_targets(targets), fuse=fuse_linear, force=force,
-                         arch=arch, check_clips=check_clips, calibration_clips=calibration_clips, onnx=onnx)
+                         arch=arch, check_clips=check_clips, calibration_clips=calibration_clips, onnx=onnx,
+                         calibration_search=calibration_search)
     steps = 12 + (2 if fuse_linear else 0) + (4 if opts.weight_bits is not None else 0)
     pbar = bar(steps, "export")
 

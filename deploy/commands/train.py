@@ -176,6 +176,15 @@ def render_result(result: Any) -> str:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation, shuffling, augmentation.")
 @click.option("--eval-every", type=int, default=1, show_default=True, help="Evaluate every N epochs (and at the end).")
 @click.option("--keep", type=int, help="Keep only the last N epoch-NNN.pt files [default: all].")
+@click.option("--qat", is_flag=True, help="Quantization-aware fine-tuning of --init: quantize it (calibrated on its "
+              "recorded training data), fine-tune the integer model itself and write OUT/qat.pt, whose integer graph "
+              "export writes as it is (docs/qat.md). Uses --epochs [default 2], --lr [default 1e-4], --batch-size.")
+@click.option("--init", type=click.Path(dir_okay=False, path_type=Path), help="--qat: the float checkpoint to start "
+              "from (written by train: its training record names the data).")
+@click.option("--bits", type=int, default=8, show_default=True, help="--qat: weight bits (2..16).")
+@click.option("--per-channel", is_flag=True, help="--qat: per-channel weight scales even when the model has netx "
+              "parts [default: per-tensor scales and Lava thresholds then, as export --targets netx needs].")
+@click.option("--max-clips", type=int, help="--qat: training clips per epoch at most [default: all].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document on stdout.")
 @click.pass_context
@@ -198,6 +207,14 @@ def train(ctx: click.Context, as_json: bool, **params: Any) -> None:
 
     explicit = {name for name in params
                 if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    qat_only = {"init", "bits", "per_channel", "max_clips"}
+    if params.pop("qat"):
+        return _qat(params, explicit, as_json)
+    given = sorted(explicit & qat_only)
+    if given:
+        raise SVFormerError(f"--{given[0].replace('_', '-')} needs --qat")
+    for name in qat_only:
+        params.pop(name)
     params["out"] = str(params["out"])
     nproc = params.get("nproc")
     launched = distributed.from_env()  # started by torchrun (or another launcher setting WORLD_SIZE)
@@ -235,3 +252,56 @@ def _train_rank(cfg: Any, quiet: bool) -> Any:
     if quiet:
         set_quiet(True)
     return train_model(cfg)
+
+
+QAT_OPTIONS = {"qat", "init", "bits", "per_channel", "max_clips", "epochs", "lr", "batch_size", "out", "threads",
+               "seed", "quiet"}
+
+
+def _qat(params: dict[str, Any], explicit: set[str], as_json: bool) -> None:
+    """``train --qat``: export.qat.qat_checkpoint, reported as a table or JSON."""
+    from svformer_deploy.export.qat import QATOptions, qat_checkpoint
+    from svformer_deploy.svformer.errors import SVFormerError
+
+    stray = sorted(explicit - QAT_OPTIONS)
+    if stray:
+        raise SVFormerError(f"--{stray[0].replace('_', '-')} does not apply to --qat (the data and model come "
+                            "from --init)")
+    if params.get("init") is None:
+        raise SVFormerError("--qat needs --init CHECKPOINT (the float model to fine-tune)")
+    if params["batch_size"] < 1:
+        raise SVFormerError(f"--batch-size must be at least 1, got {params['batch_size']}")
+    if params.get("threads") is not None:
+        if params["threads"] < 1:
+            raise SVFormerError(f"--threads must be at least 1, got {params['threads']}")
+        import torch
+
+        torch.set_num_threads(params["threads"])
+    opts = QATOptions(weight_bits=params["bits"], epochs=params["epochs"] if "epochs" in explicit else 2,
+                      lr=params["lr"] if "lr" in explicit else 1e-4, batch_size=params["batch_size"],
+                      per_channel=True if params["per_channel"] else None, max_train_clips=params.get("max_clips"),
+                      seed=params["seed"])
+    if opts.epochs < 1:
+        raise SVFormerError(f"--epochs must be at least 1, got {opts.epochs}")
+    out = Path(params["out"]) / "qat.pt"
+    quiet = bool(params.get("quiet")) or as_json
+
+    def on_epoch(row: dict[str, float]) -> None:
+        if not quiet:
+            click.echo(f"qat epoch {row['epoch']}/{opts.epochs}: loss {row['loss']:.4f}, train acc "
+                       f"{row['train_acc']:.3f}", err=True)
+
+    summary = qat_checkpoint(str(params["init"]), str(out), opts, on_epoch)
+    summary["checkpoint"] = str(out)
+    if as_json:
+        emit_json(summary)
+        return
+    q = summary["quant"]
+    click.echo(f"QAT int{q['weight_bits']} ({'per-channel' if q['per_channel'] else 'per-tensor, Lava thresholds'}) "
+               f"of {summary['init']} on {summary['data']}, {summary['epochs']} epoch(s) in {summary['seconds']:.0f} s")
+    rows = [[name, f"{m['accuracy']:.2%}", f"{m['top1_agreement']:.2%}", f"{m['flip_rate']:.2%}"]
+            for name, m in (("PTQ", summary["ptq"]), ("QAT", summary["qat"]))]
+    click.echo(table(["integer model", "accuracy", "top-1 agreement with float", "spike flips per float spike"],
+                     rows))
+    click.echo(f"float accuracy {summary['float_accuracy']:.2%} on {summary['held_out_clips']} held-out clips")
+    click.echo(f"checkpoint: {out}  (svformer-deploy export {out} writes the QAT integer graph)")

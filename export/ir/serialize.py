@@ -404,7 +404,8 @@ def _check_quant(op: Any, name: str, q: dict[str, np.ndarray], shape: tuple[int,
             lo, hi = _QUANT_SCALARS[k]
             _need(a.ndim == 0 and lo <= int(a) <= hi, f"{where} {k} must be one integer in {lo}..{hi}")
         elif k == "shift":
-            _need(a.size == 0 or (int(a.min()) >= 0 and int(a.max()) <= 62), f"{where} shift must be in 0..62")
+            # quantize.multiplier: a right shift of up to 62, or a left shift of up to 16 (ratios up to 2^16)
+            _need(a.size == 0 or (int(a.min()) >= -16 and int(a.max()) <= 62), f"{where} shift must be in -16..62")
         elif k in ("m", "theta") and a.dtype.kind in "iu":
             _need(a.size == 0 or int(np.abs(a.astype(np.float64)).max()) < 2**62, f"{where} {k} is out of range")
         if k == "weight":

@@ -18,9 +18,10 @@ loop over the T steps, so ``torch.onnx.export`` unrolls it: the ONNX graph takes
   to 1.43, and agrees within 3.2e-6 elsewhere; which clips flip depends on the runtime and even on
   PyTorch's batch size). Its check is reported, not enforced.
 - ``"fixed"``: the quantized graph's fixed-point spec executed on floats holding integers
-  (the fake-quantized model: float64 except the conv/linear weights, which are float32 because
-  onnxruntime has no float64 Conv; exact while accumulators stay below 2^24); frames float32,
-  logits float64.
+  (the fake-quantized model: float64 except the conv/linear weights of layers whose worst-case
+  accumulator fits 24 bits, which are float32 Conv/MatMul; wider layers keep float64 weights and
+  compute convolutions as gather + MatMul, as the float64 file does, since onnxruntime has no
+  float64 Conv: every sum is exact); frames float32, logits float64.
 
 :func:`check_onnx` runs the file in onnxruntime and compares it with PyTorch (target: max |Δlogit|
 <= 1e-4, docs/export.md).
@@ -64,7 +65,7 @@ def onnx_module(graph: nx.DiGraph, mode: str = "float64") -> ReferenceModel:
         return ReferenceModel(graph, dtype=torch.float64, mode="float", conv_impl="matmul")
     if mode == "float32":
         return ReferenceModel(graph, dtype=torch.float32, mode="float")
-    return ReferenceModel(graph, mode="fixed", weight_dtype=torch.float32)
+    return ReferenceModel(graph, mode="fixed", weight_dtype=torch.float32, conv_impl="matmul")
 
 
 def input_dtype(mode: str) -> torch.dtype:

@@ -119,7 +119,7 @@ class Node:
         Weights of weighted ops use the reference's weight dtype. Ops needing more extend this."""
         src = ref.quant(n) if ref.mode == "fixed" else self.arrays()
         for field, arr in src.items():
-            ref.buffer(n, field, arr, ref.wdtype if field == "weight" and self.op in WEIGHTED else None)
+            ref.buffer(n, field, arr, ref.weight_dtype(n) if field == "weight" and self.op in WEIGHTED else None)
         q = ref.quant(n)
         if ref.mode == "fixed" and "shift" in q:
             s = np.asarray(q["shift"], dtype=np.int64)

@@ -145,9 +145,9 @@ class Neuron(Node):
         leaked = v * (4096.0 - decay) / 4096.0
         # rounded toward zero (C integer division, as Lava); sign * floor(|.|) is trunc in ops every ONNX
         # exporter has (the TorchScript exporter has no aten::trunc)
-        v = torch.sign(leaked) * torch.floor(torch.abs(leaked)) + x * 64.0
+        v = torch.sign(leaked) * ref.floor(torch.abs(leaked)) + x * 64.0
         v = torch.clamp(v, -V_CLIP, V_CLIP)
-        s = (v > ref.p(n, "theta")).to(torch.float64)
+        s = ref.fire(v, ref.p(n, "theta"))
         state[n] = v * (1.0 - s)
         return s
 

@@ -180,14 +180,13 @@ class Affine(Node):
         return y
 
     def ref_fixed(self, ref: Any, n: str, t: int, ins: list, state: dict) -> Any:
-        import torch
 
         m, half, inv, b = (ref.p(n, f) for f in ("m", "half", "inv", "bias"))
 
         def pick(a):
             return ref.view(a[t] if a.dim() == 2 else a, ref.rank[n], self.axis)
 
-        y = torch.floor((ins[0] * pick(m) + pick(half)) * pick(inv))
+        y = ref.floor((ins[0] * pick(m) + pick(half)) * pick(inv))
         if b is not None:
             y = y + pick(b)
         return ref.sat(y, ref.p(n, "bits"))

@@ -139,7 +139,12 @@ class Conv2d(Node):
         """``conv_impl="matmul"`` also stores the weight as its per-group matrix ``[g, C_out/g, C_in/g·kH·kW]``, a
         ``[C_out]`` bias as ``[C_out, 1, 1]`` and the gather index, once, so the exported graph reshapes no
         constant at every step."""
+        import torch
+
         super().ref_setup(ref, n)
+        if ref.mode == "fixed" and ref.conv_impl == "matmul" and ref.weight_dtype(n) == torch.float64:
+            _, h, wd = ref.in_shape(n)
+            ref.buffer(n, "index", ref.conv_gather_index(h, wd, self.weight.shape[2:], self.stride, self.padding))
         if ref.mode == "float" and ref.conv_impl == "matmul":
             w, b = ref.p(n, "weight"), ref.p(n, "bias")
             ref.buffer(n, "weight", w.reshape(self.groups, w.shape[0] // self.groups, -1).contiguous())
@@ -171,7 +176,12 @@ class Conv2d(Node):
         import torch
         import torch.nn.functional as F
 
-        acc = F.conv2d(ins[0].to(ref.wdtype), ref.p(n, "weight"), None, self.stride, self.padding, 1, self.groups)
+        w = ref.p(n, "weight")
+        if ref.conv_impl == "matmul" and w.dtype == torch.float64:  # exact sums without a float64 Conv (ONNX)
+            acc = ref.matmul_conv2d(ins[0].to(w.dtype), w, None, self.stride, self.padding, self.groups,
+                                    ref.p(n, "index"), self.weight.shape[2:])
+        else:
+            acc = F.conv2d(ins[0].to(w.dtype), w, None, self.stride, self.padding, 1, self.groups)
         return ref.requant(n, acc.to(torch.float64), 3, 0)
 
     def to_nir(self, x: Any) -> Any:
@@ -246,7 +256,8 @@ class Linear(Node):
         import torch
         import torch.nn.functional as F
 
-        acc = F.linear(ins[0].to(ref.wdtype), ref.p(n, "weight")).to(torch.float64)
+        w = ref.p(n, "weight")
+        acc = F.linear(ins[0].to(w.dtype), w).to(torch.float64)
         return ref.requant(n, acc, ref.rank[n], -1)
 
     def to_nir(self, x: Any) -> Any:
@@ -351,7 +362,11 @@ class Conv3dHead(Node):
         import torch
         import torch.nn.functional as F
 
-        acc = F.conv3d(ins[0].to(ref.wdtype), ref.p(n, "weight"), groups=self.groups).to(torch.float64)
+        w = ref.p(n, "weight")
+        if ref.conv_impl == "matmul" and w.dtype == torch.float64:
+            acc = ref.matmul_conv3d_head(ins[0].to(w.dtype), w, None, self.groups).to(torch.float64)
+        else:
+            acc = F.conv3d(ins[0].to(w.dtype), w, groups=self.groups).to(torch.float64)
         return ref.requant(n, acc, 4, 0)
 
     def ref_accumulate(self, ref: Any, n: str, t: Any, x: Any, acc: Any) -> Any:

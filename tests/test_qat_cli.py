@@ -1,0 +1,110 @@
+"""``train --qat`` and the export of its checkpoint, through the CLI (in process), on a tiny synthetic model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import one_error_line
+from fixtures_models import single_thread  # noqa: F401
+from svformer_deploy.deploy.cli import main
+from svformer_deploy.export import ir
+from svformer_deploy.export.bundle import load_bundle
+from svformer_deploy.export.qat import checkpoint_graph
+from svformer_deploy.simulators.executor import Simulator
+from svformer_deploy.svformer.checkpoint import load_checkpoint
+
+TINY = ["--arch", "3stg", "--size", "16", "-T", "3", "--dims", "8,16,32", "--depths", "1,1,1", "--head-dim", "8",
+        "--first-patch", "2"]
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def float_ckpt(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("qatcli") / "float"
+    code = main(["train", "--synthetic", "--synthetic-classes", "2", "--synthetic-train", "6", "--synthetic-test",
+                 "3", "--synthetic-size", "32", "--synthetic-frames", "12", *TINY, "--epochs", "1", "-b", "4",
+                 "-o", str(out), "--quiet", "--norm", "bn"])
+    assert code == 0
+    return out / "last.pt"
+
+
+def test_train_qat_writes_a_checkpoint_whose_integer_graph_export_writes_as_it_is(float_ckpt, tmp_path, capsys):
+    code, out, err = run_cli(capsys, "train", "--qat", "--init", float_ckpt, "--epochs", "2", "-b", "4", "--lr",
+                             "1e-3", "-o", tmp_path / "q", "--json", "--threads", "1")
+    assert code == 0, err
+    s = json.loads(out)
+    assert Path(s["checkpoint"]).is_file() and len(s["history"]) == 2 and s["held_out_clips"] == 6
+    assert s["quant"]["weight_bits"] == 8 and s["quant"]["qat"] is True
+    assert not s["quant"]["per_channel"] and s["quant"]["lava_thresholds"]  # plain BN: netx parts -> per-tensor
+    for key in ("ptq", "qat"):
+        assert 0 <= s[key]["accuracy"] <= 1 and 0 <= s[key]["top1_agreement"] <= 1 and s[key]["spikes_ref"] > 0
+    ckpt = load_checkpoint(s["checkpoint"])
+    g = checkpoint_graph(ckpt)
+    assert g is not None and ckpt.training  # the float checkpoint's record is kept (its data)
+
+    code, out, err = run_cli(capsys, "export", s["checkpoint"], "-o", tmp_path / "bundle", "--json")
+    assert code == 0, err
+    bundle = load_bundle(tmp_path / "bundle")
+    bg = bundle.graph("ir_quantized")
+    for n in g.nodes:  # the bundle's integer graph is the QAT graph, code for code
+        for field, arr in g.nodes[n]["quant"].items():
+            assert np.array_equal(np.asarray(bg.nodes[n]["quant"][field]), np.asarray(arr)), (n, field)
+    man = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    assert man["quantization"]["qat_summary"]["epochs"] == 2
+    checks = {c["label"]: c for c in man["fidelity"]["checks"]}
+    quant = [c for label, c in checks.items() if label.startswith("quantize")]
+    assert quant and quant[0]["passed"] is None and "reported" in quant[0]["target"]
+    assert man["fidelity"]["passed"], [c for c in checks.values() if c["passed"] is False]
+    # the bundle runs in the integer executor with the logits of the graph in the checkpoint
+    x = torch.randn(3, 2, 3, 16, 16)
+    from svformer_deploy.export.reference import ReferenceModel
+    want = ReferenceModel(g, mode="fixed")(x)
+    got = [r.logits for r in Simulator(bg, "integer").run_batch(x.transpose(0, 1))]
+    assert np.array_equal(np.stack(got), want.numpy())
+    assert ir.neuron_names(bg)
+    # a QAT checkpoint is exported at its own width; a broken QAT entry is one error line
+    code, _, err = run_cli(capsys, "export", s["checkpoint"], "--quantize", "int4", "-o", tmp_path / "b4")
+    one_error_line(code, err, "int8", "disagrees")
+    raw = torch.load(s["checkpoint"], weights_only=True)
+    raw["qat"]["graph"]["ir"] = raw["qat"]["graph"]["ir"][:-5]
+    torch.save(raw, tmp_path / "broken.pt")
+    code, _, err = run_cli(capsys, "export", tmp_path / "broken.pt", "-o", tmp_path / "b5")
+    one_error_line(code, err, "broken.pt")
+    assert not (tmp_path / "b4").exists() and not (tmp_path / "b5").exists()
+
+
+def test_qat_options_are_refused_with_one_error_line(float_ckpt, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", "--init", float_ckpt, "-o", tmp_path / "x")
+    one_error_line(code, err, "--init", "--qat")
+    code, _, err = run_cli(capsys, "train", "--qat", "-o", tmp_path / "x")
+    one_error_line(code, err, "--qat", "--init")
+    code, _, err = run_cli(capsys, "train", "--qat", "--init", float_ckpt, "--bits", "1", "-o", tmp_path / "x")
+    one_error_line(code, err, "weight bits")
+    code, _, err = run_cli(capsys, "train", "--qat", "--init", float_ckpt, "--synthetic", "-o", tmp_path / "x")
+    one_error_line(code, err, "--synthetic", "--qat")
+    code, _, err = run_cli(capsys, "train", "--qat", "--init", tmp_path / "missing.pt", "-o", tmp_path / "x")
+    one_error_line(code, err, "missing.pt")
+    assert not (tmp_path / "x" / "qat.pt").exists()
+
+
+def test_export_with_calibration_search_reports_before_and_after(float_ckpt, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "export", float_ckpt, "--calibration-search", "-o", tmp_path / "none")
+    one_error_line(code, err, "--calibration-search", "--quantize")
+    assert not (tmp_path / "none").exists()
+    code, out, err = run_cli(capsys, "export", float_ckpt, "--quantize", "int4", "--calibration-search",
+                             "--targets", "onnx", "--calibration-clips", "4", "-o", tmp_path / "b", "--json")
+    assert code == 0, err
+    man = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    cs = man["quantization"]["calibration_search"]
+    assert cs["after"]["flip_rate"] <= cs["before"]["flip_rate"] and cs["evaluations"] > 1
+    assert cs["before"]["clips"] == 4
+    assert load_bundle(tmp_path / "b").graph("ir_quantized").graph["quant"].get("weight_clip", {}) == cs["weight_clip"]

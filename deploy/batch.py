@@ -6,24 +6,35 @@ clip" figures). Clips are found recursively; a clip's class is the name of its f
 records. Each clip's records go to ``OUT/<relative path>/`` atomically, so an interrupted batch
 resumes where it stopped: clips whose folder already holds records are not simulated again. A clip
 that fails (corrupt, too short, wrong kind) is reported on stderr, skipped and counted.
+
+One driver, several runners. :func:`simulate_folder` finds the clips, skips the resumed ones, loads
+the bundle once and hands the rest to a *runner* (a local process pool here, a Ray cluster in
+``deploy/ray_batch.py``). Every runner calls the same per-clip function, :func:`clip_records`, and
+yields ``(job, records, error)``; the driver alone writes each clip's records into its slot with
+:func:`simulators.record.write_records` (atomically, all views or none), so workers need no access
+to the run-record folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import re
 import signal
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from svformer_deploy.svformer.data.media import EVENT_EXTENSIONS, VIDEO_EXTENSIONS
 from svformer_deploy.svformer.errors import SVFormerError
+
+if TYPE_CHECKING:
+    from svformer_deploy.export.bundle import Bundle
 
 
 @dataclass
@@ -81,45 +92,119 @@ def check_writable(out: Path) -> None:
         raise SVFormerError(f"{out}: cannot write run records there ({e.strerror or e})") from None
 
 
-_STOP = False  # set in a worker when the batch is cancelled: queued clips return at once
+
+# ------------------------------------------------------------------------------------------
+# one clip (runs in a worker: a pool process, a Ray worker, or this process)
+# ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClipJob:
+    """One clip to simulate: the file as found, its absolute path (for the records), class label, slot folder."""
+
+    clip: Path
+    resolved: str
+    label: str | None
+    slot: Path
 
 
-def _worker_init() -> None:
-    """Workers leave Ctrl-C to the parent and turn its SIGTERM into a clean exit (records removed)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+@dataclass(frozen=True)
+class ClipSettings:
+    """What every clip of a batch is simulated with (sent to the workers with each clip)."""
 
-    def stop(signum: int, frame: object) -> None:
-        global _STOP
-        _STOP = True
-        raise SystemExit(128 + signum)
+    kind: str  # the file kind the bundle reads: "video" (also video-events models) or "events"
+    views: tuple[int, int]
+    executor: str  # "float" | "integer"
+    model_info: dict[str, Any]  # the records' "model" entry: hash, bundle (absolute path), arch, config
+    threads: int = 1  # torch threads per clip
 
-    signal.signal(signal.SIGTERM, stop)
+
+Outcome = tuple[ClipJob, list[dict[str, Any]], str | None]  # (job, its records, None) or (job, [], reason)
+Runner = Callable[["Bundle", list[ClipJob], ClipSettings], Iterator[Outcome]]
+
+_SIMULATOR: dict[tuple[str, str], Any] = {}  # this process's simulator of the batch's graph (one entry)
 
 
-def _simulate_one(clip: str, kind: str, label: str | None, model: str, out: str, views: tuple[int, int],
-                  executor: str, threads: int) -> list[str]:
-    """Worker: simulate one clip into ``out``; SVFormerError propagates as the failure reason."""
+def _simulator(bundle: Bundle, executor: str) -> Any:
+    """The bundle's simulator for ``executor``, built once per process and checked like ``simulate_file`` does."""
+    key = (bundle.model_hash, executor)
+    if key not in _SIMULATOR:
+        from svformer_deploy.simulators.executor import Simulator
+        from svformer_deploy.simulators.run import bundle_input_spec
+
+        sim = Simulator(bundle.graph("ir_quantized" if executor == "integer" else "ir"), mode=executor)
+        bundle_input_spec(bundle).check_shape(sim.input_shape[1:], sim.time_steps, where=str(bundle.path))
+        names, n_classes = bundle.class_names, sim.specs[sim.out_name].shape[0]
+        if names and len(names) != n_classes:
+            raise SVFormerError(f"{bundle.path}: the manifest names {len(names)} classes, the graph has {n_classes}")
+        _SIMULATOR.clear()
+        _SIMULATOR[key] = sim
+    return _SIMULATOR[key]
+
+
+def clip_records(bundle: Bundle, job: ClipJob, settings: ClipSettings, local: Path | None = None
+                 ) -> list[dict[str, Any]]:
+    """Simulate every view of one clip and return its run records (one per view; nothing is written).
+
+    ``bundle`` has its graph loaded (a worker never reads the bundle folder). ``local``: a copy of
+    the clip to read instead of ``job.clip`` (a Ray worker on a machine without the driver's files).
+    The records are those ``simulate_file`` writes for the clip.
+    """
+    import numpy as np
     import torch
-    from svformer_deploy.simulators.run import simulate_file
+    from svformer_deploy.simulators.record import build_record
+    from svformer_deploy.simulators.run import bundle_input_spec, prepare_input
+    from svformer_deploy.svformer.fileio import sha256_file
 
-    torch.set_num_threads(threads)
-    kw = {"events": clip} if kind == "events" else {"video": clip}
-    report = simulate_file(**kw, model=model, views=views, executor=executor, out_dir=out, label=label)
-    return [str(p) for p in report.record_paths]
+    torch.set_num_threads(settings.threads)
+    sim = _simulator(bundle, settings.executor)
+    path = local if local is not None else job.clip
+    video, events = (path, None) if settings.kind == "video" else (None, path)
+    prepared = prepare_input(bundle_input_spec(bundle), video, events, settings.views, bundle.path)
+    results = [sim.run(prepared.tensor[v]) for v in range(prepared.tensor.shape[0])]
+    if not all(np.isfinite(r.logits).all() for r in results):
+        raise SVFormerError(f"{bundle.path}: the simulation overflowed (non-finite logits): the graph's values are "
+                            f"out of range for the {settings.executor} executor")
+    digest = sha256_file(path)
+    records = []
+    for v, res in enumerate(results):
+        inp = {"kind": prepared.kind, "path": job.resolved, "sha256": digest, "view": v,
+               "views": list(prepared.views), "frame_indices": prepared.frame_indices[v]}
+        if job.label is not None:
+            inp["label"] = job.label
+        records.append(build_record(sim, res, model=settings.model_info, input=inp, class_names=bundle.class_names))
+    return records
 
 
+def run_job(bundle: Bundle, job: ClipJob, settings: ClipSettings, local: Path | None = None) -> Outcome:
+    """:func:`clip_records` as an outcome: a failing clip gives its reason instead of raising."""
+    try:
+        return job, clip_records(bundle, job, settings, local), None
+    except SVFormerError as e:
+        reason = str(e)
+    except Exception as e:  # noqa: BLE001 - a crashing clip must not stop the batch
+        reason = f"{type(e).__name__}: {e}"
+    if local is not None:  # name the clip, not the worker's copy of it
+        reason = reason.replace(str(local), str(job.clip))
+    return job, [], reason
+
+
+# ------------------------------------------------------------------------------------------
+# the driver
+# ------------------------------------------------------------------------------------------
 def simulate_folder(videos: str | Path, model: str | Path, out_dir: str | Path | None = None, workers: int = 2,
                     views: tuple[int, int] = (1, 1), executor: str = "float",
-                    on_clip: Callable[[str, str | None], None] | None = None) -> BatchResult:
+                    on_clip: Callable[[str, str | None], None] | None = None,
+                    runner: Runner | None = None) -> BatchResult:
     """Simulate every clip below ``videos`` with the bundle ``model``.
 
     ``out_dir`` defaults to ``runs/batch-<model hash[:12]>``; it is checked for writability before
     any clip is simulated. ``on_clip(clip, error)`` is called after each clip (progress display).
+    ``runner`` simulates the clips that have no records yet (default: :func:`pool_runner` of
+    ``workers`` processes; ``deploy.ray_batch.ray_runner`` for Ray); this function writes their records.
     Returns the records of all clips, including resumed ones. Ctrl-C (KeyboardInterrupt) cancels
     the queued clips, stops the running ones (their records are not written) and propagates.
     """
     from svformer_deploy.export.bundle import load_bundle
-    from svformer_deploy.simulators.run import bundle_input_spec
+    from svformer_deploy.simulators.run import EXECUTORS, bundle_input_spec
 
     bundle = load_bundle(model)
     kind = bundle_input_spec(bundle).file_kind  # video-events models read video files
@@ -138,47 +223,103 @@ def simulate_folder(videos: str | Path, model: str | Path, out_dir: str | Path |
             if on_clip:
                 on_clip(str(clip), None)
         else:
-            todo.append((clip, label, slot))
-    workers = max(1, min(workers, len(todo) or 1))
-    threads = 1 if workers > 1 else max(1, (os.cpu_count() or 1))
-    args = [(str(c), kind, lab, str(bundle.path), str(s), views, executor, threads) for c, lab, s in todo]
-    map_clips(_simulate_one, args, workers,
-              lambda clip, paths, err: _collect(result, clip, paths or [], err, on_clip))
+            todo.append(ClipJob(clip, str(clip.resolve()), label, slot))
+    if todo:
+        if executor not in EXECUTORS:
+            raise SVFormerError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
+        if executor == "integer" and not bundle.has("ir_quantized"):
+            raise SVFormerError(f"{bundle.path}: exported without quantization (no ir_quantized graph), so the "
+                                "integer executor has nothing to run; re-export with quantization or drop --integer")
+        bundle.graph("ir_quantized" if executor == "integer" else "ir")  # read and verified once, here
+        man = bundle.manifest
+        info = {"hash": bundle.model_hash, "bundle": str(bundle.path.resolve()), "arch": man.get("arch"),
+                "config": man.get("config")}
+        settings = ClipSettings(kind=kind, views=tuple(views), executor=executor, model_info=info)
+        run = runner if runner is not None else pool_runner(workers)
+        with contextlib.closing(run(bundle, todo, settings)) as outcomes:
+            for job, records, err in outcomes:
+                _collect(result, job, records, err, on_clip)
     result.records.sort()
     return result
 
 
-def map_clips(fn: Callable[..., Any], args: Sequence[tuple], workers: int,
-              on_done: Callable[[str, Any, str | None], None]) -> None:
+def _collect(result: BatchResult, job: ClipJob, records: list[dict[str, Any]], err: str | None,
+             on_clip: Callable[[str, str | None], None] | None) -> None:
+    """Write one clip's records into its slot (all views or none) and count it, or count its failure."""
+    from svformer_deploy.simulators.record import write_records
+
+    if err is None:
+        try:
+            result.records += write_records(records, job.slot, job.clip.stem)
+            result.simulated += 1
+        except SVFormerError as e:
+            err = str(e)
+    if err is not None:
+        result.failures.append((str(job.clip), " ".join(err.split())))
+    if on_clip:
+        on_clip(str(job.clip), err)
+
+
+# ------------------------------------------------------------------------------------------
+# the local process pool
+# ------------------------------------------------------------------------------------------
+_STOP = False  # set in a worker when the batch is cancelled: queued clips return at once
+_BUNDLE: Bundle | None = None  # the batch's bundle in a pool worker (graph loaded by the parent)
+
+
+def _worker_init(bundle: Bundle | None = None) -> None:
+    """Workers keep the parent's loaded bundle (if any), leave Ctrl-C to the parent and turn its SIGTERM
+    into a clean exit (nothing is written by a worker)."""
+    global _BUNDLE
+    _BUNDLE = bundle
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def stop(signum: int, frame: object) -> None:
+        global _STOP
+        _STOP = True
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def pool_map(fn: Callable[..., Any], args: Sequence[tuple], workers: int, bundle: Bundle | None = None
+             ) -> Iterator[tuple[Any, Any, str | None]]:
     """Call ``fn(*a)`` for every ``a`` in ``args`` (``a[0]`` names the clip), here or in a process pool.
 
     ``workers`` 1: in this process; more: a pool of that many processes (``fn`` must be a module-level
-    function). After each clip ``on_done(clip, value, None)``, or ``on_done(clip, None, reason)`` when
-    ``fn`` raised (an :class:`SVFormerError` gives its message, anything else its type and message):
-    one failing clip never stops the others. Ctrl-C (KeyboardInterrupt) cancels the queued clips,
-    stops the running ones and propagates.
+    function; ``bundle`` is handed to every worker once, as :data:`_BUNDLE`). Yields, in the order the
+    clips finish, ``(a[0], value, None)``, or ``(a[0], None, reason)`` when ``fn`` raised (an
+    :class:`SVFormerError` gives its message, anything else its type and message): one failing clip
+    never stops the others. Ctrl-C (KeyboardInterrupt), or closing the generator, cancels the queued
+    clips, stops the running ones and propagates.
     """
     if workers <= 1:
         for a in args:
             value, err = _call(fn, a)
-            on_done(a[0], value, err)
+            yield a[0], value, err
         return
-    pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init)
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(bundle,))
     try:
         futures = {pool.submit(_guarded, fn, *a): a[0] for a in args}
         for fut in as_completed(futures):
-            clip = futures[fut]
             try:
                 value, err = fut.result(), None
             except SVFormerError as e:
                 value, err = None, str(e)
             except Exception as e:  # noqa: BLE001 - a crashing clip must not stop the batch
                 value, err = None, f"{type(e).__name__}: {e}"
-            on_done(clip, value, err)
-    except BaseException:
+            yield futures[fut], value, err
+    except BaseException:  # Ctrl-C in the driver, or the driver stopped reading (GeneratorExit)
         _cancel(pool)
         raise
     pool.shutdown(wait=True)
+
+
+def map_clips(fn: Callable[..., Any], args: Sequence[tuple], workers: int,
+              on_done: Callable[[str, Any, str | None], None]) -> None:
+    """:func:`pool_map` with a callback: ``on_done(clip, value, None)`` or ``on_done(clip, None, reason)``."""
+    for clip, value, err in pool_map(fn, args, workers):
+        on_done(clip, value, err)
 
 
 def _guarded(fn: Callable[..., Any], *args: Any) -> Any:
@@ -186,6 +327,39 @@ def _guarded(fn: Callable[..., Any], *args: Any) -> Any:
     if _STOP:
         raise SystemExit(1)
     return fn(*args)
+
+
+def _call(fn: Callable[..., Any], args: tuple) -> tuple[Any, str | None]:
+    """One clip in this process: ``(value, None)`` or ``(None, reason)``, as the worker pool reports it."""
+    try:
+        return fn(*args), None
+    except SVFormerError as e:
+        return None, str(e)
+    except Exception as e:  # noqa: BLE001 - a crashing clip must not stop the batch (same as with workers)
+        return None, f"{type(e).__name__}: {e}"
+
+
+def _pool_job(job: ClipJob, settings: ClipSettings) -> Outcome:
+    if _BUNDLE is None:
+        raise SystemExit(1)
+    return run_job(_BUNDLE, job, settings)
+
+
+def pool_runner(workers: int) -> Runner:
+    """A :data:`Runner` on ``workers`` local processes (one clip per process at a time, one torch thread
+    each); with one worker the clips run in this process on all cores."""
+
+    def run(bundle: Bundle, jobs: list[ClipJob], settings: ClipSettings) -> Iterator[Outcome]:
+        n = max(1, min(workers, len(jobs)))
+        if n == 1:
+            settings = dataclasses.replace(settings, threads=max(1, os.cpu_count() or 1))
+            for job in jobs:
+                yield run_job(bundle, job, settings)
+            return
+        for job, outcome, err in pool_map(_pool_job, [(job, settings) for job in jobs], n, bundle):
+            yield outcome if err is None else (job, [], err)
+
+    return run
 
 
 def _cancel(pool: ProcessPoolExecutor) -> None:
@@ -200,24 +374,3 @@ def _cancel(pool: ProcessPoolExecutor) -> None:
         p.join(30)
         if p.is_alive():
             p.kill()
-
-
-def _call(fn: Callable[..., Any], args: tuple) -> tuple[Any, str | None]:
-    """One clip in this process: ``(value, None)`` or ``(None, reason)``, as the worker pool reports it."""
-    try:
-        return fn(*args), None
-    except SVFormerError as e:
-        return None, str(e)
-    except Exception as e:  # noqa: BLE001 - a crashing clip must not stop the batch (same as with workers)
-        return None, f"{type(e).__name__}: {e}"
-
-
-def _collect(result: BatchResult, clip: str, paths: list[str], err: str | None,
-             on_clip: Callable[[str, str | None], None] | None) -> None:
-    if err is None:
-        result.records += [Path(p) for p in paths]
-        result.simulated += 1
-    else:
-        result.failures.append((clip, " ".join(err.split())))
-    if on_clip:
-        on_clip(clip, err)

@@ -126,7 +126,7 @@ def _init(ray: Any, address: str | None, num_cpus: int | None) -> None:
             ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, **quiet)
         else:
             ray.init(address=address, **quiet)
-    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
+    except Exception as e:  # noqa: BLE001 - ConnectionError, RuntimeError, ValueError, Ray's own errors
         where = f"join the Ray cluster at {address}" if address else "start a local Ray runtime"
         raise SVFormerError(f"cannot {where}: {' '.join(str(e).split())[:300]}") from None
 

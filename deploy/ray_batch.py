@@ -14,14 +14,18 @@ a Ray batch starts.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from svformer_deploy.svformer.errors import SVFormerError
+from svformer_deploy.svformer.interrupts import deferred_interrupts
 
 from .batch import ClipJob, ClipSettings, Outcome, Runner, run_job
 
@@ -30,14 +34,26 @@ if TYPE_CHECKING:
 
 EXTRA = "pip install 'svformer-deploy[ray]'"
 MAX_CLIP_BYTES = 1 << 30  # a clip is sent to its task in one piece
+FAILURE_HANDLER_ENV = "RAY_DISABLE_FAILURE_SIGNAL_HANDLER"
 
 
 def import_ray() -> Any:
-    """The ``ray`` module, or one clear error naming the extra that installs it."""
+    """The ``ray`` module, or one clear error naming the extra that installs it.
+
+    Imported with Ray's C++ failure-signal handler off in this process (``RAY_DISABLE_FAILURE_SIGNAL_HANDLER``,
+    read once when Ray is imported; not passed on to the processes Ray starts): that handler takes
+    SIGTERM from the driver's Python handler, prints a stack to stderr and arms an abort 3 s later.
+    """
+    added = "ray" not in sys.modules and FAILURE_HANDLER_ENV not in os.environ
+    if added:
+        os.environ[FAILURE_HANDLER_ENV] = "1"
     try:
         import ray
     except ImportError:
         raise SVFormerError(f"--ray needs Ray, which is not installed: {EXTRA}") from None
+    finally:
+        if added:
+            del os.environ[FAILURE_HANDLER_ENV]
     return ray
 
 
@@ -68,54 +84,98 @@ def ray_runner(address: str | None = None, num_cpus: int | None = None) -> Runne
 
     ``address``: a running cluster to join (``ray start --head`` printed it; ``"auto"`` finds one on
     this machine); ``None`` starts a local runtime of ``num_cpus`` CPUs (default: all cores) for
-    this batch and stops it afterwards. Each clip is one task of one CPU. If Ray is already
-    initialised in this process, that runtime is used and left running.
+    this batch. Each clip is one task of one CPU. The runner connects for the batch and disconnects
+    at its end (``ray.shutdown``), also on Ctrl-C, SIGTERM or an error: that ends this driver's Ray
+    job, and Ray drops the job's queued tasks and stops its running ones (a local runtime is stopped
+    altogether, its processes included). If Ray is already initialised in this process, that
+    connection is used and left open; clips already sent then run to the end if the batch is stopped.
+
+    Tasks are never cancelled one by one: ``ray.cancel`` racing a task that is just finishing
+    aborts the driver inside Ray (Ray 2.60: "Tried to complete task that was not pending", exit 1
+    without our error line), while the disconnect ends them all without that race.
     """
     ray = import_ray()
 
     def run(bundle: Bundle, jobs: list[ClipJob], settings: ClipSettings) -> Iterator[Outcome]:
-        started = False
-        if not ray.is_initialized():
-            _init(ray, address, num_cpus)
-            started = True
-        pending: dict[Any, ClipJob] = {}
-        try:
-            task = ray.remote(num_cpus=1, max_retries=0)(_ray_clip)
-            box = [ray.put(bundle)]  # the loaded graph, once for all tasks
-            window = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))  # clips in flight
-            queue = iter(jobs)
-            while True:
-                for job in queue:
-                    data, err = _read_clip(job.clip)
-                    if err is not None:
-                        yield job, [], err
-                        continue
-                    pending[task.remote(box, job, settings, data)] = job
-                    if len(pending) >= window:
-                        break
-                if not pending:
-                    break
-                done, _ = ray.wait(list(pending), num_returns=1)
-                for ref in done:
-                    job = pending.pop(ref)
-                    try:
-                        outcome = ray.get(ref)
-                    except Exception as e:  # noqa: BLE001 - a worker that died must not stop the batch
-                        outcome = (job, [], f"{job.clip}: the Ray task failed ({type(e).__name__}: "
-                                            f"{str(e).splitlines()[0] if str(e) else ''})")
-                    yield outcome
-        except BaseException:  # Ctrl-C, or the driver stopped reading (GeneratorExit): cancel the rest
-            for ref in pending:
-                try:
-                    ray.cancel(ref, force=True)
-                except Exception:  # noqa: BLE001, S110 - a task that already finished cannot be cancelled
-                    pass
-            raise
-        finally:
-            if started:
-                ray.shutdown()
+        if ray.is_initialized():
+            yield from _run_tasks(ray, bundle, jobs, settings)
+            return
+        with _connected(ray, address, num_cpus):
+            yield from _run_tasks(ray, bundle, jobs, settings)
 
     return run
+
+
+@contextlib.contextmanager
+def _connected(ray: Any, address: str | None, num_cpus: int | None) -> Iterator[None]:
+    """This process connected to Ray for the block (:func:`_init`), disconnected after it, whatever happens.
+
+    ``ray.init`` runs in a thread of its own, which lives until the disconnect:
+
+    - a signal must not cut ``ray.init`` short: an exception raised inside it can leave Ray's C++
+      core worker half built, and the process then crashes at exit (SIGSEGV after our error line).
+      The main thread holds SIGINT and SIGTERM until ``ray.init`` is done and raises them then;
+    - in the main thread ``ray.init`` installs its own SIGTERM handler (``sys.exit(15)``, without our
+      clean-up and error line); from another thread it leaves the process's handlers alone;
+    - on Linux the processes of a local runtime stop when the thread that started them ends
+      (``PR_SET_PDEATHSIG``), so that thread ends only after ``ray.shutdown``.
+    """
+    failed: list[BaseException] = []
+    started, release = threading.Event(), threading.Event()
+
+    def owner() -> None:
+        try:
+            _init(ray, address, num_cpus)
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            failed.append(e)
+        started.set()
+        release.wait()
+
+    thread = threading.Thread(target=owner, name="ray-init", daemon=True)
+    try:
+        with deferred_interrupts():
+            thread.start()
+            started.wait()
+            if failed:
+                raise failed[0]
+        yield
+    finally:
+        try:
+            if ray.is_initialized():
+                with deferred_interrupts():  # a second signal must not cut the shutdown short either
+                    ray.shutdown()
+        finally:
+            release.set()
+            thread.join()
+
+
+def _run_tasks(ray: Any, bundle: Bundle, jobs: list[ClipJob], settings: ClipSettings) -> Iterator[Outcome]:
+    """Send the clips as tasks (at most two per CPU of the cluster in flight) and yield their outcomes."""
+    task = ray.remote(num_cpus=1, max_retries=0)(_ray_clip)
+    box = [ray.put(bundle)]  # the loaded graph, once for all tasks
+    window = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))  # clips in flight
+    pending: dict[Any, ClipJob] = {}
+    queue = iter(jobs)
+    while True:
+        for job in queue:
+            data, err = _read_clip(job.clip)
+            if err is not None:
+                yield job, [], err
+                continue
+            pending[task.remote(box, job, settings, data)] = job
+            if len(pending) >= window:
+                break
+        if not pending:
+            return
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            job = pending.pop(ref)
+            try:
+                outcome = ray.get(ref)
+            except Exception as e:  # noqa: BLE001 - a worker that died must not stop the batch
+                outcome = (job, [], f"{job.clip}: the Ray task failed ({type(e).__name__}: "
+                                    f"{str(e).splitlines()[0] if str(e) else ''})")
+            yield outcome
 
 
 def _init(ray: Any, address: str | None, num_cpus: int | None) -> None:

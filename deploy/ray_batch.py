@@ -17,15 +17,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from svformer_deploy.svformer.errors import SVFormerError
-from svformer_deploy.svformer.interrupts import deferred_interrupts
+from svformer_deploy.svformer.interrupts import Interrupted, deferred_interrupts, pending
 
 from .batch import ClipJob, ClipSettings, Outcome, Runner, run_job
 
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
 EXTRA = "pip install 'svformer-deploy[ray]'"
 MAX_CLIP_BYTES = 1 << 30  # a clip is sent to its task in one piece
 FAILURE_HANDLER_ENV = "RAY_DISABLE_FAILURE_SIGNAL_HANDLER"
+INIT_GRACE_S = 15.0  # how long a signal waits for a ray.init still under way before it is raised anyway
+CONNECT_TIMEOUT_S = 10.0  # for the check that something listens at --ray-address
 
 
 def import_ray() -> Any:
@@ -119,6 +123,9 @@ def _connected(ray: Any, address: str | None, num_cpus: int | None) -> Iterator[
       clean-up and error line); from another thread it leaves the process's handlers alone;
     - on Linux the processes of a local runtime stop when the thread that started them ends
       (``PR_SET_PDEATHSIG``), so that thread ends only after ``ray.shutdown``.
+
+    A ``ray.init`` that has not finished :data:`INIT_GRACE_S` seconds after a signal (a cluster
+    address that accepts connections but never answers) is abandoned: the signal is raised then.
     """
     failed: list[BaseException] = []
     started, release = threading.Event(), threading.Event()
@@ -135,18 +142,25 @@ def _connected(ray: Any, address: str | None, num_cpus: int | None) -> Iterator[
     try:
         with deferred_interrupts():
             thread.start()
-            started.wait()
+            held_since = None
+            while not started.wait(0.1):
+                signum = pending()
+                if signum is not None:
+                    held_since = held_since or time.monotonic()
+                    if time.monotonic() - held_since > INIT_GRACE_S:  # ray.init hangs: stop waiting for it
+                        raise Interrupted(signum)
             if failed:
                 raise failed[0]
         yield
     finally:
         try:
-            if ray.is_initialized():
+            if started.is_set() and ray.is_initialized():
                 with deferred_interrupts():  # a second signal must not cut the shutdown short either
                     ray.shutdown()
         finally:
             release.set()
-            thread.join()
+            if started.is_set():
+                thread.join()
 
 
 def _run_tasks(ray: Any, bundle: Bundle, jobs: list[ClipJob], settings: ClipSettings) -> Iterator[Outcome]:
@@ -181,6 +195,8 @@ def _run_tasks(ray: Any, bundle: Bundle, jobs: list[ClipJob], settings: ClipSett
 def _init(ray: Any, address: str | None, num_cpus: int | None) -> None:
     """Start a local Ray runtime (``address`` None) or join the cluster at ``address``; one error line if not."""
     quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
+    if address is not None:
+        _check_reachable(address)
     try:
         if address is None:
             ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, **quiet)
@@ -189,6 +205,23 @@ def _init(ray: Any, address: str | None, num_cpus: int | None) -> None:
     except Exception as e:  # noqa: BLE001 - ConnectionError, RuntimeError, ValueError, Ray's own errors
         where = f"join the Ray cluster at {address}" if address else "start a local Ray runtime"
         raise SVFormerError(f"cannot {where}: {' '.join(str(e).split())[:300]}") from None
+
+
+def _check_reachable(address: str) -> None:
+    """One error line at once if nothing listens at ``address`` (``host:port``, also ``ray://host:port``):
+    ``ray.init`` would retry such an address for minutes, printing Ray's warnings."""
+    hostport = address.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        if address == "auto":
+            return
+        raise SVFormerError(f"--ray-address {address}: expected HOST:PORT as `ray start --head` prints it")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as e:
+        raise SVFormerError(f"cannot join the Ray cluster at {address}: nothing answers there "
+                            f"({e.strerror or type(e).__name__}); is `ray start --head` running?") from None
 
 
 def _read_clip(clip: Path) -> tuple[bytes, str | None]:

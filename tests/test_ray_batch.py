@@ -355,6 +355,42 @@ def test_ray_options_without_a_folder_are_usage_errors(capsys, args, fragment):
     one_error_line(code, capsys.readouterr().err, fragment)
 
 
+def test_an_address_where_nothing_listens_is_one_error_line_at_once(tmp_path, bundle, videos):
+    proc = ray_cli("energy-report", "--videos", videos, "--model", bundle, "--runs", tmp_path / "runs",
+                   "--ray-address", f"127.0.0.1:{_free_port()}")
+    line = one_error_line(proc.returncode, proc.stderr, "cannot join the Ray cluster", "nothing answers")
+    assert proc.stderr.strip().splitlines() == [line] and proc.stdout == ""
+    assert list((tmp_path / "runs").rglob("*.json")) == []
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_joining_a_server_that_never_answers_ends_the_command(tmp_path, bundle, videos):
+    """A port that accepts connections but is not Ray: ray.init would wait for minutes. The signal is held
+    while ray.init runs, then raised anyway after INIT_GRACE_S (15 s); Ray's own connection warnings may
+    come before our line."""
+    mark = new_mark()
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        proc = subprocess.Popen([str(CLI), "energy-report", "--videos", str(videos), "--model", str(bundle),
+                                 "--runs", str(tmp_path / "runs"), "--ray-address",
+                                 f"127.0.0.1:{server.getsockname()[1]}"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(mark))
+        try:
+            time.sleep(3)  # inside ray.init, which does not return
+            assert proc.poll() is None, proc.communicate()
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=90)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 2 and out == "", err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: interrupted by SIGINT") and sum(x.startswith("error:") for x in lines) == 1
+    assert "Traceback" not in err
+    assert wait_until_gone(mark) == []
+
+
 def test_workers_with_a_cluster_address_is_a_usage_error(tmp_path, capsys, bundle, videos):
     code = main(["energy-report", "--videos", str(videos), "--model", str(bundle), "--ray-address", "127.0.0.1:1",
                  "--workers", "2"])

@@ -141,6 +141,41 @@ def test_ray_local_runtime_gives_the_pools_records_and_reports_bad_clips(tmp_pat
     assert [p for p in runs.rglob("*") if p.is_file() and p.suffix != ".json"] == []
 
 
+@pytest.mark.slow
+def test_ray_tasks_take_the_pools_groups_of_clips_and_give_its_records(tmp_path, bundle):
+    """16 clips of different activity, all named 0.mp4 (one per class folder), 2 views each, 2 workers: the
+    pool and Ray both run groups of 2 clips, 4 views per executor pass; every record is the pool's."""
+    from svformer_deploy.deploy.batch import group_clips
+    from test_sim_batch import _clip_of
+
+    videos = tmp_path / "clips"
+    for i in range(16):
+        (videos / f"c{i:02d}").mkdir(parents=True)
+        _clip_of(videos / f"c{i:02d}" / "0.mp4", 8 * i, frames=24)
+    assert [len(g) for g in group_clips(list(range(16)), 2, 2, 16)] == [2] * 8  # two clips (4 views) a task
+    common = ("energy-report", "--videos", videos, "--model", bundle, "--views", "2x1", "--workers", "2", "--json")
+    pool_proc = ray_cli(*common, "--runs", tmp_path / "pool")
+    ray_proc = ray_cli(*common, "--runs", tmp_path / "ray", "--ray")
+    for proc in (pool_proc, ray_proc):
+        assert proc.returncode == 0, proc.stderr
+        assert "simulated 16 clip(s), 0 from earlier runs, 0 failed" in proc.stderr
+
+    def by_view(runs: Path) -> dict[tuple[str, int], dict]:
+        out = {}
+        for path in runs.rglob("*.json"):
+            data = json.loads(path.read_text())
+            out[path.parent.name, data["input"]["view"]] = {k: v for k, v in data.items() if k not in VOLATILE}
+        return out
+
+    pool_records, ray_records = by_view(tmp_path / "pool"), by_view(tmp_path / "ray")
+    assert len(pool_records) == 32 and sorted(ray_records) == sorted(pool_records)
+    assert ray_records == pool_records  # every count and logit; each record names its own clip
+    assert len({json.dumps(r["totals"]) for r in ray_records.values()}) > 16  # the clips' activity differs
+    assert all(r["input"]["path"].startswith(str(videos)) for r in ray_records.values())
+    for key in ("clips", "methods", "per_class", "stages", "layers"):
+        assert json.loads(ray_proc.stdout)[key] == json.loads(pool_proc.stdout)[key], key
+
+
 def _copies(folder: Path, n: int) -> Path:
     """``folder`` with ``n`` copies of one small clip."""
     clip = write_clip(folder.parent / f"{folder.name}-clip.mp4", frames=20, size=48)

@@ -95,7 +95,6 @@ def check_writable(out: Path) -> None:
         raise SVFormerError(f"{out}: cannot write run records there ({e.strerror or e})") from None
 
 
-
 # ------------------------------------------------------------------------------------------
 # a group of clips (runs in a worker: a pool process, a Ray worker, or this process)
 # ------------------------------------------------------------------------------------------
@@ -160,8 +159,8 @@ def group_records(setup: SimSetup, jobs: list[ClipJob], settings: ClipSettings,
 
     A clip that cannot be read fails alone; the others of its group are simulated. ``local``: copies
     of the clips to read instead of ``job.clip`` (a Ray worker on a machine without the driver's
-    files); the records and reasons name the original clips. The records are those
-    ``simulate_file`` writes for the clip when it runs in a pass with the same other views.
+    files); the records name the original clips. The records are those ``simulate_file`` writes for
+    the clip when it runs in a pass with the same other views.
     """
     import torch
     from svformer_deploy.simulators.run import prepare_input, simulate_records
@@ -180,26 +179,30 @@ def group_records(setup: SimSetup, jobs: list[ClipJob], settings: ClipSettings,
             reasons[i] = f"{type(e).__name__}: {e}"
     runs = simulate_records(setup, [p for _, p in ready], [jobs[i].label for i, _ in ready], settings.batch,
                             sources=[jobs[i].resolved for i, _ in ready], model=settings.model_info)
-    records: dict[int, list[dict[str, Any]]] = {}
+    records = {}
     for (i, _), run in zip(ready, runs, strict=True):
         if isinstance(run, SVFormerError):
             reasons[i] = str(run)
         else:
             records[i] = run.records
-    out: list[Outcome] = []
-    for i, job in enumerate(jobs):
-        if i in records:
-            out.append((job, records[i], None))
-        else:  # name the clip, not the worker's copy of it
-            out.append((job, [], reasons[i].replace(str(paths[i]), str(job.clip)) if local is not None else reasons[i]))
-    return out
+    return [(job, records[i], None) if i in records else (job, [], reasons[i]) for i, job in enumerate(jobs)]
 
 
 def run_group(bundle: Bundle, jobs: list[ClipJob], settings: ClipSettings, local: list[Path] | None = None
               ) -> list[Outcome]:
-    """:func:`group_records` with this process's simulator of ``bundle`` (:func:`worker_setup`); raises
-    :class:`SVFormerError` when the bundle's graph cannot be simulated (every clip of the group fails)."""
-    return group_records(worker_setup(bundle, settings.executor), jobs, settings, local)
+    """:func:`group_records` with this process's simulator of ``bundle`` (:func:`worker_setup`), never raising:
+    a bundle that cannot be simulated, or a crash inside the executor pass, fails every clip of the group
+    with its reason. Reasons name the clips, not the worker's copies (``local``) of them."""
+    try:
+        outcomes = group_records(worker_setup(bundle, settings.executor), jobs, settings, local)
+    except SVFormerError as e:
+        outcomes = [(job, [], str(e)) for job in jobs]
+    except Exception as e:  # noqa: BLE001 - a crashing group must not stop the batch
+        outcomes = [(job, [], f"{type(e).__name__}: {e}") for job in jobs]
+    if local is None:
+        return outcomes
+    return [(job, records, err if err is None else err.replace(str(copy), str(job.clip)))
+            for (job, records, err), copy in zip(outcomes, local, strict=True)]
 
 
 # ------------------------------------------------------------------------------------------
@@ -375,8 +378,7 @@ def pool_runner(workers: int) -> Runner:
             settings = dataclasses.replace(settings, threads=max(1, os.cpu_count() or 1))
             try:
                 for group in groups:
-                    outcomes, err = _call(run_group, (bundle, group, settings))
-                    yield from outcomes if err is None else [(job, [], err) for job in group]
+                    yield from run_group(bundle, group, settings)
             finally:
                 _SETUP.clear()  # this process keeps no simulator after the batch
             return

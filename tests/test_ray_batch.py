@@ -411,14 +411,20 @@ def test_ctrl_c_while_joining_a_server_that_never_answers_ends_the_command(tmp_p
                                  "--runs", str(tmp_path / "runs"), "--ray-address",
                                  f"127.0.0.1:{server.getsockname()[1]}"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(mark))
+        accepted = []  # held open, never answered
         try:
-            time.sleep(3)  # inside ray.init, which does not return
+            server.settimeout(120)  # under load the command may take long to import torch and load the bundle
+            for _ in range(2):  # the reachability check, then ray.init's own connection: now inside ray.init
+                accepted.append(server.accept()[0])
+            time.sleep(1)
             assert proc.poll() is None, proc.communicate()
             proc.send_signal(signal.SIGINT)
             out, err = proc.communicate(timeout=90)
         finally:
             if proc.poll() is None:
                 proc.kill()
+            for conn in accepted:
+                conn.close()
     assert proc.returncode == 2 and out == "", err
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines[-1].startswith("error: interrupted by SIGINT") and sum(x.startswith("error:") for x in lines) == 1

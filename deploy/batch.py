@@ -6,24 +6,38 @@ clip" figures). Clips are found recursively; a clip's class is the name of its f
 records. Each clip's records go to ``OUT/<relative path>/`` atomically, so an interrupted batch
 resumes where it stopped: clips whose folder already holds records are not simulated again. A clip
 that fails (corrupt, too short, wrong kind) is reported on stderr, skipped and counted.
+
+One driver, several runners. :func:`simulate_folder` finds the clips, skips the resumed ones, loads
+the bundle once and hands the rest to a *runner* (a local process pool here, a Ray cluster in
+``deploy/ray_batch.py``). Every runner splits the clips into the same groups (:func:`group_clips`),
+calls the same per-group function, :func:`group_records` (the group's views ``batch`` at a time
+through one executor pass, so every runner gives the same records), and yields ``(job, records,
+error)`` per clip; the driver alone writes each clip's records into its slot with
+:func:`simulators.record.write_records` (atomically, all views or none), so workers need no access
+to the run-record folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import re
 import signal
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from svformer_deploy.svformer.data.media import EVENT_EXTENSIONS, VIDEO_EXTENSIONS
 from svformer_deploy.svformer.errors import SVFormerError
+
+if TYPE_CHECKING:
+    from svformer_deploy.export.bundle import Bundle
+    from svformer_deploy.simulators.run import SimSetup
 
 
 @dataclass
@@ -81,47 +95,46 @@ def check_writable(out: Path) -> None:
         raise SVFormerError(f"{out}: cannot write run records there ({e.strerror or e})") from None
 
 
-_STOP = False  # set in a worker when the batch is cancelled: queued clips return at once
+# ------------------------------------------------------------------------------------------
+# a group of clips (runs in a worker: a pool process, a Ray worker, or this process)
+# ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClipJob:
+    """One clip to simulate: the file as found, its absolute path (for the records), class label, slot folder."""
+
+    clip: Path
+    resolved: str
+    label: str | None
+    slot: Path
 
 
-def _worker_init() -> None:
-    """Workers leave Ctrl-C to the parent and turn its SIGTERM into a clean exit (records removed)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+@dataclass(frozen=True)
+class ClipSettings:
+    """What every clip of a batch is simulated with (sent to the workers with each group)."""
 
-    def stop(signum: int, frame: object) -> None:
-        global _STOP
-        _STOP = True
-        raise SystemExit(128 + signum)
+    kind: str  # the file kind the bundle reads: "video" (also video-events models) or "events"
+    views: tuple[int, int]
+    executor: str  # "float" | "integer"
+    model_info: dict[str, Any]  # the records' "model" entry (simulators.run.model_info, made by the driver)
+    batch: int = 1  # clip views per executor pass
+    threads: int = 1  # torch threads per worker
 
-    signal.signal(signal.SIGTERM, stop)
+
+Outcome = tuple[ClipJob, list[dict[str, Any]], str | None]  # (job, its records, None) or (job, [], reason)
+Runner = Callable[["Bundle", list[ClipJob], ClipSettings], Iterator[Outcome]]
+
+_SETUP: dict[tuple[str, str], SimSetup] = {}  # a worker's simulator of the batch's graph (one entry)
 
 
-def _simulate_group(group: list[tuple[str, str | None, str]], kind: str, model: str, views: tuple[int, int],
-                    executor: str, threads: int, batch: int | str) -> list[tuple[str, list[str], str | None]]:
-    """Worker: simulate a group of clips ``(clip, label, out folder)``, their views ``batch`` at a time
-    through one executor pass; per clip ``(clip, record paths, None)`` or ``(clip, [], reason)``.
+def worker_setup(bundle: Bundle, executor: str) -> SimSetup:
+    """The loaded bundle's :class:`simulators.run.SimSetup` for ``executor``, built once per worker process."""
+    from svformer_deploy.simulators.run import open_simulation
 
-    A clip that cannot be read fails alone; the others of its group are simulated and written.
-    """
-    import torch
-    from svformer_deploy.simulators.run import open_simulation, prepare_input, simulate_prepared
-
-    torch.set_num_threads(threads)
-    setup = open_simulation(model, executor)
-    outcome: dict[str, tuple[list[str], str | None]] = {}
-    ready = []
-    for clip, label, out in group:
-        try:
-            video, events = (None, clip) if kind == "events" else (clip, None)
-            ready.append((clip, prepare_input(setup.spec, video, events, views, setup.bundle.path), label, out))
-        except SVFormerError as e:
-            outcome[clip] = ([], str(e))
-        except Exception as e:  # noqa: BLE001 - a crashing clip must not stop the batch
-            outcome[clip] = ([], f"{type(e).__name__}: {e}")
-    reports = simulate_prepared(setup, [r[1] for r in ready], [r[3] for r in ready], [r[2] for r in ready], batch)
-    for (clip, _, _, _), rep in zip(ready, reports, strict=True):
-        outcome[clip] = ([], str(rep)) if isinstance(rep, SVFormerError) else ([str(p) for p in rep.record_paths], None)
-    return [(clip, *outcome[clip]) for clip, _, _ in group]
+    key = (bundle.model_hash, executor)
+    if key not in _SETUP:
+        _SETUP.clear()
+        _SETUP[key] = open_simulation(bundle, executor)
+    return _SETUP[key]
 
 
 def group_clips(todo: list, views: int, workers: int, batch: int) -> list[list]:
@@ -134,28 +147,89 @@ def group_clips(todo: list, views: int, workers: int, batch: int) -> list[list]:
     return [todo[i:i + size] for i in range(0, len(todo), size)]
 
 
+def settings_groups(jobs: list[ClipJob], settings: ClipSettings, workers: int) -> list[list[ClipJob]]:
+    """:func:`group_clips` of a runner's clips for ``workers`` parallel workers (every runner groups alike)."""
+    return group_clips(jobs, settings.views[0] * settings.views[1], workers, settings.batch)
+
+
+def group_records(setup: SimSetup, jobs: list[ClipJob], settings: ClipSettings,
+                  local: list[Path] | None = None) -> list[Outcome]:
+    """Simulate a group of clips, their views ``settings.batch`` at a time through one executor pass, and
+    return each clip's run records (one per view; nothing is written) or the reason it failed.
+
+    A clip that cannot be read fails alone; the others of its group are simulated. ``local``: copies
+    of the clips to read instead of ``job.clip`` (a Ray worker on a machine without the driver's
+    files); the records name the original clips. The records are those ``simulate_file`` writes for
+    the clip when it runs in a pass with the same other views.
+    """
+    import torch
+    from svformer_deploy.simulators.run import prepare_input, simulate_records
+
+    torch.set_num_threads(settings.threads)
+    paths = local if local is not None else [job.clip for job in jobs]
+    reasons: dict[int, str] = {}
+    ready = []  # (index in the group, prepared input)
+    for i, path in enumerate(paths):
+        video, events = (path, None) if settings.kind == "video" else (None, path)
+        try:
+            ready.append((i, prepare_input(setup.spec, video, events, settings.views, setup.bundle.path)))
+        except SVFormerError as e:
+            reasons[i] = str(e)
+        except Exception as e:  # noqa: BLE001 - a crashing clip must not stop the batch
+            reasons[i] = f"{type(e).__name__}: {e}"
+    runs = simulate_records(setup, [p for _, p in ready], [jobs[i].label for i, _ in ready], settings.batch,
+                            sources=[jobs[i].resolved for i, _ in ready], model=settings.model_info)
+    records = {}
+    for (i, _), run in zip(ready, runs, strict=True):
+        if isinstance(run, SVFormerError):
+            reasons[i] = str(run)
+        else:
+            records[i] = run.records
+    return [(job, records[i], None) if i in records else (job, [], reasons[i]) for i, job in enumerate(jobs)]
+
+
+def run_group(bundle: Bundle, jobs: list[ClipJob], settings: ClipSettings, local: list[Path] | None = None
+              ) -> list[Outcome]:
+    """:func:`group_records` with this process's simulator of ``bundle`` (:func:`worker_setup`), never raising:
+    a bundle that cannot be simulated, or a crash inside the executor pass, fails every clip of the group
+    with its reason. Reasons name the clips, not the worker's copies (``local``) of them."""
+    try:
+        outcomes = group_records(worker_setup(bundle, settings.executor), jobs, settings, local)
+    except SVFormerError as e:
+        outcomes = [(job, [], str(e)) for job in jobs]
+    except Exception as e:  # noqa: BLE001 - a crashing group must not stop the batch
+        outcomes = [(job, [], f"{type(e).__name__}: {e}") for job in jobs]
+    if local is None:
+        return outcomes
+    return [(job, records, err if err is None else err.replace(str(copy), str(job.clip)))
+            for (job, records, err), copy in zip(outcomes, local, strict=True)]
+
+
+# ------------------------------------------------------------------------------------------
+# the driver
+# ------------------------------------------------------------------------------------------
 def simulate_folder(videos: str | Path, model: str | Path, out_dir: str | Path | None = None, workers: int = 2,
                     views: tuple[int, int] = (1, 1), executor: str = "float",
                     on_clip: Callable[[str, str | None], None] | None = None,
-                    batch: int | str | None = None) -> BatchResult:
+                    batch: int | str | None = None, runner: Runner | None = None) -> BatchResult:
     """Simulate every clip below ``videos`` with the bundle ``model``.
 
     ``out_dir`` defaults to ``runs/batch-<model hash[:12]>``; it is checked for writability before
-    any clip is simulated. Each worker takes a group of clips and runs their views ``batch`` at a
-    time through one executor pass (default ``"auto"``: :func:`simulators.run.auto_batch`; 1: clip
-    by clip). ``on_clip(clip, error)`` is called after each clip (progress display). Returns the
-    records of all clips, including resumed ones. Ctrl-C (KeyboardInterrupt) cancels the queued
-    clips, stops the running ones (their records are not written) and propagates.
+    any clip is simulated. The clips run in groups (:func:`group_clips`), each group's views ``batch``
+    at a time through one executor pass (default ``"auto"``: :func:`simulators.run.auto_batch`; 1:
+    clip by clip). ``on_clip(clip, error)`` is called after each clip (progress display).
+    ``runner`` simulates the clips that have no records yet (default: :func:`pool_runner` of
+    ``workers`` processes; ``deploy.ray_batch.ray_runner`` for Ray); this function writes their records.
+    Returns the records of all clips, including resumed ones. Ctrl-C (KeyboardInterrupt) cancels
+    the queued clips, stops the running ones (their records are not written) and propagates.
     """
     from svformer_deploy.export.bundle import load_bundle
-    from svformer_deploy.simulators.run import auto_batch, bundle_input_spec
+    from svformer_deploy.simulators.run import EXECUTORS, auto_batch, bundle_input_spec, model_info
 
     batch = "auto" if batch is None else batch
     if batch != "auto" and int(batch) < 1:
         raise SVFormerError(f"the batch size must be at least 1, not {batch}")
     bundle = load_bundle(model)
-    if batch == "auto":
-        batch = auto_batch(bundle.graph("ir_quantized" if executor == "integer" else "ir"))
     kind = bundle_input_spec(bundle).file_kind  # video-events models read video files
     root = Path(videos)
     clips = find_clips(root, kind)
@@ -172,52 +246,101 @@ def simulate_folder(videos: str | Path, model: str | Path, out_dir: str | Path |
             if on_clip:
                 on_clip(str(clip), None)
         else:
-            todo.append((str(clip), label, str(slot)))
-    workers = max(1, min(workers, len(todo) or 1))
-    threads = 1 if workers > 1 else max(1, (os.cpu_count() or 1))
-    groups = group_clips(todo, views[0] * views[1], workers, int(batch))
-    args = [(g, kind, str(bundle.path), views, executor, threads, batch) for g in groups]
-
-    def finished(group: list, outcomes: list | None, err: str | None) -> None:
-        for clip, paths, why in (outcomes if err is None else [(c, [], err) for c, _, _ in group]):
-            _collect(result, clip, paths, why, on_clip)
-
-    map_clips(_simulate_group, args, workers, finished)
+            todo.append(ClipJob(clip, str(clip.resolve()), label, slot))
+    if todo:
+        if executor not in EXECUTORS:
+            raise SVFormerError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
+        if executor == "integer" and not bundle.has("ir_quantized"):
+            raise SVFormerError(f"{bundle.path}: exported without quantization (no ir_quantized graph), so the "
+                                "integer executor has nothing to run; re-export with quantization or drop --integer")
+        graph = bundle.graph("ir_quantized" if executor == "integer" else "ir")  # read and verified once, here
+        settings = ClipSettings(kind=kind, views=tuple(views), executor=executor, model_info=model_info(bundle),
+                                batch=auto_batch(graph) if batch == "auto" else int(batch))
+        run = runner if runner is not None else pool_runner(workers)
+        with contextlib.closing(run(bundle, todo, settings)) as outcomes:
+            for job, records, err in outcomes:
+                _collect(result, job, records, err, on_clip)
     result.records.sort()
     return result
 
 
-def map_clips(fn: Callable[..., Any], args: Sequence[tuple], workers: int,
-              on_done: Callable[[str, Any, str | None], None]) -> None:
-    """Call ``fn(*a)`` for every ``a`` in ``args`` (``a[0]`` names the clip), here or in a process pool.
+def _collect(result: BatchResult, job: ClipJob, records: list[dict[str, Any]], err: str | None,
+             on_clip: Callable[[str, str | None], None] | None) -> None:
+    """Write one clip's records into its slot (all views or none) and count it, or count its failure."""
+    from svformer_deploy.simulators.record import write_records
+
+    if err is None:
+        try:
+            result.records += write_records(records, job.slot, job.clip.stem)
+            result.simulated += 1
+        except SVFormerError as e:
+            err = str(e)
+    if err is not None:
+        result.failures.append((str(job.clip), " ".join(err.split())))
+    if on_clip:
+        on_clip(str(job.clip), err)
+
+
+# ------------------------------------------------------------------------------------------
+# the local process pool
+# ------------------------------------------------------------------------------------------
+_STOP = False  # set in a worker when the batch is cancelled: queued clips return at once
+_BUNDLE: Bundle | None = None  # the batch's bundle in a pool worker (graph loaded by the parent)
+
+
+def _worker_init(bundle: Bundle | None = None) -> None:
+    """Workers keep the parent's loaded bundle (if any), leave Ctrl-C to the parent and turn its SIGTERM
+    into a clean exit (nothing is written by a worker)."""
+    global _BUNDLE
+    _BUNDLE = bundle
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def stop(signum: int, frame: object) -> None:
+        global _STOP
+        _STOP = True
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def pool_map(fn: Callable[..., Any], args: Sequence[tuple], workers: int, bundle: Bundle | None = None
+             ) -> Iterator[tuple[Any, Any, str | None]]:
+    """Call ``fn(*a)`` for every ``a`` in ``args`` (``a[0]`` names the clip or group), here or in a process pool.
 
     ``workers`` 1: in this process; more: a pool of that many processes (``fn`` must be a module-level
-    function). After each clip ``on_done(clip, value, None)``, or ``on_done(clip, None, reason)`` when
-    ``fn`` raised (an :class:`SVFormerError` gives its message, anything else its type and message):
-    one failing clip never stops the others. Ctrl-C (KeyboardInterrupt) cancels the queued clips,
-    stops the running ones and propagates.
+    function; ``bundle`` is handed to every worker once, as :data:`_BUNDLE`). Yields, in the order the
+    clips finish, ``(a[0], value, None)``, or ``(a[0], None, reason)`` when ``fn`` raised (an
+    :class:`SVFormerError` gives its message, anything else its type and message): one failing clip
+    never stops the others. Ctrl-C (KeyboardInterrupt), or closing the generator, cancels the queued
+    clips, stops the running ones and propagates.
     """
     if workers <= 1:
         for a in args:
             value, err = _call(fn, a)
-            on_done(a[0], value, err)
+            yield a[0], value, err
         return
-    pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init)
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(bundle,))
     try:
         futures = {pool.submit(_guarded, fn, *a): a[0] for a in args}
         for fut in as_completed(futures):
-            clip = futures[fut]
             try:
                 value, err = fut.result(), None
             except SVFormerError as e:
                 value, err = None, str(e)
             except Exception as e:  # noqa: BLE001 - a crashing clip must not stop the batch
                 value, err = None, f"{type(e).__name__}: {e}"
-            on_done(clip, value, err)
-    except BaseException:
+            yield futures[fut], value, err
+    except BaseException:  # Ctrl-C in the driver, or the driver stopped reading (GeneratorExit)
         _cancel(pool)
         raise
     pool.shutdown(wait=True)
+
+
+def map_clips(fn: Callable[..., Any], args: Sequence[tuple], workers: int,
+              on_done: Callable[[str, Any, str | None], None]) -> None:
+    """:func:`pool_map` with a callback: ``on_done(clip, value, None)`` or ``on_done(clip, None, reason)``."""
+    for clip, value, err in pool_map(fn, args, workers):
+        on_done(clip, value, err)
 
 
 def _guarded(fn: Callable[..., Any], *args: Any) -> Any:
@@ -225,6 +348,44 @@ def _guarded(fn: Callable[..., Any], *args: Any) -> Any:
     if _STOP:
         raise SystemExit(1)
     return fn(*args)
+
+
+def _call(fn: Callable[..., Any], args: tuple) -> tuple[Any, str | None]:
+    """One clip in this process: ``(value, None)`` or ``(None, reason)``, as the worker pool reports it."""
+    try:
+        return fn(*args), None
+    except SVFormerError as e:
+        return None, str(e)
+    except Exception as e:  # noqa: BLE001 - a crashing clip must not stop the batch (same as with workers)
+        return None, f"{type(e).__name__}: {e}"
+
+
+def _pool_group(jobs: list[ClipJob], settings: ClipSettings) -> list[Outcome]:
+    """Pool worker: :func:`run_group` with the bundle the parent handed over (:data:`_BUNDLE`)."""
+    if _BUNDLE is None:
+        raise SystemExit(1)
+    return run_group(_BUNDLE, jobs, settings)
+
+
+def pool_runner(workers: int) -> Runner:
+    """A :data:`Runner` on ``workers`` local processes (one group of clips per process at a time, one torch
+    thread each); with one worker the groups run in this process on all cores."""
+
+    def run(bundle: Bundle, jobs: list[ClipJob], settings: ClipSettings) -> Iterator[Outcome]:
+        n = max(1, min(workers, len(jobs)))
+        groups = settings_groups(jobs, settings, n)
+        if n == 1:
+            settings = dataclasses.replace(settings, threads=max(1, os.cpu_count() or 1))
+            try:
+                for group in groups:
+                    yield from run_group(bundle, group, settings)
+            finally:
+                _SETUP.clear()  # this process keeps no simulator after the batch
+            return
+        for group, outcomes, err in pool_map(_pool_group, [(g, settings) for g in groups], n, bundle):
+            yield from outcomes if err is None else [(job, [], err) for job in group]
+
+    return run
 
 
 def _cancel(pool: ProcessPoolExecutor) -> None:
@@ -239,24 +400,3 @@ def _cancel(pool: ProcessPoolExecutor) -> None:
         p.join(30)
         if p.is_alive():
             p.kill()
-
-
-def _call(fn: Callable[..., Any], args: tuple) -> tuple[Any, str | None]:
-    """One clip in this process: ``(value, None)`` or ``(None, reason)``, as the worker pool reports it."""
-    try:
-        return fn(*args), None
-    except SVFormerError as e:
-        return None, str(e)
-    except Exception as e:  # noqa: BLE001 - a crashing clip must not stop the batch (same as with workers)
-        return None, f"{type(e).__name__}: {e}"
-
-
-def _collect(result: BatchResult, clip: str, paths: list[str], err: str | None,
-             on_clip: Callable[[str, str | None], None] | None) -> None:
-    if err is None:
-        result.records += [Path(p) for p in paths]
-        result.simulated += 1
-    else:
-        result.failures.append((clip, " ".join(err.split())))
-    if on_clip:
-        on_clip(clip, err)

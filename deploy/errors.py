@@ -30,7 +30,10 @@ def _one_line(msg: object) -> str:
 
 
 def _interrupt_line(e: BaseException) -> str:
-    return f"error: interrupted by {signal_name(getattr(e, 'signum', None))}; unfinished outputs were removed"
+    signum = getattr(e, "signum", None)
+    if signum is None:  # a library turned our Interrupted into a plain KeyboardInterrupt (Ray's ray.wait does)
+        signum = swallowed()
+    return f"error: interrupted by {signal_name(signum)}; unfinished outputs were removed"
 
 
 def _os_error_line(e: OSError) -> str:

@@ -113,8 +113,11 @@ class SimulationReport:
 
 
 # --------------------------------------------------------------------------------------------
-def open_bundle(model: str | Path | None, cwd: str | Path = ".") -> Bundle:
-    """``model`` or the most recent bundle in ``cwd`` (the contract's default)."""
+def open_bundle(model: str | Path | Bundle | None, cwd: str | Path = ".") -> Bundle:
+    """``model`` (a folder, or a bundle already loaded) or the most recent bundle in ``cwd`` (the contract's
+    default)."""
+    if isinstance(model, Bundle):
+        return model
     return load_bundle(model if model is not None else find_latest_bundle(cwd))
 
 
@@ -158,9 +161,10 @@ class SimSetup:
     class_names: list[str]
 
 
-def open_simulation(model: str | Path | None = None, executor: str = "float", kernel: str = "auto",
+def open_simulation(model: str | Path | Bundle | None = None, executor: str = "float", kernel: str = "auto",
                     cwd: str | Path = ".") -> SimSetup:
-    """Open the bundle (``model``, or the newest in ``cwd``) and build the executor of its graph.
+    """Open the bundle (``model``: a folder or a loaded :class:`Bundle`; or the newest in ``cwd``) and build
+    the executor of its graph.
 
     ``executor``: ``"float"`` (the bundle's ``ir`` graph, float32) or ``"integer"`` (its
     ``ir_quantized`` graph, the fixed-point spec). Raises ``SVFormerError`` for an unusable bundle.
@@ -219,31 +223,48 @@ def run_views(sim: Simulator, views: torch.Tensor, batch: int | str = DEFAULT_BA
     return out
 
 
-def simulate_prepared(setup: SimSetup, inputs: list[PreparedInput], out_dirs: list[str | Path],
-                      labels: list[str | None] | None = None, batch: int | str = DEFAULT_BATCH,
-                      on_step: Callable[[int], None] | None = None, early_exit: tuple[float, int] | None = None,
-                      cost: Any = None) -> list[SimulationReport | SVFormerError]:
-    """Simulate every view of several prepared inputs, ``batch`` views per executor pass, and write
-    each input's run records into its ``out_dirs`` entry (atomically, all views or none).
+def model_info(bundle: Bundle) -> dict[str, Any]:
+    """The run records' ``model`` entry for ``bundle``: hash, bundle folder (absolute), arch, config."""
+    man = bundle.manifest
+    return {"hash": bundle.model_hash, "bundle": str(bundle.path.resolve()), "arch": man.get("arch"),
+            "config": man.get("config")}
 
-    Returns, per input, its :class:`SimulationReport` or the :class:`SVFormerError` that input
-    failed with (non-finite logits, an unwritable folder); one input's failure never touches the
-    others. ``labels``: each input's true class (``input.label`` in its records) or None.
-    ``early_exit`` ``(m, k)`` with ``cost`` (a cost model): each report also says where the rule of
-    :mod:`simulators.anytime` stops the input and the energy up to that step (:func:`early_exit_summary`).
+
+@dataclass
+class PreparedRun:
+    """One simulated input, nothing written yet: its views' results and run records (and early-exit summary)."""
+
+    results: list[SimResult]
+    records: list[dict[str, Any]]
+    early_exit: dict[str, Any] | None = None
+
+
+def simulate_records(setup: SimSetup, inputs: list[PreparedInput], labels: list[str | None] | None = None,
+                     batch: int | str = DEFAULT_BATCH, on_step: Callable[[int], None] | None = None,
+                     early_exit: tuple[float, int] | None = None, cost: Any = None,
+                     sources: list[str] | None = None, model: dict[str, Any] | None = None
+                     ) -> list[PreparedRun | SVFormerError]:
+    """Simulate every view of several prepared inputs, ``batch`` views per executor pass, and build each
+    input's run records without writing them.
+
+    Returns, per input, its :class:`PreparedRun` or the :class:`SVFormerError` that input failed with
+    (non-finite logits); one input's failure never touches the others. ``labels``: each input's true
+    class (``input.label`` in its records) or None. ``sources``: the ``input.path`` of each input's
+    records (default: the prepared file, resolved; a worker that simulates a copy of the clip names the
+    original). ``model``: the records' ``model`` entry (default: :func:`model_info` of the setup's bundle).
+    ``early_exit`` ``(m, k)`` with ``cost`` (a cost model): also where the rule of :mod:`simulators.anytime`
+    stops the input and the energy up to that step (:func:`early_exit_summary`).
     """
-    t0 = time.perf_counter()
     sim = setup.simulator
     labels = labels if labels is not None else [None] * len(inputs)
+    sources = sources if sources is not None else [str(p.path.resolve()) for p in inputs]
     if not inputs:
         return []
     results = run_views(sim, torch.cat([p.tensor for p in inputs]), batch, on_step, anytime=early_exit is not None)
-    man = setup.bundle.manifest
-    model_info = {"hash": setup.bundle.model_hash, "bundle": str(setup.bundle.path.resolve()),
-                  "arch": man.get("arch"), "config": man.get("config")}
-    out: list[SimulationReport | SVFormerError] = []
+    info = model if model is not None else model_info(setup.bundle)
+    out: list[PreparedRun | SVFormerError] = []
     first = 0
-    for prepared, out_dir, label in zip(inputs, out_dirs, labels, strict=True):
+    for prepared, label, source in zip(inputs, labels, sources, strict=True):
         mine = results[first:first + prepared.tensor.shape[0]]
         first += prepared.tensor.shape[0]
         try:
@@ -253,21 +274,45 @@ def simulate_prepared(setup: SimSetup, inputs: list[PreparedInput], out_dirs: li
             digest = sha256_file(prepared.path)
             records = []
             for v, res in enumerate(mine):
-                inp = {"kind": prepared.kind, "path": str(prepared.path.resolve()), "sha256": digest, "view": v,
+                inp = {"kind": prepared.kind, "path": source, "sha256": digest, "view": v,
                        "views": list(prepared.views), "frame_indices": prepared.frame_indices[v]}
                 if label is not None:
                     inp["label"] = label
-                records.append(build_record(sim, res, model=model_info, input=inp, class_names=setup.class_names))
+                records.append(build_record(sim, res, model=info, input=inp, class_names=setup.class_names))
             exit_doc = early_exit_summary(sim, mine, records, early_exit, cost, setup.class_names) \
                 if early_exit else None
-            paths = write_records(records, out_dir, prepared.path.stem)
         except SVFormerError as e:
             out.append(e)
             continue
-        out.append(SimulationReport(bundle=setup.bundle, executor=setup.executor, input=prepared, simulator=sim,
-                                    results=mine, records=records, record_paths=paths,
-                                    class_names=setup.class_names, wall_s=time.perf_counter() - t0,
-                                    early_exit=exit_doc))
+        out.append(PreparedRun(mine, records, exit_doc))
+    return out
+
+
+def simulate_prepared(setup: SimSetup, inputs: list[PreparedInput], out_dirs: list[str | Path],
+                      labels: list[str | None] | None = None, batch: int | str = DEFAULT_BATCH,
+                      on_step: Callable[[int], None] | None = None, early_exit: tuple[float, int] | None = None,
+                      cost: Any = None) -> list[SimulationReport | SVFormerError]:
+    """:func:`simulate_records`, then each input's run records written into its ``out_dirs`` entry
+    (atomically, all views or none).
+
+    Returns, per input, its :class:`SimulationReport` or the :class:`SVFormerError` that input
+    failed with (non-finite logits, an unwritable folder); one input's failure never touches the others.
+    """
+    t0 = time.perf_counter()
+    runs = simulate_records(setup, inputs, labels, batch, on_step, early_exit, cost)
+    out: list[SimulationReport | SVFormerError] = []
+    for prepared, out_dir, run in zip(inputs, out_dirs, runs, strict=True):
+        try:
+            if isinstance(run, SVFormerError):
+                raise run
+            paths = write_records(run.records, out_dir, prepared.path.stem)
+        except SVFormerError as e:
+            out.append(e)
+            continue
+        out.append(SimulationReport(bundle=setup.bundle, executor=setup.executor, input=prepared,
+                                    simulator=setup.simulator, results=run.results, records=run.records,
+                                    record_paths=paths, class_names=setup.class_names,
+                                    wall_s=time.perf_counter() - t0, early_exit=run.early_exit))
     return out
 
 

@@ -70,6 +70,11 @@ def _raise(signum: int) -> None:
     raise Interrupted(signum)
 
 
+def pending() -> int | None:
+    """The signal that :func:`deferred_interrupts` holds back at the moment, if any."""
+    return _pending
+
+
 def swallowed() -> int | None:
     """The signal raised as :class:`Interrupted` during :func:`signals_raise`, if any (even if caught since)."""
     return _raised

@@ -1,6 +1,8 @@
 """Declared dependencies match the product's imports: every third-party module imported anywhere in
 svformer/, export/, deploy/ and simulators/ (top level or inside functions) belongs to a distribution
-declared in pyproject.toml's ``dependencies``, and none belongs to a dev-only extra."""
+declared in pyproject.toml's ``dependencies`` or in one of its optional extras for users (``ray``), and
+none belongs to a dev-only extra. A user extra's modules are imported only inside functions, so the
+product imports and runs without them."""
 
 from __future__ import annotations
 
@@ -29,15 +31,29 @@ def _names(requirements: list[str]) -> set[str]:
 
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
 DECLARED = _names(PROJECT["dependencies"])
-DEV_ONLY = _names(PROJECT["optional-dependencies"]["dev"]) - DECLARED
+EXTRAS = {name: _names(reqs) - DECLARED for name, reqs in PROJECT["optional-dependencies"].items() if name != "dev"}
+OPTIONAL = set().union(*EXTRAS.values())  # distributions of the users' extras
+DEV_ONLY = _names(PROJECT["optional-dependencies"]["dev"]) - DECLARED - OPTIONAL
 
 
-def third_party_imports() -> dict[str, set[str]]:
-    """Top-level module -> the product files importing it (absolute imports that are neither stdlib nor ours)."""
+def _module_level(tree: ast.AST) -> list[ast.AST]:
+    """The nodes of ``tree`` outside function bodies (what runs when the module is imported)."""
+    out, todo = [], [tree]
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        todo += [c for c in ast.iter_child_nodes(node) if not isinstance(c, ast.FunctionDef | ast.AsyncFunctionDef)]
+    return out
+
+
+def third_party_imports(module_level: bool = False) -> dict[str, set[str]]:
+    """Top-level module -> the product files importing it (absolute imports that are neither stdlib nor ours);
+    with ``module_level`` only the imports that run when the file is imported (not inside functions)."""
     found: dict[str, set[str]] = {}
     for folder in PRODUCT:
         for path in sorted((REPO / folder).rglob("*.py")):
-            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+            for node in _module_level(tree) if module_level else ast.walk(tree):
                 if isinstance(node, ast.Import):
                     modules = [a.name for a in node.names]
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -66,9 +82,19 @@ def test_every_imported_third_party_module_is_a_declared_dependency() -> None:
     missing = {}
     for module, files in third_party_imports().items():
         files = {f for f in files if module not in STANDALONE.get(f, set())}
-        if files and not _distributions(module) & DECLARED:
+        if files and not _distributions(module) & (DECLARED | OPTIONAL):
             missing[module] = (sorted(_distributions(module)) or ["not installed"], sorted(files))
-    assert not missing, f"imported but not declared in pyproject.toml dependencies: {missing}"
+    assert not missing, f"imported but not declared in pyproject.toml dependencies or extras: {missing}"
+
+
+def test_the_users_extras_are_optional_dependencies_imported_only_inside_functions() -> None:
+    assert EXTRAS["ray"] == {"ray"} and "ray" not in DECLARED and "ray" not in DEV_ONLY
+    assert "ray" in _names(PROJECT["optional-dependencies"]["dev"])  # the tests run the Ray batch for real
+    assert "deploy/ray_batch.py" in third_party_imports()["ray"]
+    assert "ray" not in third_party_imports(module_level=True)
+    assert "torch" in third_party_imports(module_level=True)  # the module-level scan sees module-level imports
+    eager = {m: sorted(f) for m, f in third_party_imports(module_level=True).items() if _distributions(m) & OPTIONAL}
+    assert not eager, f"optional extras imported when the module is imported: {eager}"
 
 
 def test_no_product_module_imports_a_dev_only_package() -> None:

@@ -56,3 +56,26 @@ def test_folder_without_clips_is_one_error_line(tmp_path, capsys):
     code = main(["energy-report", "--videos", str(tmp_path / "empty"), "--model", str(bundle)])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error:") and "no videos" in err
+
+
+def test_folder_records_equal_those_simulate_writes_for_each_clip(tmp_path):
+    """The batch's per-clip function (deploy.batch.group_records) gives simulate_file's records."""
+    from svformer_deploy.deploy.batch import simulate_folder
+    from svformer_deploy.simulators.run import simulate_file
+
+    bundle = make_bundle(tmp_path / "m.svfd", img_size=32, time_steps=4, quantize=True)
+    (tmp_path / "clips" / "walk").mkdir(parents=True)
+    clip = write_clip(tmp_path / "clips" / "walk" / "0.mp4", frames=20, size=48)
+    for executor in ("float", "integer"):
+        batch = simulate_folder(tmp_path / "clips", bundle, tmp_path / f"batch-{executor}", workers=1, views=(2, 1),
+                                executor=executor)
+        single = simulate_file(video=clip, model=bundle, views=(2, 1), executor=executor,
+                               out_dir=tmp_path / f"single-{executor}", label="walk")
+        assert batch.simulated == 1 and len(batch.records) == 2
+
+        def strip(record: dict) -> dict:
+            return {k: v for k, v in record.items() if k not in ("created", "timing")}
+
+        got = [strip(json.loads(p.read_text())) for p in batch.records]
+        want = [strip(json.loads(p.read_text())) for p in single.record_paths]
+        assert sorted(got, key=lambda r: r["input"]["view"]) == want

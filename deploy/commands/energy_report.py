@@ -32,8 +32,14 @@ from . import publish_report, report_file_options
               help="Simulate every clip below DIR (class = folder name) with --model first, then report.")
 @click.option("--model", "model_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Export bundle (*.svfd) used with --videos.")
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Parallel simulation processes for --videos.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Parallel simulation processes for --videos [default: 2; with --ray: all cores].")
+@click.option("--ray", "use_ray", is_flag=True,
+              help="Simulate the --videos clips as Ray tasks on a local Ray runtime of --workers CPUs "
+                   "(needs the extra: pip install 'svformer-deploy[ray]'; docs/cluster.md).")
+@click.option("--ray-address", metavar="ADDR",
+              help="Join the running Ray cluster at ADDR (host:port printed by `ray start --head`) instead; "
+                   "implies --ray.")
 @click.option("--batch", callback=batch_option, default=DEFAULT_BATCH, show_default=True,
               help="Clip views per simulator pass for --videos (auto: 16 for models up to 10 GMAC per clip, "
                    "else 1; docs/simulator.md, batched simulation).")
@@ -42,7 +48,7 @@ from . import publish_report, report_file_options
 @click.option("--views", "views_spec", default="1x1", show_default=True, help="Views per clip for --videos (KxS).")
 @click.option("--integer", "integer", is_flag=True, help="Use the integer executor for --videos.")
 def energy_report(records, cost_model, host_model, bundle, as_json, csv_path, md_path, html_dir, no_layers, videos_dir,
-                  model_dir, workers, batch, runs_dir, views_spec, integer) -> None:
+                  model_dir, workers, use_ray, ray_address, batch, runs_dir, views_spec, integer) -> None:
     """Energy per clip from run records (files or folders; default: the newest in ./runs).
 
     Three methods side by side, all from the same records: exact (counted events x cost model),
@@ -57,7 +63,18 @@ def energy_report(records, cost_model, host_model, bundle, as_json, csv_path, md
             raise click.UsageError("--videos DIR and --model DIR go together")
         if records:
             raise click.UsageError("give run records or --videos/--model, not both")
-        records = (_simulate_videos(videos_dir, model_dir, workers, runs_dir, views_spec, integer, as_json, batch),)
+        if ray_address is not None and workers is not None:
+            raise click.UsageError("--workers sets the CPUs of a local Ray runtime; a cluster (--ray-address) "
+                                   "has its own")
+        runner = None
+        if use_ray or ray_address is not None:
+            from svformer_deploy.deploy.ray_batch import ray_runner
+
+            runner = ray_runner(ray_address, workers)
+        records = (_simulate_videos(videos_dir, model_dir, workers or 2, runs_dir, views_spec, integer, as_json,
+                                     batch, runner),)
+    elif use_ray or ray_address is not None:
+        raise click.UsageError("--ray and --ray-address go with --videos DIR --model DIR")
     report = report_from_paths(records, cost_model, bundle=bundle or (model_dir if videos_dir else None),
                                host=host_model)
     if report["skipped"]:
@@ -72,7 +89,7 @@ def energy_report(records, cost_model, host_model, bundle, as_json, csv_path, md
 
 
 def _simulate_videos(videos_dir: Path, model_dir: Path, workers: int, runs_dir: Path | None, views_spec: str,
-                     integer: bool, as_json: bool, batch: int | str) -> Path:
+                     integer: bool, as_json: bool, batch: int | str, runner=None) -> Path:
     """Run ``deploy.batch.simulate_folder`` with a progress bar; returns the folder of run records."""
     from svformer_deploy.deploy.batch import find_clips, simulate_folder
     from svformer_deploy.deploy.commands.probe import parse_views
@@ -91,7 +108,7 @@ def _simulate_videos(videos_dir: Path, model_dir: Path, workers: int, runs_dir: 
 
     try:
         result = simulate_folder(videos_dir, model_dir, runs_dir, workers, parse_views(views_spec),
-                                 "integer" if integer else "float", on_clip, batch)
+                                 "integer" if integer else "float", on_clip, batch, runner)
     finally:
         progress.close()
     click.echo(f"simulated {result.simulated} clip(s), {result.resumed} from earlier runs, "

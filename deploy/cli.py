@@ -30,8 +30,11 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in COMMANDS:
             return None
+        from svformer_deploy.svformer.interrupts import deferred_interrupts
+
         module, attr = COMMANDS[name].split(":")
-        return getattr(importlib.import_module(module), attr)
+        with deferred_interrupts():  # a signal during the command's imports (torch's C++ init) is raised after them
+            return getattr(importlib.import_module(module), attr)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]},

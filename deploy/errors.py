@@ -36,6 +36,18 @@ def _interrupt_line(e: BaseException) -> str:
     return f"error: interrupted by {signal_name(signum)}; unfinished outputs were removed"
 
 
+def _chained_interrupt(e: BaseException) -> BaseException | None:
+    """The interrupt behind ``e`` (in its ``__cause__`` / ``__context__`` chain), if any."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
 def _os_error_line(e: OSError) -> str:
     reason = e.strerror[:1].lower() + e.strerror[1:] if e.strerror else _one_line(e)  # "no space left on device"
     if e.filename is None:
@@ -52,6 +64,9 @@ def outcome(e: BaseException) -> tuple[int, list[str], bool]:
         return INTERRUPT_EXIT, [_interrupt_line(e.__cause__ or e)], True
     if isinstance(e, KeyboardInterrupt):
         return INTERRUPT_EXIT, [_interrupt_line(e)], True
+    chained = _chained_interrupt(e)
+    if chained is not None:  # a library wrapped our interrupt (e.g. a RuntimeError raised while an import was cut)
+        return INTERRUPT_EXIT, [_interrupt_line(chained)], True
     if isinstance(e, SVFormerError):
         return e.exit_code, [f"error: {_one_line(e)}"], True
     if isinstance(e, click.ClickException):

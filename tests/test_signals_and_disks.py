@@ -320,3 +320,22 @@ print("done")
     assert proc.returncode == 0 and proc.stdout == "done\n", proc.stderr
     assert "Interrupted" not in proc.stderr and "SIGINT" not in proc.stderr, proc.stderr
     assert proc.stderr.count("Exception ignored") == 1 and "a real bug in a callback" in proc.stderr
+
+
+def test_an_error_a_library_raised_because_of_our_interrupt_is_reported_as_the_interrupt() -> None:
+    """A library that catches the interrupt and raises its own error (seen: a RuntimeError while matplotlib's
+    import was cut) still gives the interrupt's one line and exit 2, not an internal error."""
+    from svformer_deploy.deploy.errors import outcome
+    from svformer_deploy.svformer.interrupts import Interrupted
+
+    try:
+        try:
+            raise Interrupted(signal.SIGTERM)
+        except KeyboardInterrupt:
+            raise RuntimeError("could not finish the import") from None
+    except RuntimeError as e:
+        e.__context__ = e.__context__ or Interrupted(signal.SIGTERM)
+        code, lines, _ = outcome(e)
+    assert code == 2 and lines == ["error: interrupted by SIGTERM; unfinished outputs were removed"]
+    code, lines, _ = outcome(RuntimeError("a real bug"))
+    assert code == 1 and lines[0].startswith("error: internal error (RuntimeError: a real bug)")

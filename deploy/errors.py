@@ -64,9 +64,6 @@ def outcome(e: BaseException) -> tuple[int, list[str], bool]:
         return INTERRUPT_EXIT, [_interrupt_line(e.__cause__ or e)], True
     if isinstance(e, KeyboardInterrupt):
         return INTERRUPT_EXIT, [_interrupt_line(e)], True
-    chained = _chained_interrupt(e)
-    if chained is not None:  # a library wrapped our interrupt (e.g. a RuntimeError raised while an import was cut)
-        return INTERRUPT_EXIT, [_interrupt_line(chained)], True
     if isinstance(e, SVFormerError):
         return e.exit_code, [f"error: {_one_line(e)}"], True
     if isinstance(e, click.ClickException):
@@ -76,6 +73,9 @@ def outcome(e: BaseException) -> tuple[int, list[str], bool]:
         return 2, lines, False
     if isinstance(e, OSError):  # files: missing, unreadable, disk full, read-only (the path is named)
         return 2, [_os_error_line(e)], True
+    chained = _chained_interrupt(e)
+    if chained is not None:  # a library wrapped our interrupt (e.g. a RuntimeError raised while an import was cut)
+        return INTERRUPT_EXIT, [_interrupt_line(chained)], True
     if isinstance(e, Exception):  # an internal bug: still one line, the traceback behind --debug
         return 1, [f"error: internal error ({type(e).__name__}: {_one_line(e)}); "
                    "rerun with --debug for the traceback"], True

@@ -57,3 +57,28 @@ def quantized_chain(bias: bool = True, time_steps: int = 5) -> tuple[nx.DiGraph,
     g = chain_graph(time_steps=time_steps, bias=bias)
     qg = quantize(g, event_clips(g, 8, seed=1), NETX_QUANT)
     return qg, event_clips(g, 3, seed=2)
+
+
+def netx_parts_match_lava_model(g: nx.DiGraph, part, rec: dict[str, torch.Tensor]) -> int:
+    """Run every netx-expressible part of ``g`` in Lava's integer arithmetic (our model of it) on the recorded
+    inputs and assert each layer's spikes equal the graph's; returns how many parts were checked."""
+    from svformer_deploy.export.writers.netx_writer import (
+        data_outputs,
+        netx_input,
+        netx_issue,
+        netx_net,
+        simulate_netx,
+    )
+    from svformer_deploy.export.writers.partition import record_part_io
+
+    checked = 0
+    for p in part.parts:
+        if netx_issue(g, p) is not None:
+            continue
+        x, outs = record_part_io(g, p, rec)
+        net = netx_net(g, p)
+        got = data_outputs(net, simulate_netx(net, netx_input(net, x, flush=False))[0])
+        for a, b in zip(got, outs, strict=True):
+            assert torch.equal(a != 0, b != 0)
+        checked += 1
+    return checked

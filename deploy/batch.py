@@ -305,20 +305,14 @@ def _worker_init(bundle: Bundle | None = None) -> None:
 
 def pool_map(fn: Callable[..., Any], args: Sequence[tuple], workers: int, bundle: Bundle | None = None
              ) -> Iterator[tuple[Any, Any, str | None]]:
-    """Call ``fn(*a)`` for every ``a`` in ``args`` (``a[0]`` names the clip or group), here or in a process pool.
-
-    ``workers`` 1: in this process; more: a pool of that many processes (``fn`` must be a module-level
-    function; ``bundle`` is handed to every worker once, as :data:`_BUNDLE`). Yields, in the order the
+    """Call ``fn(*a)`` for every ``a`` in ``args`` (``a[0]`` names the clip or group) in a pool of ``workers``
+    processes (``fn`` must be a module-level function; ``bundle`` is handed to every worker once, as
+    :data:`_BUNDLE`). Yields, in the order the
     clips finish, ``(a[0], value, None)``, or ``(a[0], None, reason)`` when ``fn`` raised (an
     :class:`SVFormerError` gives its message, anything else its type and message): one failing clip
     never stops the others. Ctrl-C (KeyboardInterrupt), or closing the generator, cancels the queued
     clips, stops the running ones and propagates.
     """
-    if workers <= 1:
-        for a in args:
-            value, err = _call(fn, a)
-            yield a[0], value, err
-        return
     pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(bundle,))
     try:
         futures = {pool.submit(_guarded, fn, *a): a[0] for a in args}
@@ -336,11 +330,56 @@ def pool_map(fn: Callable[..., Any], args: Sequence[tuple], workers: int, bundle
     pool.shutdown(wait=True)
 
 
-def map_clips(fn: Callable[..., Any], args: Sequence[tuple], workers: int,
-              on_done: Callable[[str, Any, str | None], None]) -> None:
-    """:func:`pool_map` with a callback: ``on_done(clip, value, None)`` or ``on_done(clip, None, reason)``."""
-    for clip, value, err in pool_map(fn, args, workers):
-        on_done(clip, value, err)
+ClipFn = Callable[..., Any]
+"""A per-clip function for :func:`map_clips`: ``fn(bundle, clip, path, *args)``. ``clip`` names the clip as
+given; ``path`` is the file to read, the clip itself or (on Ray) a worker's copy of it."""
+
+
+def call_clip(fn: ClipFn, bundle: Bundle | None, clip: str, path: Path, args: tuple, threads: int
+              ) -> tuple[Any, str | None]:
+    """``fn(bundle, clip, path, *args)`` with ``threads`` torch threads: ``(value, None)`` or ``(None, reason)``."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return _call(fn, (bundle, clip, path, *args))
+
+
+def map_clips(fn: ClipFn, tasks: Sequence[tuple[str, tuple]], on_done: Callable[[str, Any, str | None], None],
+              bundle: Bundle | None = None, workers: int | None = None, ray: bool = False,
+              ray_address: str | None = None) -> None:
+    """Call ``fn(bundle, clip, path, *args)`` for every ``(clip, args)`` of ``tasks`` and report each as it
+    finishes: ``on_done(clip, value, None)``, or ``on_done(clip, None, reason)`` when ``fn`` raised (one failing
+    clip never stops the others).
+
+    Where: ``workers`` processes (default 2, one torch thread each; 1: this process, all cores), or Ray tasks
+    with ``ray`` (a local runtime of ``workers`` CPUs, default all cores) or ``ray_address`` (a running
+    cluster), one per clip, the clip sent as bytes (:func:`deploy.ray_batch.ray_map_clips`). ``bundle`` is
+    handed to every worker once.
+    ``fn`` returns what the driver keeps (and writes); workers write nothing. Ctrl-C (KeyboardInterrupt)
+    cancels the queued clips, stops the running ones and propagates.
+    """
+    if not tasks:
+        return
+    if ray or ray_address is not None:
+        from .ray_batch import ray_map_clips
+
+        results = ray_map_clips(fn, tasks, bundle, ray_address, None if ray_address is not None else workers)
+    elif (workers := min(workers or 2, len(tasks))) <= 1:
+        threads = max(1, os.cpu_count() or 1)
+        results = ((clip, *call_clip(fn, bundle, clip, Path(clip), args, threads)) for clip, args in tasks)
+    else:
+        results = pool_map(_pool_clip, [(clip, fn, args) for clip, args in tasks], workers, bundle)
+    with contextlib.closing(results) as finished:
+        for clip, value, err in finished:
+            on_done(clip, value, err)
+
+
+def _pool_clip(clip: str, fn: ClipFn, args: tuple) -> Any:
+    """Pool worker: ``fn`` on one clip with the bundle the parent handed over (:data:`_BUNDLE`), one torch thread."""
+    import torch
+
+    torch.set_num_threads(1)
+    return fn(_BUNDLE, clip, Path(clip), *args)
 
 
 def _guarded(fn: Callable[..., Any], *args: Any) -> Any:

@@ -8,25 +8,27 @@ anytime read-outs; from that one run come the prediction, the energy by the thre
 energy of stopping after every step (:mod:`simulators.anytime`), from which the early-exit sweep is
 computed without simulating again.
 
-Clips run in a process pool (:func:`deploy.batch.map_clips`). Each clip's results go to
-``RUNS/<clip slot>.json`` atomically; a rerun with the same model, executor, precision, views, seed
-and cost model reuses them (and computes only conditions it lacks), so an interrupted evaluation
-resumes. A clip that cannot be read is reported and skipped.
+Clips run in a process pool or as Ray tasks (:func:`deploy.batch.map_clips`); the workers return each
+clip's results and the driver writes them to ``RUNS/<clip slot>.json`` atomically; a rerun with the same
+model, executor, precision, views, seed and cost model reuses them (and computes only conditions it
+lacks), so an interrupted evaluation resumes. A clip that cannot be read is reported and skipped.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from svformer_deploy.svformer.data.noise import EVENTS_REFUSAL, Noise
 from svformer_deploy.svformer.errors import SVFormerError
+
+if TYPE_CHECKING:
+    from svformer_deploy.export.bundle import Bundle
 
 FORMAT = "svformer-deploy/evaluation"
 CLEAN = "clean"
@@ -100,19 +102,17 @@ def load_dataset(layout: str, path: str | Path, spec: Any, class_names: Sequence
 # ---------------------------------------------------------------------------------------------
 # one clip (runs in a worker process)
 # ---------------------------------------------------------------------------------------------
-_CONTEXT: dict[str, Any] = {}  # per process: the opened bundle and simulators of the current settings
+_CONTEXT: dict[str, Any] = {}  # per process: the bundle's simulators of the current settings
 
 
-def _context(settings: Settings) -> dict[str, Any]:
-    key = settings.key() + settings.model
+def _context(bundle: Bundle, settings: Settings) -> dict[str, Any]:
+    key = settings.key() + bundle.model_hash
     if _CONTEXT.get("key") != key:
         import torch
         from svformer_deploy.deploy.energy.cost_models import get_cost_model
-        from svformer_deploy.export.bundle import load_bundle
         from svformer_deploy.simulators.executor import Simulator
         from svformer_deploy.simulators.run import bundle_input_spec
 
-        bundle = load_bundle(settings.model)
         dtype = torch.float64 if settings.precision == "float64" else torch.float32
         sims = {}
         if settings.executor == "integer":
@@ -125,29 +125,27 @@ def _context(settings: Settings) -> dict[str, Any]:
     return _CONTEXT
 
 
-def evaluate_clip(clip: str, label: str, settings: Settings, noises: Sequence[Noise | None], out: str,
-                  previous: dict[str, Any] | None, threads: int) -> dict[str, Any]:
-    """Simulate ``clip`` under every condition in ``noises`` (None: clean) that ``previous`` lacks.
+def evaluate_clip(bundle: Bundle, clip: str, path: Path, label: str, settings: Settings,
+                  noises: Sequence[Noise | None], previous: dict[str, Any] | None) -> dict[str, Any]:
+    """Simulate ``clip`` (read from ``path``: the clip or a worker's copy of it) with ``bundle`` under every
+    condition in ``noises`` (None: clean) that ``previous`` lacks.
 
-    Writes and returns the clip's document: ``{"label", "conditions": {name: result}}``; a result
+    Returns the clip's document (written by the driver): ``{"label", "conditions": {name: result}}``; a result
     has ``logits`` (summed over views), ``energy_pj`` by method, ``firing_rate`` and ``spikes``; the
     clean one also ``step_logits`` [T][classes] and ``exit_energy_pj`` (by method, stopping after 1..T
     steps), what the early-exit sweep reads.
     """
-    import torch
+    from svformer_deploy.deploy.energy.methods import METHODS, evaluate_record
     from svformer_deploy.simulators.anytime import exit_energies_pj
     from svformer_deploy.simulators.record import RunRecord, build_record, validate_record
     from svformer_deploy.svformer.data.noise import frame_transform
-    from svformer_deploy.svformer.fileio import sha256_file, write_json_atomic
+    from svformer_deploy.svformer.fileio import sha256_file
 
-    torch.set_num_threads(threads)
-    from svformer_deploy.deploy.energy.methods import METHODS, evaluate_record
-
-    ctx = _context(settings)
-    spec, bundle, names = ctx["spec"], ctx["bundle"], ctx["class_names"]
+    ctx = _context(bundle, settings)
+    spec, names = ctx["spec"], ctx["class_names"]
     doc = previous if previous is not None else {"format": FORMAT, "settings": settings.key(), "clip": clip,
                                                  "label": label, "conditions": {}}
-    digest = sha256_file(clip)
+    digest = sha256_file(path)
     doc["sha256"] = digest
     todo = [n for n in noises if condition_label(n) not in doc["conditions"]]
     todo_float = settings.compare_float and "float_clean" not in doc
@@ -155,7 +153,7 @@ def evaluate_clip(clip: str, label: str, settings: Settings, noises: Sequence[No
     for noise in todo:
         if noise is not None and spec.file_kind == "events":
             raise SVFormerError(EVENTS_REFUSAL)
-        tensor, indices, _ = spec.load_views(clip, *settings.views,
+        tensor, indices, _ = spec.load_views(path, *settings.views,
                                              frame_transform=frame_transform(noise, settings.seed, digest))
         anytime = noise is None  # the early-exit sweep reads the clean runs only
         results = [main_sim.run(tensor[v], anytime=anytime) for v in range(tensor.shape[0])]
@@ -186,12 +184,10 @@ def evaluate_clip(clip: str, label: str, settings: Settings, noises: Sequence[No
             result.update(step_logits=[[float(x) for x in row] for row in steps], exit_energy_pj=exits)
         doc["conditions"][condition_label(noise)] = result
     if todo_float:
-        tensor, _, _ = spec.load_views(clip, *settings.views)
+        tensor, _, _ = spec.load_views(path, *settings.views)
         sim = ctx["sims"]["float"]
         doc["float_clean"] = [float(x) for x in np.sum([sim.run(tensor[v]).logits for v in range(tensor.shape[0])],
                                                           axis=0)]
-    if todo or todo_float:
-        write_json_atomic(out, doc)
     return doc
 
 
@@ -223,13 +219,19 @@ def _read_previous(path: Path, settings: Settings, clip: str) -> dict[str, Any] 
 
 
 def evaluate_dataset(layout: str, path: str | Path, settings: Settings, noises: Sequence[Noise] = (),
-                     runs_dir: str | Path | None = None, workers: int = 2, split: str = "test",
+                     runs_dir: str | Path | None = None, workers: int | None = None, split: str = "test",
                      on_clip: Callable[[str, str | None], None] | None = None,
-                     on_total: Callable[[int], None] | None = None) -> Evaluation:
-    """Evaluate every clip of the dataset (see the module docstring); returns the per-clip results."""
+                     on_total: Callable[[int], None] | None = None, ray: bool = False,
+                     ray_address: str | None = None) -> Evaluation:
+    """Evaluate every clip of the dataset (see the module docstring); returns the per-clip results.
+
+    ``workers`` processes (default 2), or Ray tasks with ``ray`` (a local runtime of ``workers`` CPUs, default
+    all cores) or ``ray_address`` (a running cluster): :func:`deploy.batch.map_clips`.
+    """
     from svformer_deploy.deploy.batch import check_writable, clip_slot, map_clips
     from svformer_deploy.export.bundle import load_bundle
     from svformer_deploy.simulators.run import bundle_input_spec
+    from svformer_deploy.svformer.fileio import write_json_atomic
 
     bundle = load_bundle(settings.model)
     spec = bundle_input_spec(bundle)
@@ -247,7 +249,11 @@ def evaluate_dataset(layout: str, path: str | Path, settings: Settings, noises: 
     check_writable(out)
     ev = Evaluation(settings=settings, class_names=names, conditions=[condition_label(n) for n in conditions],
                     runs_dir=out, source=str(path), time_steps=spec.time_steps)
-    todo = []
+    if settings.executor == "integer":
+        bundle.graph("ir_quantized")  # read and verified once, here: the workers get the loaded graphs
+    if settings.executor == "float" or settings.compare_float:
+        bundle.graph("ir")
+    todo, slots = [], {}
     for clip, y in dataset.samples:
         full = Path(clip).resolve()
         slot = out / f"{clip_slot(Path(full.anchor), full)}.json"
@@ -259,15 +265,14 @@ def evaluate_dataset(layout: str, path: str | Path, settings: Settings, noises: 
             if on_clip:
                 on_clip(clip, None)
             continue
-        todo.append((clip, names[y], settings, conditions, str(slot), prev))
+        todo.append((clip, (names[y], settings, conditions, prev)))
+        slots[clip] = slot
     if on_total:
         on_total(len(dataset.samples))
-    workers = max(1, min(workers, len(todo) or 1))
-    threads = 1 if workers > 1 else max(1, os.cpu_count() or 1)
-    args = [(*a, threads) for a in todo]
 
     def done(clip: str, doc: dict[str, Any] | None, err: str | None) -> None:
         if err is None and doc is not None:
+            write_json_atomic(slots[clip], doc)
             ev.clips[clip] = doc
             ev.simulated += 1
         else:
@@ -275,7 +280,7 @@ def evaluate_dataset(layout: str, path: str | Path, settings: Settings, noises: 
         if on_clip:
             on_clip(clip, err)
 
-    map_clips(evaluate_clip, args, workers, done)
+    map_clips(evaluate_clip, todo, done, bundle, workers, ray=ray, ray_address=ray_address)
     if not ev.clips:
         raise SVFormerError(f"{path}: no clip could be evaluated ({len(ev.failures)} failed"
                             + (f"; first: {ev.failures[0][1]}" if ev.failures else "") + ")")

@@ -25,14 +25,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from svformer_deploy.svformer.errors import SVFormerError
 from svformer_deploy.svformer.interrupts import Interrupted, deferred_interrupts, pending
 
-from .batch import ClipJob, ClipSettings, Outcome, Runner, run_group, settings_groups
+from .batch import ClipFn, ClipJob, ClipSettings, Outcome, Runner, call_clip, run_group, settings_groups
 
 if TYPE_CHECKING:
     from svformer_deploy.export.bundle import Bundle
@@ -67,12 +67,11 @@ def import_ray() -> Any:
 _WORKER_BUNDLE: dict[str, Any] = {}  # in a Ray worker process: object id -> the batch's bundle (one entry)
 
 
-def _ray_group(bundle_box: list, jobs: list[ClipJob], settings: ClipSettings, data: list[bytes]) -> list[Outcome]:
-    """The Ray task: a group of clips, given as their bytes; returns each clip's records (or its failure)
-    to the driver.
+def _worker_bundle(bundle_box: list) -> Bundle:
+    """The batch's bundle in this Ray worker, taken from the object store once per worker process.
 
     ``bundle_box`` holds the bundle's object reference inside a list, so Ray does not fetch and
-    deserialise it for every task: each worker process takes it from the object store once.
+    deserialise it for every task.
     """
     import ray
 
@@ -81,12 +80,34 @@ def _ray_group(bundle_box: list, jobs: list[ClipJob], settings: ClipSettings, da
     if key not in _WORKER_BUNDLE:
         _WORKER_BUNDLE.clear()
         _WORKER_BUNDLE[key] = ray.get(ref)
+    return _WORKER_BUNDLE[key]
+
+
+@contextlib.contextmanager
+def _local_copies(names: list[Path], data: list[bytes]) -> Iterator[list[Path]]:
+    """The clips' bytes written to a temporary folder of this worker, under their own file names (the
+    decoder goes by the suffix), removed after the block."""
     with tempfile.TemporaryDirectory(prefix="svformer-clip-") as tmp:
-        local = [Path(tmp) / str(i) / job.clip.name for i, job in enumerate(jobs)]  # the suffix: the decoder
-        for path, clip in zip(local, data, strict=True):                            # goes by it
+        local = [Path(tmp) / str(i) / name.name for i, name in enumerate(names)]
+        for path, clip in zip(local, data, strict=True):
             path.parent.mkdir()
             path.write_bytes(clip)
-        return run_group(_WORKER_BUNDLE[key], jobs, settings, local)
+        yield local
+
+
+def _ray_group(bundle_box: list, jobs: list[ClipJob], settings: ClipSettings, data: list[bytes]) -> list[Outcome]:
+    """The Ray task of a folder simulation: a group of clips, given as their bytes; returns each clip's
+    records (or its failure) to the driver."""
+    with _local_copies([job.clip for job in jobs], data) as local:
+        return run_group(_worker_bundle(bundle_box), jobs, settings, local)
+
+
+def _ray_clip(bundle_box: list, fn: ClipFn, clip: str, data: bytes, args: tuple) -> tuple[Any, str | None]:
+    """The Ray task of :func:`ray_map_clips`: ``fn(bundle, clip, copy, *args)`` on a copy of the clip made
+    from its bytes; ``(value, None)`` or ``(None, reason)``, the reason naming the clip, not the copy."""
+    with _local_copies([Path(clip)], [data]) as (local,):
+        value, err = call_clip(fn, _worker_bundle(bundle_box), clip, local, args, threads=1)
+    return value, err if err is None else err.replace(str(local), clip)
 
 
 def ray_runner(address: str | None = None, num_cpus: int | None = None) -> Runner:
@@ -107,13 +128,99 @@ def ray_runner(address: str | None = None, num_cpus: int | None = None) -> Runne
     ray = import_ray()
 
     def run(bundle: Bundle, jobs: list[ClipJob], settings: ClipSettings) -> Iterator[Outcome]:
-        if ray.is_initialized():
-            yield from _run_tasks(ray, bundle, jobs, settings)
-            return
-        with _connected(ray, address, num_cpus):
-            yield from _run_tasks(ray, bundle, jobs, settings)
+        with _session(ray, address, num_cpus):
+            cpus = _cluster_cpus(ray)
+            box = [ray.put(bundle)]  # the loaded graph, once for all tasks
+            task = ray.remote(num_cpus=1, max_retries=0)(_ray_group)
+
+            def sends() -> Iterator[_Sent]:
+                for group in settings_groups(jobs, settings, cpus):
+                    sent, data = [], []
+                    for job in group:  # a clip the driver cannot read fails alone (the pool would not run it either)
+                        clip, err = _read_clip(job.clip)
+                        if err is not None:
+                            yield None, [job], [(job, [], err)]
+                        else:
+                            sent.append(job)
+                            data.append(clip)
+                    if sent:
+                        yield task.remote(box, sent, settings, data), sent, None
+
+            for group, outcomes, why in _in_flight(ray, sends(), 2 * cpus):
+                yield from outcomes if why is None else [(job, [], f"{job.clip}: {why}") for job in group]
 
     return run
+
+
+def ray_map_clips(fn: ClipFn, tasks: Sequence[tuple[str, tuple]], bundle: Bundle, address: str | None = None,
+                  num_cpus: int | None = None) -> Iterator[tuple[str, Any, str | None]]:
+    """:func:`deploy.batch.map_clips` on Ray: one task of one CPU per clip, ``fn(bundle, clip, copy, *args)``
+    on a copy of the clip made from its bytes (sent by the driver), the bundle from the object store.
+
+    Yields ``(clip, value, None)`` or ``(clip, None, reason)`` as the clips finish, like the process pool.
+    Connects as :func:`ray_runner` does (``address``/``num_cpus``) and disconnects at the end, also when
+    the caller stops reading (Ctrl-C): the job's tasks end with it.
+    """
+    ray = import_ray()
+    with _session(ray, address, num_cpus):
+        box = [ray.put(bundle)]
+        task = ray.remote(num_cpus=1, max_retries=0)(_ray_clip)
+
+        def sends() -> Iterator[_Sent]:
+            for clip, args in tasks:
+                data, err = _read_clip(Path(clip))
+                yield (None, clip, (None, err)) if err is not None else (task.remote(box, fn, clip, data, args),
+                                                                          clip, None)
+
+        for clip, result, why in _in_flight(ray, sends(), 2 * _cluster_cpus(ray)):
+            yield (clip, None, f"{clip}: {why}") if why is not None else (clip, *result)
+
+
+_Sent = tuple[Any, Any, Any]  # (object ref, key, None) of a task sent, (None, key, value) of an item done without one
+
+
+def _in_flight(ray: Any, sends: Iterator[_Sent], window: int) -> Iterator[tuple[Any, Any, str | None]]:
+    """Run the tasks ``sends`` makes, at most ``window`` in flight (``sends`` is advanced only when there
+    is room, so a stopped batch has sent no more than that), and yield ``(key, value, None)`` as each
+    finishes or ``(key, None, reason)`` when its task failed (a worker that died must not stop the batch).
+    An item done without a task (``(None, key, value)``) is yielded as ``(key, value, None)`` at once.
+    """
+    pending: dict[Any, Any] = {}
+    while True:
+        for ref, key, value in sends:
+            if ref is None:
+                yield key, value, None
+                continue
+            pending[ref] = key
+            if len(pending) >= window:
+                break
+        if not pending:
+            return
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            key = pending.pop(ref)
+            try:
+                value = ray.get(ref)
+            except Exception as e:  # noqa: BLE001 - a worker that died must not stop the batch
+                yield key, None, f"the Ray task failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            else:
+                yield key, value, None
+
+
+def _cluster_cpus(ray: Any) -> int:
+    """The CPUs of the connected cluster (at least 1)."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+@contextlib.contextmanager
+def _session(ray: Any, address: str | None, num_cpus: int | None) -> Iterator[None]:
+    """Connected to Ray for the block: :func:`_connected`, or the connection this process already has
+    (then left open)."""
+    if ray.is_initialized():
+        yield
+        return
+    with _connected(ray, address, num_cpus):
+        yield
 
 
 @contextlib.contextmanager
@@ -167,42 +274,6 @@ def _connected(ray: Any, address: str | None, num_cpus: int | None) -> Iterator[
             release.set()
             if started.is_set():
                 thread.join()
-
-
-def _run_tasks(ray: Any, bundle: Bundle, jobs: list[ClipJob], settings: ClipSettings) -> Iterator[Outcome]:
-    """Send the groups of clips as tasks (at most two per CPU of the cluster in flight) and yield the
-    outcomes of their clips."""
-    task = ray.remote(num_cpus=1, max_retries=0)(_ray_group)
-    box = [ray.put(bundle)]  # the loaded graph, once for all tasks
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    window = max(2, 2 * cpus)  # groups in flight
-    pending: dict[Any, list[ClipJob]] = {}
-    queue = iter(settings_groups(jobs, settings, cpus))
-    while True:
-        for group in queue:
-            sent, data = [], []
-            for job in group:  # a clip the driver cannot read fails alone (the pool would not simulate it either)
-                clip, err = _read_clip(job.clip)
-                if err is not None:
-                    yield job, [], err
-                else:
-                    sent.append(job)
-                    data.append(clip)
-            if sent:
-                pending[task.remote(box, sent, settings, data)] = sent
-            if len(pending) >= window:
-                break
-        if not pending:
-            return
-        done, _ = ray.wait(list(pending), num_returns=1)
-        for ref in done:
-            group = pending.pop(ref)
-            try:
-                outcomes = ray.get(ref)
-            except Exception as e:  # noqa: BLE001 - a worker that died must not stop the batch
-                why = f"the Ray task failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-                outcomes = [(job, [], f"{job.clip}: {why}") for job in group]
-            yield from outcomes
 
 
 def _init(ray: Any, address: str | None, num_cpus: int | None) -> None:

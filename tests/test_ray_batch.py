@@ -1,4 +1,4 @@
-"""`energy-report --videos --ray` / `--ray-address`: the folder batch as Ray tasks, on a real Ray.
+"""`energy-report --videos` and `evaluate` with `--ray` / `--ray-address`: folder work as Ray tasks, on a real Ray.
 
 The Ray runs go through the console script (a subprocess), so Ray never starts inside the pytest
 process (whose later tests fork process pools). Everything listens on 127.0.0.1 only: the head node
@@ -369,11 +369,12 @@ def test_sigint_on_a_cluster_ends_the_jobs_running_tasks(tmp_path, bundle, head)
 # ------------------------------------------------------------------------------------------
 # c: Ray not installed; usage
 # ------------------------------------------------------------------------------------------
-def test_ray_without_ray_installed_is_one_error_line_naming_the_extra(tmp_path, bundle, videos):
+@pytest.mark.parametrize("command", ["energy-report", "evaluate"])
+def test_ray_without_ray_installed_is_one_error_line_naming_the_extra(tmp_path, bundle, videos, command):
     script = ("import sys; sys.modules['ray'] = None\n"
               "from svformer_deploy.deploy.cli import main\n"
               "sys.exit(main(sys.argv[1:]))")
-    proc = subprocess.run([sys.executable, "-c", script, "energy-report", "--videos", str(videos), "--model",
+    proc = subprocess.run([sys.executable, "-c", script, command, "--videos", str(videos), "--model",
                            str(bundle), "--runs", str(tmp_path / "runs"), "--ray"],
                           capture_output=True, text=True, env=env(new_mark()), timeout=120)
     line = one_error_line(proc.returncode, proc.stderr, "ray")
@@ -432,7 +433,102 @@ def test_ctrl_c_while_joining_a_server_that_never_answers_ends_the_command(tmp_p
     assert wait_until_gone(mark) == []
 
 
-def test_workers_with_a_cluster_address_is_a_usage_error(tmp_path, capsys, bundle, videos):
-    code = main(["energy-report", "--videos", str(videos), "--model", str(bundle), "--ray-address", "127.0.0.1:1",
+@pytest.mark.parametrize("command", ["energy-report", "evaluate"])
+def test_workers_with_a_cluster_address_is_a_usage_error(tmp_path, capsys, bundle, videos, command):
+    code = main([command, "--videos", str(videos), "--model", str(bundle), "--ray-address", "127.0.0.1:1",
                  "--workers", "2"])
     one_error_line(code, capsys.readouterr().err, "--workers", "--ray-address")
+
+
+# ------------------------------------------------------------------------------------------
+# d: evaluate on Ray (one task per clip; the driver writes each clip's results)
+# ------------------------------------------------------------------------------------------
+EVALUATE = ("--noise", "gaussian:0.5", "--json")  # the clean run (with anytime read-outs) and one noise level
+
+
+def evaluation_docs(runs: Path) -> dict[str, dict]:
+    """Per-clip result file name -> its document."""
+    return {p.name: json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))}
+
+
+@pytest.fixture(scope="module")
+def evaluate_pool(bundle, videos, tmp_path_factory) -> tuple[dict, dict[str, dict]]:
+    """The process pool's evaluation report and per-clip results: what Ray must reproduce."""
+    runs = tmp_path_factory.mktemp("evaluate-pool") / "runs"
+    proc = ray_cli("evaluate", "--videos", videos, "--model", bundle, "--runs", runs, "--workers", "2", *EVALUATE)
+    assert proc.returncode == 0, proc.stderr
+    assert "evaluated 3 clip(s), 0 from earlier runs, 1 failed" in proc.stderr
+    return json.loads(proc.stdout), evaluation_docs(runs)
+
+
+def assert_same_evaluation(report: dict, runs: Path, pool: tuple[dict, dict[str, dict]]) -> None:
+    pool_report, pool_docs = pool
+    docs = evaluation_docs(runs)
+    assert len(docs) == 3 and docs == pool_docs  # logits, energies, step logits, exit energies of every clip
+    volatile = ("runs", "simulated", "resumed")  # where the results are, and which run made them
+    assert ({k: v for k, v in report.items() if k not in volatile}
+            == {k: v for k, v in pool_report.items() if k not in volatile})
+    assert report["conditions"][1]["condition"] == "gaussian:0.5" and report["clips"] == 3
+    assert [p for p in runs.rglob("*") if p.suffix != ".json"] == []
+
+
+@pytest.mark.slow
+def test_evaluate_on_a_local_ray_runtime_gives_the_pools_results(tmp_path, bundle, videos, evaluate_pool):
+    runs = tmp_path / "runs"
+    proc = ray_cli("evaluate", "--videos", videos, "--model", bundle, "--runs", runs, "--ray", "--workers", "2",
+                   *EVALUATE)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: skipped clip" in proc.stderr and "broken.mp4" in proc.stderr
+    assert "svformer-clip-" not in proc.stderr  # the clip is named, not the worker's copy of it
+    assert "evaluated 3 clip(s), 0 from earlier runs, 1 failed" in proc.stderr
+    assert_same_evaluation(json.loads(proc.stdout), runs, evaluate_pool)
+
+
+@pytest.mark.slow
+def test_evaluate_on_a_head_node_gives_the_pools_results_and_resumes(tmp_path, bundle, videos, evaluate_pool, head):
+    runs = tmp_path / "runs"
+    args = ("evaluate", "--videos", videos, "--model", bundle, "--runs", runs, "--ray-address", head.address,
+            *EVALUATE)
+    proc = ray_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert "evaluated 3 clip(s), 0 from earlier runs, 1 failed" in proc.stderr
+    assert_same_evaluation(json.loads(proc.stdout), runs, evaluate_pool)
+    mtimes = {p: p.stat().st_mtime_ns for p in runs.rglob("*.json")}
+
+    proc = ray_cli(*args)  # resumes: only the broken clip is tried again
+    assert proc.returncode == 0, proc.stderr
+    assert "evaluated 0 clip(s), 3 from earlier runs, 1 failed" in proc.stderr
+    assert {p: p.stat().st_mtime_ns for p in runs.rglob("*.json")} == mtimes
+    assert_same_evaluation(json.loads(proc.stdout), runs, evaluate_pool)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_evaluate_on_ray_leaves_whole_results_no_process_and_the_rerun_resumes(tmp_path, bundle):
+    total = 24
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    _copies(tmp_path / "walk", total).rename(videos / "walk")  # evaluate reads class folders
+    runs = tmp_path / "runs"
+    mark = new_mark()
+    args = [str(CLI), "evaluate", "--videos", str(videos), "--model", str(bundle), "--runs", str(runs), "--ray",
+            "--workers", "2"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(mark))
+    try:
+        _wait_for(proc, lambda: list(runs.glob("*.json")))
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert wait_until_gone(mark) == [], "Ray processes of the run outlived it"
+    line = one_error_line(proc.returncode, err, "interrupted by SIGINT")
+    assert err.strip().splitlines() == [line] and out == ""
+    done = evaluation_docs(runs)
+    assert 1 <= len(done) < total - 4, len(done)  # the clips not yet sent were never run
+    assert all(set(doc["conditions"]) == {"clean"} for doc in done.values())
+    assert [p for p in runs.rglob("*") if p.suffix != ".json"] == []
+
+    proc = ray_cli(*args[1:], "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert f"evaluated {total - len(done)} clip(s), {len(done)} from earlier runs, 0 failed" in proc.stderr
+    assert json.loads(proc.stdout)["clips"] == total

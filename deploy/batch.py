@@ -289,8 +289,16 @@ _BUNDLE: Bundle | None = None  # the batch's bundle in a pool worker (graph load
 
 
 def _worker_init(bundle: Bundle | None = None) -> None:
-    """Workers keep the parent's loaded bundle (if any), leave Ctrl-C to the parent and turn its SIGTERM
-    into a clean exit (nothing is written by a worker)."""
+    """Workers run torch on one thread, keep the parent's loaded bundle (if any), leave Ctrl-C to the parent
+    and turn its SIGTERM into a clean exit (nothing is written by a worker).
+
+    One thread before any torch operation: a forked worker of a parent that has run a parallel torch
+    operation (GNU OpenMP) would otherwise hang in its first parallel operation, waiting on thread-pool
+    threads that exist only in the parent (what PyTorch's own DataLoader workers avoid the same way).
+    """
+    import torch
+
+    torch.set_num_threads(1)
     global _BUNDLE
     _BUNDLE = bundle
     signal.signal(signal.SIGINT, signal.SIG_IGN)

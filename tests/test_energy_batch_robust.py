@@ -280,3 +280,30 @@ def test_one_line_error_for_an_unwritable_report_through_the_console_script(tmp_
     proc = run_cli("energy-report", rec, "--csv", tmp_path / "e.csv", "--markdown", tmp_path / "blocker" / "e.md")
     assert_one_line_error(proc, "blocker")
     assert not (tmp_path / "e.csv").exists()
+
+
+# ------------------------------------------------------------------------------------------
+# a library caller that has used torch on several threads
+# ------------------------------------------------------------------------------------------
+def test_pool_workers_of_a_process_that_ran_parallel_torch_do_not_hang(tmp_path):
+    """A process that has run a parallel torch operation (GNU OpenMP's thread pool started) and then forks
+    pool workers (deploy.batch.pool_map, under energy-report --videos and evaluate): without one torch thread
+    in the workers their first parallel operation waits forever for the parent's pool threads
+    (benchmarks/bench_scale.py hung this way after exporting a bundle in its own process)."""
+    script = """
+import numpy as np, torch
+from svformer_deploy.deploy.batch import pool_map
+
+def convert(clip, n):  # what a worker does first: weights to tensors, large enough to run in parallel
+    return float(torch.from_numpy(np.ones(n)).to(torch.float32).sum())
+
+torch.set_num_threads(2)
+torch.randn(10**7).to(torch.float64).sum()  # OpenMP's threads now exist in this process
+got = sorted((clip, value, err) for clip, value, err in pool_map(convert, [("a", 10**7), ("b", 10**7)], 2))
+print(got)
+"""
+    (tmp_path / "caller.py").write_text(script)
+    proc = subprocess.run([str(Path(CLI).with_name("python")), str(tmp_path / "caller.py")], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[('a', 10000000.0, None), ('b', 10000000.0, None)]", proc.stdout

@@ -7,7 +7,9 @@ UCF101 test pass would take.
 3. The folder simulated with ``--workers`` workers through the code ``energy-report --videos`` runs
    (``deploy.batch.simulate_folder``), each pass into a fresh run folder: with the process pool
    (a new pool per pass, as each command makes one) and with Ray (``deploy.ray_batch.ray_runner``
-   on one local runtime of ``--workers`` CPUs). Timed apart: Ray's start (``ray.init``) and its first
+   on one local runtime of ``--workers`` CPUs, driven from a child process of this one: a process
+   that holds a Ray connection must not fork pool workers, whose copies of Ray's threads' locks can
+   hang them). Timed apart: Ray's start (``ray.init``) and its first
    pass (each worker process imports torch and the package, takes the graph from the object store
    and builds its simulator); then ``--repeat`` pool passes and warm Ray passes, alternated so that
    load drift hits both alike. Ratios are Ray's clips/s over the pool's (medians): warm (what a long
@@ -72,6 +74,22 @@ def batch_pass(videos: Path, model: Path, runs: Path, workers: int, views: tuple
     return wall
 
 
+def ray_driver(conn, workers: int, videos: Path, model: Path, tmp: Path) -> None:
+    """Child process: start a local Ray runtime of ``workers`` CPUs, then run one Ray pass per ``"pass"``
+    received on ``conn`` (its wall seconds sent back) until ``"stop"``. Sends the start time first."""
+    from svformer_deploy.deploy.ray_batch import import_ray, init_ray, ray_runner
+
+    ray = import_ray()  # as the CLI imports it
+    t0 = time.perf_counter()
+    init_ray(ray, None, workers)  # the local runtime the CLI starts (its settings: workers at its priority)
+    conn.send((ray.__version__, time.perf_counter() - t0))
+    try:
+        for i in iter(conn.recv, "stop"):
+            conn.send(batch_pass(videos, model, tmp / f"runs-ray-{i}", workers, (1, 1), ray_runner()))
+    finally:
+        ray.shutdown()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, help="Bundle to run (default: a small random model, exported here).")
@@ -85,13 +103,12 @@ def main() -> None:
     ap.add_argument("--project", default="2,8,32,128", help="Worker counts to project the UCF101 test pass for.")
     args = ap.parse_args()
 
+    import multiprocessing
+
     from svformer_deploy.deploy.commands.probe import parse_views
-    from svformer_deploy.deploy.ray_batch import import_ray, ray_runner
     from svformer_deploy.svformer.data.synthetic import generate_dataset
 
-    ray = import_ray()  # as the CLI imports it
     views = parse_views(args.views)
-    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; Ray {ray.__version__}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         tmp = Path(tmp)
         model = args.model or random_bundle(tmp, args.arch, args.size, args.time_steps)
@@ -99,27 +116,34 @@ def main() -> None:
         data = generate_dataset(tmp / "synthetic", num_classes=4, train_per_class=0, test_per_class=per_class)
         videos = data / "test"
         n = sum(1 for _ in videos.rglob("*.mp4"))
-        print(f"bundle {model}; {n} synthetic clips (64x64, 32 frames, 1 view); {args.workers} workers", flush=True)
         passes = iter(range(10**6))
 
         def pool_pass() -> float:
             return batch_pass(videos, model, tmp / f"runs-{next(passes)}", args.workers, (1, 1))
 
-        def ray_pass() -> float:
-            return batch_pass(videos, model, tmp / f"runs-{next(passes)}", args.workers, (1, 1), ray_runner())
+        ours, theirs = multiprocessing.Pipe()
+        driver = multiprocessing.get_context("spawn").Process(
+            target=ray_driver, args=(theirs, args.workers, videos, model, tmp), daemon=True)
+        driver.start()
 
-        t0 = time.perf_counter()
-        ray.init(address="local", num_cpus=args.workers, include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR")
-        ray_start = time.perf_counter() - t0
+        def ray_pass() -> float:
+            ours.send(next(passes))
+            return ours.recv()
+
         try:
+            version, ray_start = ours.recv()
+            print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; Ray {version}")
+            print(f"bundle {model}; {n} synthetic clips (64x64, 32 frames, 1 view); {args.workers} workers",
+                  flush=True)
             ray_first = ray_pass()
             pool, warm = [], []
             for _ in range(args.repeat):
                 pool += timed(pool_pass, 1, warmup=False)
                 warm += timed(ray_pass, 1, warmup=False)
         finally:
-            ray.shutdown()
+            if driver.is_alive():
+                ours.send("stop")
+            driver.join(60)
         pool_s, warm_s = statistics.median(pool), statistics.median(warm)
         command_s = ray_start + ray_first
         rows = [("process pool, one pass (median)", pool_s, ""),

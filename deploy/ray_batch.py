@@ -42,6 +42,8 @@ MAX_CLIP_BYTES = 1 << 30  # a clip is sent to its task in one piece
 FAILURE_HANDLER_ENV = "RAY_DISABLE_FAILURE_SIGNAL_HANDLER"
 INIT_GRACE_S = 15.0  # how long a signal waits for a ray.init still under way before it is raised anyway
 CONNECT_TIMEOUT_S = 10.0  # for the check that something listens at --ray-address
+WORKER_NICENESS = 0  # a local runtime's workers run at the command's priority, as the pool's processes do
+                    # (Ray's default, 15, starves them on a machine that has other work)
 
 
 def import_ray() -> Any:
@@ -225,7 +227,7 @@ def _session(ray: Any, address: str | None, num_cpus: int | None) -> Iterator[No
 
 @contextlib.contextmanager
 def _connected(ray: Any, address: str | None, num_cpus: int | None) -> Iterator[None]:
-    """This process connected to Ray for the block (:func:`_init`), disconnected after it, whatever happens.
+    """This process connected to Ray for the block (:func:`init_ray`), disconnected after it, whatever happens.
 
     ``ray.init`` runs in a thread of its own, which lives until the disconnect:
 
@@ -245,7 +247,7 @@ def _connected(ray: Any, address: str | None, num_cpus: int | None) -> Iterator[
 
     def owner() -> None:
         try:
-            _init(ray, address, num_cpus)
+            init_ray(ray, address, num_cpus)
         except BaseException as e:  # noqa: BLE001 - handed to the main thread
             failed.append(e)
         started.set()
@@ -276,14 +278,16 @@ def _connected(ray: Any, address: str | None, num_cpus: int | None) -> Iterator[
                 thread.join()
 
 
-def _init(ray: Any, address: str | None, num_cpus: int | None) -> None:
-    """Start a local Ray runtime (``address`` None) or join the cluster at ``address``; one error line if not."""
+def init_ray(ray: Any, address: str | None, num_cpus: int | None) -> None:
+    """Start a local Ray runtime (``address`` None; its workers at :data:`WORKER_NICENESS`) or join the cluster
+    at ``address`` (its own settings); one error line if not."""
     quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
     if address is not None:
         _check_reachable(address)
     try:
         if address is None:
-            ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, **quiet)
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
+                     _system_config={"worker_niceness": WORKER_NICENESS}, **quiet)
         else:
             ray.init(address=address, **quiet)
     except Exception as e:  # noqa: BLE001 - ConnectionError, RuntimeError, ValueError, Ray's own errors

@@ -532,3 +532,26 @@ def test_ctrl_c_during_evaluate_on_ray_leaves_whole_results_no_process_and_the_r
     assert proc.returncode == 0, proc.stderr
     assert f"evaluated {total - len(done)} clip(s), {len(done)} from earlier runs, 0 failed" in proc.stderr
     assert json.loads(proc.stdout)["clips"] == total
+
+
+@pytest.mark.slow
+def test_a_local_runtimes_workers_run_at_the_commands_priority(tmp_path, bundle):
+    """Ray starts its workers at niceness 15; the local runtime of a command runs them at the driver's own
+    priority, as the process pool's workers are, so a busy machine does not starve them."""
+    script = f"""
+import os
+from svformer_deploy.deploy.batch import map_clips
+from svformer_deploy.export.bundle import load_bundle
+
+got = []
+map_clips(lambda bundle, clip, path: os.nice(0), [({str(tmp_path / "a.mp4")!r}, ())],
+          lambda clip, value, err: got.append((value, err)), load_bundle({str(bundle)!r}), workers=1, ray=True)
+print(os.nice(0), got[0][0], got[0][1])
+"""
+    (tmp_path / "a.mp4").write_bytes(b"any bytes: the function does not read them")
+    mark = new_mark()
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env(mark), timeout=120)
+    assert wait_until_gone(mark) == []
+    assert proc.returncode == 0, proc.stderr
+    driver, worker, err = proc.stdout.split()
+    assert err == "None" and worker == driver, proc.stdout

@@ -1,6 +1,10 @@
-"""Simulate a folder of clips on Ray: a local Ray runtime or a running cluster (``energy-report --ray``).
+"""Dataset work on Ray: a local Ray runtime or a running cluster (``energy-report --ray``, ``evaluate --ray``).
 
-A :data:`deploy.batch.Runner` for :func:`deploy.batch.simulate_folder`, which does everything else
+Two entry points, one machinery (connection, object store, clips as bytes, tasks in flight):
+:func:`ray_map_clips` runs any per-clip function of :func:`deploy.batch.map_clips` as one task per clip
+(``evaluate``), and :func:`ray_runner` is the folder simulation's runner, described here.
+
+:func:`ray_runner` is a :data:`deploy.batch.Runner` for :func:`deploy.batch.simulate_folder`, which does everything else
 (clip discovery, slots, resume, writing the records). One Ray task per group of clips (the groups of
 the process pool, :func:`deploy.batch.group_clips`, for as many workers as the cluster has CPUs) runs
 the batch's per-group function :func:`deploy.batch.run_group`, so the views go through the executor

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+# Several tests send SIGINT to the commands they start. A test run started in the background by a
+# shell without job control (`cmd &`, nohup) ignores SIGINT, and every process it starts inherits
+# that, so those commands would never see the signal: the test processes take Ctrl-C back.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SVFORMER_DATA", REPO.parent / "shared" / "data")).resolve()

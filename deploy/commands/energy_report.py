@@ -9,7 +9,7 @@ import click
 from svformer_deploy.deploy.commands.simulate import batch_option
 from svformer_deploy.simulators import DEFAULT_BATCH
 
-from . import publish_report, report_file_options
+from . import check_dataset_workers, dataset_worker_options, publish_report, report_file_options
 
 
 @click.command("energy-report")
@@ -32,14 +32,7 @@ from . import publish_report, report_file_options
               help="Simulate every clip below DIR (class = folder name) with --model first, then report.")
 @click.option("--model", "model_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Export bundle (*.svfd) used with --videos.")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Parallel simulation processes for --videos [default: 2; with --ray: all cores].")
-@click.option("--ray", "use_ray", is_flag=True,
-              help="Simulate the --videos clips as Ray tasks on a local Ray runtime of --workers CPUs "
-                   "(needs the extra: pip install 'svformer-deploy[ray]'; docs/cluster.md).")
-@click.option("--ray-address", metavar="ADDR",
-              help="Join the running Ray cluster at ADDR (host:port printed by `ray start --head`) instead; "
-                   "implies --ray.")
+@dataset_worker_options
 @click.option("--batch", callback=batch_option, default=DEFAULT_BATCH, show_default=True,
               help="Clip views per simulator pass for --videos (auto: 16 for models up to 10 GMAC per clip, "
                    "else 1; docs/simulator.md, batched simulation).")
@@ -63,9 +56,7 @@ def energy_report(records, cost_model, host_model, bundle, as_json, csv_path, md
             raise click.UsageError("--videos DIR and --model DIR go together")
         if records:
             raise click.UsageError("give run records or --videos/--model, not both")
-        if ray_address is not None and workers is not None:
-            raise click.UsageError("--workers sets the CPUs of a local Ray runtime; a cluster (--ray-address) "
-                                   "has its own")
+        check_dataset_workers(workers, use_ray, ray_address)
         runner = None
         if use_ray or ray_address is not None:
             from svformer_deploy.deploy.ray_batch import ray_runner

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from . import publish_report, report_file_options
+from . import check_dataset_workers, dataset_worker_options, publish_report, report_file_options
 
 
 def _margins(text: str) -> list[float]:
@@ -47,14 +47,7 @@ def _margins(text: str) -> list[float]:
               help="k: the margin must hold for k consecutive steps.")
 @click.option("--cost-model", "cost_model", default="fp32", show_default=True, metavar="fp32|fp16|int8|FILE.toml",
               help="Energy per operation (see docs/energy.md).")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Parallel processes [default: 2; with --ray: the CPUs of the local Ray runtime, all cores].")
-@click.option("--ray", "use_ray", is_flag=True,
-              help="Evaluate the clips as Ray tasks on a local Ray runtime of --workers CPUs "
-                   "(needs the extra: pip install 'svformer-deploy[ray]'; docs/cluster.md).")
-@click.option("--ray-address", metavar="ADDR",
-              help="Join the running Ray cluster at ADDR (host:port printed by `ray start --head`) instead; "
-                   "implies --ray.")
+@dataset_worker_options
 @click.option("--runs", "runs_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Per-clip results [default: runs/evaluate-<model hash>-<settings>]; rerunning resumes.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
@@ -82,12 +75,7 @@ def evaluate(videos, events, nmnist, csv_list, split, model, views_spec, integer
     if len(given) != 1:
         raise click.UsageError("give exactly one dataset: --videos DIR, --events DIR, --nmnist DIR or --csv FILE")
     layout, path = given[0]
-    if ray_address is not None and workers is not None:
-        raise click.UsageError("--workers sets the CPUs of a local Ray runtime; a cluster (--ray-address) has its own")
-    if use_ray or ray_address is not None:
-        from svformer_deploy.deploy.ray_batch import import_ray
-
-        import_ray()  # without the extra: one error line before anything is written
+    check_dataset_workers(workers, use_ray, ray_address)
     noises = parse_noise(noise_specs)
     margins = _margins(margins_text)
     views = parse_views(views_spec)

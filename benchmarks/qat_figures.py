@@ -1,7 +1,7 @@
 """PTQ, searched PTQ and QAT of trained checkpoints: accuracy, top-1 agreement and spike flips on held-out clips.
 
 For each checkpoint (``train``-written, its training data on disk) and each weight width: the plain
-post-training quantization (``quantize``), the per-layer weight-range search (``search_weight_clips``, on
+post-training quantization (``quantize``), the per-layer weight-range search (``search_calibration``, on
 the calibration clips) and quantization-aware fine-tuning (``export.qat``, started from the plain PTQ graph),
 each measured on the same held-out clips against the float graph (float64): accuracy, top-1 agreement,
 spikes flipped per float spike. Scales follow ``export``: per-tensor with Lava thresholds when the model has
@@ -19,7 +19,7 @@ import time
 
 import torch
 from svformer_deploy.export.exporter import input_spec, training_data
-from svformer_deploy.export.passes.quantize import QuantConfig, quantize, search_weight_clips
+from svformer_deploy.export.passes.quantize import QuantConfig, quantize, search_calibration
 from svformer_deploy.export.pipeline import run_pipeline
 from svformer_deploy.export.qat import QATModel, finetune, labelled_clips, measure, run_float
 from svformer_deploy.export.writers.partition import partition
@@ -61,7 +61,7 @@ def main() -> None:
                    "ptq": measure(g, ptq, held, y, a.batch)}
             if not a.no_search:
                 t0 = time.perf_counter()
-                s = search_weight_clips(g, cal, cfg, batch_size=a.batch)
+                s = search_calibration(g, cal, cfg, batch_size=a.batch)
                 row["search"] = {**measure(g, s.graph, held, y, a.batch), "seconds": time.perf_counter() - t0,
                                  "calibration": s.to_dict()}
             qat = QATModel(ptq)

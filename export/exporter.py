@@ -41,7 +41,7 @@ from svformer_deploy.svformer.interrupts import deferred_interrupts
 from . import ir
 from .bundle import BundleWriter, default_bundle_path, sha256_file
 from .fidelity import FidelityReport, SpikeTally, spike_totals
-from .passes.quantize import QuantConfig, load_calibration, quantize, search_weight_clips
+from .passes.quantize import QuantConfig, load_calibration, quantize, search_calibration
 from .passes.quantize import report as quant_report
 from .pipeline import check_chain, run_pipeline
 from .qat import checkpoint_graph
@@ -69,7 +69,7 @@ class ExportOptions:
     check_clips: int | None = None
     calibration_clips: int | None = None
     seed: int = 0
-    calibration_search: bool = False  # per-layer weight-range search (quantize.search_weight_clips)
+    calibration_search: bool = False  # per-layer weight-range search (quantize.search_calibration)
     onnx: str = "step"  # which ONNX graphs: "step" (model_step.onnx), "unrolled" (model.onnx ...) or "both"
 
 
@@ -512,7 +512,7 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
         config = QuantConfig(weight_bits=opts.weight_bits, per_channel=not netx_mode, lava_thresholds=netx_mode)
         step("quantize")
         if opts.calibration_search:
-            searched = search_weight_clips(float_graph, inputs.calibration, config, batch_size=batch)
+            searched = search_calibration(float_graph, inputs.calibration, config, batch_size=batch)
             qg = searched.graph
         else:
             qg = quantize(float_graph, inputs.calibration, config, batch_size=batch)

@@ -441,7 +441,9 @@ def qat_checkpoint(init: str, out: str, opts: QATOptions,
     QuantConfig(weight_bits=opts.weight_bits)  # refuses a bad bit width before loading anything
     ckpt = load_checkpoint(init)
     g, summary = run_qat(ckpt, opts, on_epoch, where=str(init))
-    summary = {"init": str(init), **summary}
+    from svformer_deploy.svformer.fileio import sha256_file
+
+    summary = {"init": str(init), "init_sha256": sha256_file(init), **summary}
     ckpt.qat = {"graph": pack_graph(g), "summary": summary}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     write_buffered_atomic(out, lambda buf: torch.save(ckpt.to_dict(), buf))

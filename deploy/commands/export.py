@@ -122,9 +122,9 @@ def render_export(result: Any) -> str:
               help="ONNX graphs to write: the one-step graph model_step.onnx (frame, step index and state in; state "
                    "out: streaming), the graph unrolled over all T steps (model.onnx, and model_fp32.onnx when not "
                    "quantized; slow to export for large models), or both.")
-@click.option("--calibration-search", is_flag=True, help="Quantized: search each layer's weight range for the "
-              "fewest spikes flipped against the float model on the calibration clips (docs/qat.md); before/after "
-              "in the manifest.")
+@click.option("--calibration-search", is_flag=True, help="Quantized: search each layer's weight range, then "
+              "correct each layer's bias, for the fewest spikes flipped against the float model on the calibration "
+              "clips (docs/qat.md); before/after in the manifest.")
 @click.option("--qat-epochs", type=click.IntRange(min=1), help="Quantization-aware fine-tuning first: N epochs of "
               "train --qat on the float checkpoint's recorded training data, then the fine-tuned integer graph is "
               "exported (int8 unless --bits; docs/qat.md).")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -24,6 +25,7 @@ from svformer_deploy.simulators.executor import Simulator
 from svformer_deploy.simulators.run import bundle_input_spec, prepare_input
 from svformer_deploy.simulators.stream import StreamSession
 from svformer_deploy.svformer.checkpoint import load_checkpoint
+from test_energy_html import WIDTH, _browser, _chromium
 
 # 1 held-out + 2 training clips per class, one batch per epoch; the default targets (NIR and the one-step ONNX graph)
 TINY = ("--epochs", "6", "--train-per-class", "2", "--test-per-class", "1")
@@ -189,6 +191,8 @@ def test_demo_chain_interrupted_resumed_reused_refused_and_forced(tmp_path: Path
                      "integer executor on the held-out split", "Early exit (clean)"):
         assert fragment in html, fragment
     no_temporaries(out, out / "qat")
+    qat_page = tmp_path / "qat-page.html"  # self-contained: a copy renders the same (checked in Chromium at the end)
+    qat_page.write_text(html)
     code, stdout, err = run(capsys, "-o", out, *TINY, "--qat", "--json", "--quiet")  # all reused the next time
     assert code == 0, err
     assert json.loads(stdout)["steps"][-1] == {"step": "qat", "status": "reused",
@@ -224,6 +228,15 @@ def test_demo_chain_interrupted_resumed_reused_refused_and_forced(tmp_path: Path
     assert forced["simulate"]["record"] != doc["simulate"]["record"]
     assert {s["step"]: s["status"] for s in forced["steps"]}["data"] == "generated"
     assert clip.read_bytes()[:4] != b"not "
+
+    # the --qat page in headless Chromium: every plot drawn, the QAT table shown
+    browser = _browser()
+    dom = _chromium(browser, tmp_path / "profile", f"--window-size={WIDTH},8000", "--dump-dom", qat_page.as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    attrs = dict(re.findall(r'([\w-]+)="([^"]*)"', re.search(r'<p id="plot-status"([^>]*)>', dom.stdout).group(1)))
+    assert attrs["data-ok"] == attrs["data-total"] and int(attrs["data-total"]) >= 9, attrs
+    table = re.search(r'<table class="qat">(.*?)</table>', dom.stdout, re.S).group(1)
+    assert table.count("<tr>") == 4 and "QAT int8 (fine-tuned)" in table
 
 
 def test_bad_output_folders_are_one_error_line_and_exit_2(tmp_path: Path, capsys) -> None:

@@ -86,16 +86,18 @@ def measure_all(args, path: str) -> Iterator[dict]:  # noqa: ANN001
         s = search_calibration(g, cal, cfg, batch_size=args.batch)
         row["search"] = {**measure(g, s.graph, held, y, args.batch), "seconds": time.perf_counter() - t0,
                          "calibration": s.to_dict(), **energy_per_clip(s.graph, "integer", held, args.cost_model)}
-        qat = QATModel(ptq)
-        torch.manual_seed(args.seed)
-        res = finetune(qat, train_batches(train, args.batch, args.max_train_clips), args.epochs, lr=args.lr)
-        qg = qat.to_graph()
-        row["qat"] = {**measure(g, qg, held, y, args.batch), "seconds": res.seconds, "epochs": args.epochs,
-                      "lr": args.lr, "history": res.history, **energy_per_clip(qg, "integer", held, args.cost_model)}
+        if not args.no_qat:
+            qat = QATModel(ptq)
+            torch.manual_seed(args.seed)
+            res = finetune(qat, train_batches(train, args.batch, args.max_train_clips), args.epochs, lr=args.lr)
+            qg = qat.to_graph()
+            row["qat"] = {**measure(g, qg, held, y, args.batch), "seconds": res.seconds, "epochs": args.epochs,
+                          "lr": args.lr, "history": res.history,
+                          **energy_per_clip(qg, "integer", held, args.cost_model)}
         rows.append(row)
         print(f"  int{bits}  " + "  ".join(
             f"{k}: acc {row[k]['accuracy']:.2%} agr {row[k]['top1_agreement']:.2%} flips {row[k]['flip_rate']:.2%} "
-            f"{row[k]['energy_pj'] / 1e6:.4f} µJ" for k in METHODS), flush=True)
+            f"{row[k]['energy_pj'] / 1e6:.4f} µJ" for k in METHODS if k in row), flush=True)
         yield row
 
 
@@ -119,11 +121,15 @@ def table(files: list[str]) -> str:
         for r in rs:
             lines.append(f"| {model} `{Path(r['checkpoint']).parent.name}` | {bits} | {r['float_accuracy']:.0%} | "
                          + " | ".join(f"{r[k]['accuracy']:.0%} / {r[k]['top1_agreement']:.0%} / "
-                                      f"{r[k]['flip_rate']:.1%} / {r[k]['energy_pj'] / 1e6:.3f}" for k in METHODS)
+                                      f"{r[k]['flip_rate']:.1%} / {r[k]['energy_pj'] / 1e6:.3f}" if k in r else "-"
+                                      for k in METHODS)
                          + " |")
         if len(rs) > 1:
             cells = []
             for k in METHODS:
+                if not all(k in r for r in rs):
+                    cells.append("-")
+                    continue
                 cells.append(" / ".join([_pm([100 * r[k]["accuracy"] for r in rs], "{:.1f}"),
                                          _pm([100 * r[k]["top1_agreement"] for r in rs], "{:.1f}"),
                                          _pm([100 * r[k]["flip_rate"] for r in rs], "{:.1f}"),
@@ -144,6 +150,7 @@ def main() -> None:
     ap.add_argument("--cal", type=int, default=16)
     ap.add_argument("--max-train-clips", type=int)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-qat", action="store_true", help="only PTQ and improved PTQ")
     ap.add_argument("--cost-model", default="int8")
     ap.add_argument("--label", help="model name in the table (default: the checkpoint path)")
     ap.add_argument("--out")

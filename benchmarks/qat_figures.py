@@ -107,7 +107,7 @@ def _pm(values: list[float], fmt: str) -> str:
     return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
 
 
-def table(files: list[str]) -> str:
+def table(files: list[str], seeds_only: bool = False) -> str:
     """Markdown: one line per model, checkpoint and width, then mean ± standard deviation over the checkpoints
     of each model (seeds)."""
     rows = [r for f in files for r in json.loads(Path(f).read_text())]
@@ -118,7 +118,7 @@ def table(files: list[str]) -> str:
     for r in rows:
         groups.setdefault((r["model"], r["bits"]), []).append(r)
     for (model, bits), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
-        for r in rs:
+        for r in rs if not seeds_only or len(rs) == 1 else []:
             lines.append(f"| {model} `{Path(r['checkpoint']).parent.name}` | {bits} | {r['float_accuracy']:.0%} | "
                          + " | ".join(f"{r[k]['accuracy']:.0%} / {r[k]['top1_agreement']:.0%} / "
                                       f"{r[k]['flip_rate']:.1%} / {r[k]['energy_pj'] / 1e6:.3f}" if k in r else "-"
@@ -136,7 +136,25 @@ def table(files: list[str]) -> str:
                                          _pm([r[k]["energy_pj"] / 1e6 for r in rs], "{:.3f}")]))
             lines.append(f"| **{model}, {len(rs)} seeds** | {bits} | "
                          f"{_pm([100 * r['float_accuracy'] for r in rs], '{:.1f}')} | " + " | ".join(cells) + " |")
-    return head + "\n".join(lines) + "\n"
+    return head + "\n".join(lines) + "\n" + targets(rows)
+
+
+def targets(rows: list[dict]) -> str:
+    """The issue's targets checkpoint by checkpoint: QAT int8 accuracy >= float - 0.5 point, improved PTQ int8
+    top-1 agreement >= 99.5 %."""
+    int8 = [r for r in rows if r["bits"] == 8]
+    out = []
+    qat = [r for r in int8 if "qat" in r]
+    if qat:
+        ok = [r for r in qat if r["qat"]["accuracy"] >= r["float_accuracy"] - 0.005]
+        out.append(f"QAT int8 accuracy >= float - 0.5 point: {len(ok)} of {len(qat)} checkpoints; missed by "
+                   + (", ".join(f"{r['model']} `{Path(r['checkpoint']).parent.name}` ({r['qat']['accuracy']:.0%} vs "
+                                f"{r['float_accuracy']:.0%})" for r in qat if r not in ok) or "none"))
+    ok = [r for r in int8 if r["search"]["top1_agreement"] >= 0.995]
+    out.append(f"improved PTQ int8 top-1 agreement >= 99.5 %: {len(ok)} of {len(int8)} checkpoints; missed by "
+               + (", ".join(f"{r['model']} `{Path(r['checkpoint']).parent.name}` ({r['search']['top1_agreement']:.0%})"
+                            for r in int8 if r not in ok) or "none"))
+    return "\n".join(out) + "\n"
 
 
 def main() -> None:
@@ -155,9 +173,10 @@ def main() -> None:
     ap.add_argument("--label", help="model name in the table (default: the checkpoint path)")
     ap.add_argument("--out")
     ap.add_argument("--table", nargs="+", metavar="JSON", help="print the markdown tables of earlier runs and stop")
+    ap.add_argument("--seeds-only", action="store_true", help="--table: only the mean ± spread lines")
     a = ap.parse_args()
     if a.table:
-        print(table(a.table), end="")
+        print(table(a.table, a.seeds_only), end="")
         return
     torch.set_num_threads(1)
     print("load:", os.popen("uptime").read().strip(), flush=True)

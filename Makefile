@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/svformer-deploy demo
+	$(BIN)/svformer-deploy demo $(if $(QAT),--qat)
 
 test: setup
 	$(BIN)/ruff check .

@@ -8,6 +8,8 @@ One output folder (``DIR``, default ``./svformer-demo``) holds everything (``doc
     DIR/runs/            run records of the simulated held-out clip
     DIR/report/          the energy report and the evaluation: index.html (plots), energy.json, evaluation.json
     DIR/evaluation/      per-clip results of the held-out evaluation (clean + one noise level, early exit)
+    DIR/qat/             with --qat: the QAT checkpoint qat.pt, the int8 bundles model-int8.svfd (post-training)
+                         and model-qat.svfd (fine-tuned), and their held-out evaluations (integer executor)
     DIR/demo.json        the summary of the last complete run (written last)
 
 The configuration is :mod:`svformer.demo_config`. Re-running in the same folder reuses every step whose
@@ -30,7 +32,7 @@ from svformer_deploy.svformer import demo_config
 from svformer_deploy.svformer.errors import SVFormerError
 
 # what a demo folder may hold: its outputs, and the hidden temporary siblings of atomic writes
-OUTPUTS = ("data", "train", "model.svfd", "runs", "report", "evaluation", "demo.json")
+OUTPUTS = ("data", "train", "model.svfd", "runs", "report", "evaluation", "qat", "demo.json")
 # TrainConfig fields that do not change what a run computes (paths, display)
 _IGNORED_TRAIN_FIELDS = ("out_dir", "data", "quiet", "resume", "workers")
 
@@ -72,6 +74,10 @@ class Layout:
     @property
     def summary(self) -> Path:
         return self.root / "demo.json"
+
+    @property
+    def qat(self) -> Path:
+        return self.root / "qat"
 
 
 @dataclass
@@ -314,36 +320,42 @@ class ExportStep:
     reused: bool
 
 
-def reusable_bundle(layout: Layout, targets: tuple[str, ...] | None) -> Any | None:
-    """The :class:`ExportResult` of an existing complete bundle of ``layout.checkpoint`` with these targets."""
+def reusable_bundle(layout: Layout, targets: tuple[str, ...] | None, bundle: Path | None = None,
+                    checkpoint: Path | None = None, weight_bits: int | None = None) -> Any | None:
+    """The :class:`ExportResult` of an existing complete bundle (default ``layout.bundle``) of ``checkpoint``
+    (default ``layout.checkpoint``) with these targets and quantization (``weight_bits``, None: float)."""
     from svformer_deploy.export.bundle import load_bundle, sha256_file
     from svformer_deploy.export.exporter import ExportResult, FidelityRow, resolve_targets
 
-    if not (layout.bundle / "manifest.json").is_file():
+    bundle_dir = bundle or layout.bundle
+    checkpoint = checkpoint or layout.checkpoint
+    if not (bundle_dir / "manifest.json").is_file():
         return None
     try:
-        bundle = load_bundle(layout.bundle)
+        loaded = load_bundle(bundle_dir)
     except SVFormerError:
         return None
-    m = bundle.manifest
-    if (m.get("source") or {}).get("sha256") != sha256_file(layout.checkpoint):
+    m = loaded.manifest
+    if (m.get("source") or {}).get("sha256") != sha256_file(checkpoint):
         return None
-    if list(m.get("targets") or []) != list(resolve_targets(targets, False)) or m.get("quantization"):
+    quant = m.get("quantization") or {}
+    if list(m.get("targets") or []) != list(resolve_targets(targets, weight_bits is not None)) or (
+            quant.get("weight_bits") if quant else None) != weight_bits:
         return None
     files: dict[str, Any] = {}
     for role, entry in m["files"].items():
         entries = entry if isinstance(entry, list) else [entry]
-        paths = [layout.bundle / e["path"] for e in entries]
+        paths = [bundle_dir / e["path"] for e in entries]
         if not all(p.is_file() for p in paths):
             return None
         files[role] = [str(p) for p in paths] if isinstance(entry, list) else str(paths[0])
-    files["manifest"] = str(layout.bundle / "manifest.json")
+    files["manifest"] = str(bundle_dir / "manifest.json")
     fid = m.get("fidelity") or {}
     try:
         rows = [FidelityRow.from_dict(row) for row in fid.get("checks", [])]
     except (TypeError, AttributeError):
         return None
-    return ExportResult(output_dir=layout.bundle, files=files, manifest=m, fidelity=rows,
+    return ExportResult(output_dir=bundle_dir, files=files, manifest=m, fidelity=rows,
                         warnings=list(m.get("warnings") or []), timings=dict(m.get("timings") or {}))
 
 
@@ -495,3 +507,120 @@ def evaluate(layout: Layout, energy: ReportStep, workers: int = 2,
     js = write_json_atomic(layout.report / "evaluation.json", report)
     html = write_text_atomic(energy.html, append_to_page(render_html(energy.report), report))
     return EvaluateStep(report=report, html=html, json=js, simulated=ev.simulated, resumed=ev.resumed)
+
+
+# ---------------------------------------------------------------------------------------------
+# step 7 (--qat): quantization-aware fine-tuning next to post-training quantization
+# ---------------------------------------------------------------------------------------------
+QAT_VARIANTS = (("ptq", "PTQ int8 (post-training)", "model-int8.svfd"),
+                ("qat", "QAT int8 (fine-tuned)", "model-qat.svfd"))
+
+
+@dataclass
+class QATStep:
+    checkpoint: Path
+    summary: dict[str, Any]  # export.qat.run_qat's: PTQ and QAT against the float graph on held-out clips
+    bundles: dict[str, Path]
+    reports: dict[str, dict[str, Any]]  # evaluation reports of the two int8 bundles (integer executor)
+    json: Path
+    reused: list[str]
+
+
+def qat(layout: Layout, energy: ReportStep, targets: tuple[str, ...] | None = None,
+        epochs: int | None = None, workers: int = 2, on_epoch: Callable[[dict[str, float]], None] | None = None,
+        on_step: Callable[[str], None] | None = None) -> QATStep:
+    """Fine-tune the demo checkpoint with QAT (``train --qat``'s path, :data:`demo_config.QAT`), export the
+    post-training int8 bundle and the QAT bundle, evaluate both on the held-out split with the integer executor
+    (int8 prices, agreement with the float graph), the float bundle at the same prices, and add them to the report
+    page.
+    Finished outputs of the same checkpoint and settings are reused."""
+    from svformer_deploy.deploy.evaluate import Settings, evaluate_dataset, summarise
+    from svformer_deploy.deploy.evaluate_report import STATUS, append_to_page
+    from svformer_deploy.export.bundle import load_bundle, sha256_file
+    from svformer_deploy.export.exporter import ExportOptions, export_checkpoint
+    from svformer_deploy.export.qat import QATOptions, qat_checkpoint
+    from svformer_deploy.svformer.checkpoint import load_checkpoint
+    from svformer_deploy.svformer.fileio import write_json_atomic, write_text_atomic
+
+    cfg = dict(demo_config.QAT)
+    if epochs is not None:
+        cfg["epochs"] = epochs
+    layout.qat.mkdir(exist_ok=True)
+    ckpt_path = layout.qat / "qat.pt"
+    digest = sha256_file(layout.checkpoint)
+    reused: list[str] = []
+    summary = None
+    if ckpt_path.is_file():
+        try:
+            summary = (load_checkpoint(ckpt_path).qat or {}).get("summary")
+        except SVFormerError:
+            summary = None
+        if not summary or summary.get("init_sha256") != digest or summary.get("epochs") != cfg["epochs"] or \
+                summary.get("lr") != cfg["lr"] or summary.get("quant", {}).get("weight_bits") != cfg["weight_bits"]:
+            summary = None
+    if summary is None:
+        summary = qat_checkpoint(str(layout.checkpoint), str(ckpt_path), QATOptions(
+            weight_bits=cfg["weight_bits"], epochs=cfg["epochs"], lr=cfg["lr"], batch_size=cfg["batch_size"],
+            seed=cfg["seed"]), on_epoch=on_epoch)
+    else:
+        reused.append("qat.pt")
+    bundles, reports = {"float": layout.bundle}, {}
+    for key, _, name in (("float", "", ""), *QAT_VARIANTS):
+        out = bundles.get(key) or layout.qat / name
+        if key != "float":
+            src = layout.checkpoint if key == "ptq" else ckpt_path
+            if reusable_bundle(layout, targets, out, src, cfg["weight_bits"]) is not None:
+                reused.append(name)
+            else:
+                export_checkpoint(src, ExportOptions(output=out, weight_bits=cfg["weight_bits"], targets=targets,
+                                                     force=True), on_step=on_step)
+            bundles[key] = out
+        bundle = load_bundle(out)
+        settings = Settings(model=str(out), model_hash=bundle.model_hash, cost_model="int8",
+                            seed=demo_config.EVALUATE["seed"],
+                            **({"executor": "integer", "compare_float": True} if key != "float" else {}))
+        ev = evaluate_dataset("videos", layout.data / "test", settings, (), runs_dir=layout.qat / f"evaluation-{key}",
+                              workers=workers)
+        reports[key] = summarise(ev)
+    doc = {"config": cfg, "qat": summary, "evaluations": reports}
+    js = write_json_atomic(layout.report / "qat.json", doc)
+    page = energy.html.read_text()
+    page = page.replace(STATUS, qat_section(summary, reports) + "\n" + STATUS, 1)
+    for key, title, _ in QAT_VARIANTS:
+        page = append_to_page(page, reports[key], title=f"{title}: integer executor on the held-out split")
+    write_text_atomic(energy.html, page)
+    return QATStep(checkpoint=ckpt_path, summary=summary, bundles=bundles, reports=reports, json=js, reused=reused)
+
+
+def qat_rows(summary: dict[str, Any], reports: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """One row per model (float, PTQ int8, QAT int8): held-out top-1, same prediction as the float graph, spikes
+    flipped per float spike, firing rate, exact energy per clip (µJ, int8 prices for all three)."""
+    def clean(r: dict[str, Any]) -> dict[str, Any]:
+        return r["conditions"][0]
+
+    f = clean(reports["float"])
+    rows = [["float", f"{100 * f['top1']:.1f}%", "-", "-", f"{100 * f['firing_rate']:.2f}%",
+             f"{1e3 * f['energy_mj']['exact']:.4g}"]]
+    for key, title, _ in QAT_VARIANTS:
+        c = clean(reports[key])
+        rows.append([title, f"{100 * c['top1']:.1f}%", f"{100 * reports[key].get('agreement_with_float', 0):.1f}%",
+                     f"{100 * summary[key]['flip_rate']:.1f}%", f"{100 * c['firing_rate']:.2f}%",
+                     f"{1e3 * c['energy_mj']['exact']:.4g}"])
+    return rows
+
+
+QAT_HEADERS = ["model", "top-1", "same top-1 as float", "flips per float spike", "firing rate",
+               "energy per clip, exact (µJ)"]
+
+
+def qat_section(summary: dict[str, Any], reports: dict[str, dict[str, Any]]) -> str:
+    """The report page's section comparing the float model, PTQ int8 and QAT int8 (:func:`qat_rows`)."""
+    import html
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in QAT_HEADERS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>"
+                   for row in qat_rows(summary, reports))
+    return (f"<h1>Quantization-aware fine-tuning</h1>\n<p>{summary['epochs']} epoch(s) of QAT at lr "
+            f"{summary['lr']:g} on {html.escape(str(summary['data']))}; all three bundles priced at int8 "
+            f"(45 nm), flips counted on {summary['held_out_clips']} held-out clips against the float graph.</p>\n"
+            f"<table class=\"qat\"><tr>{head}</tr>{body}</table>")

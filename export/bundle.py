@@ -327,11 +327,15 @@ class BundleWriter:
         self._ctx = None
         self.tmp: Path | None = None
 
-    def __enter__(self) -> BundleWriter:
+    def check(self) -> None:
+        """Refuse a folder that exists (without ``force``) or a path that is not a folder (one-line errors)."""
         if self.path.exists() and not self.force:
             raise SVFormerError(f"{self.path}: already exists; use --force to replace it or -o DIR")
         if self.path.exists() and not self.path.is_dir():
             raise SVFormerError(f"{self.path}: exists and is not a directory")
+
+    def __enter__(self) -> BundleWriter:
+        self.check()
         try:
             self._ctx = atomic_directory(self.path, force=self.force)
             self.tmp = self._ctx.__enter__()

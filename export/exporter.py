@@ -41,7 +41,7 @@ from svformer_deploy.svformer.interrupts import deferred_interrupts
 from . import ir
 from .bundle import BundleWriter, default_bundle_path, sha256_file
 from .fidelity import FidelityReport, SpikeTally, spike_totals
-from .passes.quantize import QuantConfig, load_calibration, quantize, search_weight_clips
+from .passes.quantize import QuantConfig, load_calibration, quantize, search_calibration
 from .passes.quantize import report as quant_report
 from .pipeline import check_chain, run_pipeline
 from .qat import checkpoint_graph
@@ -69,7 +69,9 @@ class ExportOptions:
     check_clips: int | None = None
     calibration_clips: int | None = None
     seed: int = 0
-    calibration_search: bool = False  # per-layer weight-range search (quantize.search_weight_clips)
+    calibration_search: bool = False  # per-layer weight-range search and bias correction (quantize.search_calibration)
+    qat_epochs: int | None = None  # QAT of a float checkpoint on its recorded training data first (export.qat.run_qat)
+    qat_lr: float | None = None  # its peak learning rate (None: QATOptions' default)
     onnx: str = "step"  # which ONNX graphs: "step" (model_step.onnx), "unrolled" (model.onnx ...) or "both"
 
 
@@ -412,6 +414,9 @@ def export_checkpoint(checkpoint: str | Path, opts: ExportOptions | None = None,
     ckpt = load_checkpoint(checkpoint, opts.arch)
     model = ckpt.build_model()
     qat_graph = checkpoint_graph(ckpt)
+    if opts.qat_epochs is not None:
+        _check_fine_tune(checkpoint, ckpt, opts)
+        opts = dataclasses.replace(opts, weight_bits=opts.weight_bits or 8)
     if qat_graph is not None:  # train --qat: the fine-tuned integer graph is written as it is, not re-quantized
         bits = int(qat_graph.graph["quant"]["weight_bits"])
         if opts.weight_bits not in (None, bits):
@@ -429,10 +434,13 @@ def export_checkpoint(checkpoint: str | Path, opts: ExportOptions | None = None,
     if quantized:
         QuantConfig(weight_bits=opts.weight_bits)  # validates the bit width before any work
     out = Path(opts.output) if opts.output is not None else default_bundle_path(checkpoint)
+    writer = BundleWriter(out, force=opts.force)
+    if opts.qat_epochs is not None:  # minutes of work: after every cheap check, before anything is written
+        writer.check()
+        qat_graph = _fine_tune(checkpoint, ckpt, opts, step)
 
     # The temporary bundle exists only inside this try, whose except removes it: a signal (SIGINT/SIGTERM)
     # while it is being created, or while the finished bundle is published, is held until that is done.
-    writer = BundleWriter(out, force=opts.force)
     closing = False  # set once the writer's own exit (publish, or clean up if that fails) has started
     try:
         with deferred_interrupts():
@@ -457,6 +465,32 @@ def export_checkpoint(checkpoint: str | Path, opts: ExportOptions | None = None,
     result.files = {role: _abs(out, entry) for role, entry in result.manifest["files"].items()}
     result.files["manifest"] = str(out / "manifest.json")
     return result
+
+
+def _check_fine_tune(checkpoint: Path, ckpt: Checkpoint, opts: ExportOptions) -> None:
+    """The options ``--qat-epochs`` cannot be combined with, refused before any work."""
+    if opts.qat_epochs < 1:
+        raise SVFormerError(f"--qat-epochs must be at least 1, not {opts.qat_epochs}")
+    for flag, given in (("--calibration-search", opts.calibration_search), ("--fuse-linear", opts.fuse)):
+        if given:
+            raise SVFormerError(f"--qat-epochs cannot be combined with {flag}")
+    if ckpt.qat:
+        raise SVFormerError(f"{checkpoint}: already a QAT checkpoint; --qat-epochs starts from a float checkpoint")
+
+
+def _fine_tune(checkpoint: Path, ckpt: Checkpoint, opts: ExportOptions, step: Callable[[str | None], None]
+               ) -> nx.DiGraph:
+    """``--qat-epochs``: :func:`export.qat.run_qat` of the float checkpoint (its recorded training data, the path of
+    ``train --qat``), before anything is written; the checkpoint in memory gets the ``qat`` summary, so the export
+    continues exactly as for a ``train --qat`` checkpoint. Returns the fine-tuned integer graph."""
+    from .qat import QATOptions, run_qat
+
+    step("QAT fine-tuning")
+    qat_opts = QATOptions(weight_bits=opts.weight_bits, epochs=opts.qat_epochs, seed=opts.seed,
+                          **({"lr": opts.qat_lr} if opts.qat_lr is not None else {}))
+    g, summary = run_qat(ckpt, qat_opts, where=str(checkpoint))
+    ckpt.qat = {"summary": {"init": str(checkpoint), "by": "export --qat-epochs", **summary}}
+    return g
 
 
 def _abs(out: Path, entry: Any) -> Any:
@@ -512,7 +546,7 @@ def _export_into(w: BundleWriter, checkpoint: Path, ckpt: Checkpoint, model: Any
         config = QuantConfig(weight_bits=opts.weight_bits, per_channel=not netx_mode, lava_thresholds=netx_mode)
         step("quantize")
         if opts.calibration_search:
-            searched = search_weight_clips(float_graph, inputs.calibration, config, batch_size=batch)
+            searched = search_calibration(float_graph, inputs.calibration, config, batch_size=batch)
             qg = searched.graph
         else:
             qg = quantize(float_graph, inputs.calibration, config, batch_size=batch)

@@ -12,7 +12,7 @@ modules and passes never rename them.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -282,7 +282,10 @@ class _Runner:
         else:
             raise SVFormerError(f"cannot run a {type(subject).__name__}; give an IR graph or an SVFormer")
 
-    def __call__(self, x: Tensor) -> tuple[Tensor, dict[str, PackedSpikes]]:
+    def __call__(self, x: Tensor, observe: Callable[[str, Tensor], None] | None = None
+                 ) -> tuple[Tensor, dict[str, PackedSpikes]]:
+        """Logits and packed spikes of batch ``x``; ``observe(name, value)`` also sees every node output of a
+        graph (:meth:`export.reference.ReferenceModel.run`)."""
         with torch.no_grad():
             if not self.is_model:
                 steps: dict[str, list[np.ndarray]] = {n: [] for n in self.neurons}
@@ -292,6 +295,8 @@ class _Runner:
                     if name in steps:  # packed at once: 1 bit per neuron and step
                         steps[name].append(np.packbits((value != 0).reshape(-1).numpy()))
                         sizes[name] = int(value.numel())
+                    if observe is not None:
+                        observe(name, value)
 
                 logits, _ = self.ref.run(x, observe=keep)
                 return logits, {n: PackedSpikes(np.stack(v), sizes[n]) for n, v in steps.items()}

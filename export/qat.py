@@ -367,30 +367,43 @@ def labelled_clips(dataset, n: int) -> tuple[Tensor, Tensor]:  # noqa: ANN001 - 
     return torch.stack(clips, dim=1), torch.tensor(labels)
 
 
-def qat_checkpoint(init: str, out: str, opts: QATOptions,
-                   on_epoch: Callable[[dict[str, float]], None] | None = None) -> dict:
-    """Quantize the float checkpoint ``init`` (calibration on its recorded training data), fine-tune the integer
-    model on that data, measure PTQ and QAT on held-out clips and write ``out``: ``init`` plus a ``qat`` entry
-    holding the fine-tuned integer graph (``export`` writes it instead of quantizing). Returns the summary."""
-    from pathlib import Path
-
-    from svformer_deploy.svformer.checkpoint import load_checkpoint
+def train_batches(train, batch_size: int, max_train_clips: int | None = None  # noqa: ANN001 - a ClipDataset
+                  ) -> Callable[[int], Iterable[tuple[Tensor, Tensor]]]:
+    """``batches(epoch)`` for :func:`finetune`: the training split shuffled per epoch, frames ``[T, B, ...]``, at
+    most ``max_train_clips`` clips per epoch."""
     from svformer_deploy.svformer.data.datasets import make_loader
-    from svformer_deploy.svformer.fileio import write_buffered_atomic
 
+    def batches(epoch: int) -> Iterable[tuple[Tensor, Tensor]]:
+        seen = 0
+        for b in make_loader(train, batch_size, epoch=epoch, shuffle=True):
+            if b.clips.numel() == 0:
+                continue
+            if max_train_clips is not None and seen >= max_train_clips:
+                break
+            seen += b.clips.shape[0]
+            yield b.clips.transpose(0, 1).contiguous(), b.labels
+
+    return batches
+
+
+def run_qat(ckpt, opts: QATOptions, on_epoch: Callable[[dict[str, float]], None] | None = None,  # noqa: ANN001
+            where: str = "checkpoint") -> tuple[nx.DiGraph, dict]:
+    """QAT of the float checkpoint ``ckpt`` (a loaded :class:`svformer.checkpoint.Checkpoint`) on its recorded
+    training data: quantize (calibration on training clips), fine-tune the integer model, measure PTQ and QAT on
+    held-out clips. Returns the fine-tuned integer graph and the summary. ``where`` names the checkpoint in errors.
+    The one QAT path of ``train --qat`` and ``export --qat-epochs``."""
     from .exporter import input_spec, training_data
     from .passes.quantize import QuantConfig, quantize
     from .pipeline import run_pipeline
     from .writers.partition import partition
 
     config_check = QuantConfig(weight_bits=opts.weight_bits)  # refuses a bad bit width before any work
-    ckpt = load_checkpoint(init)
     if ckpt.qat:
-        raise SVFormerError(f"{init}: already a QAT checkpoint; start from the float checkpoint")
+        raise SVFormerError(f"{where}: already a QAT checkpoint; start from the float checkpoint")
     data = training_data(ckpt, input_spec(ckpt))
     if data is None:
-        raise SVFormerError(f"{init}: QAT needs the training data the checkpoint's training record names, and it is "
-                            "not there (train with svformer-deploy train, keep the data in place)")
+        raise SVFormerError(f"{where}: QAT needs the training data the checkpoint's training record names, and it "
+                            "is not there (train with svformer-deploy train, keep the data in place)")
     train, test, described = data
     torch.manual_seed(opts.seed)
     model = ckpt.build_model()
@@ -402,25 +415,35 @@ def qat_checkpoint(init: str, out: str, opts: QATOptions,
     held, held_y = labelled_clips(test, opts.eval_clips)
     before = measure(float_graph, ptq, held, held_y, opts.batch_size)
     qat = QATModel(ptq)
-
-    def batches(epoch: int) -> Iterable[tuple[Tensor, Tensor]]:
-        seen = 0
-        for b in make_loader(train, opts.batch_size, epoch=epoch, shuffle=True):
-            if b.clips.numel() == 0:
-                continue
-            if opts.max_train_clips is not None and seen >= opts.max_train_clips:
-                break
-            seen += b.clips.shape[0]
-            yield b.clips.transpose(0, 1).contiguous(), b.labels
-
-    res = finetune(qat, batches, opts.epochs, lr=opts.lr, on_epoch=on_epoch)
+    res = finetune(qat, train_batches(train, opts.batch_size, opts.max_train_clips), opts.epochs, lr=opts.lr,
+                   on_epoch=on_epoch)
     g = qat.to_graph()
     after = measure(float_graph, g, held, held_y, opts.batch_size)
-    summary = {"init": str(init), "data": described, "quant": dict(g.graph["quant"]), "epochs": opts.epochs,
+    summary = {"data": described, "quant": dict(g.graph["quant"]), "epochs": opts.epochs,
                "lr": opts.lr, "history": res.history, "seconds": res.seconds, "held_out_clips": int(held.shape[1]),
                "float_accuracy": float((run_float(float_graph, held, opts.batch_size).argmax(1) == held_y)
                                        .double().mean()),
                "ptq": before, "qat": after}
+    return g, summary
+
+
+def qat_checkpoint(init: str, out: str, opts: QATOptions,
+                   on_epoch: Callable[[dict[str, float]], None] | None = None) -> dict:
+    """:func:`run_qat` of the float checkpoint ``init``, written to ``out``: ``init`` plus a ``qat`` entry holding
+    the fine-tuned integer graph (``export`` writes it instead of quantizing). Returns the summary."""
+    from pathlib import Path
+
+    from svformer_deploy.svformer.checkpoint import load_checkpoint
+    from svformer_deploy.svformer.fileio import write_buffered_atomic
+
+    from .passes.quantize import QuantConfig
+
+    QuantConfig(weight_bits=opts.weight_bits)  # refuses a bad bit width before loading anything
+    ckpt = load_checkpoint(init)
+    g, summary = run_qat(ckpt, opts, on_epoch, where=str(init))
+    from svformer_deploy.svformer.fileio import sha256_file
+
+    summary = {"init": str(init), "init_sha256": sha256_file(init), **summary}
     ckpt.qat = {"graph": pack_graph(g), "summary": summary}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     write_buffered_atomic(out, lambda buf: torch.save(ckpt.to_dict(), buf))

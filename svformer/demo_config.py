@@ -28,3 +28,6 @@ TRAIN: dict[str, Any] = {"epochs": 16, "batch_size": 16, "lr": 5e-3, "warmup_epo
 # the held-out evaluation at the end of the demo (svformer-deploy evaluate): one noise level of the paper's
 # Table 2 (Gaussian, sigma = 0.5 x the frame's std) besides the clean clips, and the early-exit sweep
 EVALUATE: dict[str, Any] = {"noise": ["gaussian:0.5"], "seed": 0}
+
+# --qat (svformer-deploy demo --qat, make demo QAT=1): train --qat of the demo checkpoint (export.qat.QATOptions)
+QAT: dict[str, Any] = {"weight_bits": 8, "epochs": 1, "lr": 1e-4, "batch_size": 16, "seed": 0}

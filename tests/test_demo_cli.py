@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -19,10 +20,12 @@ from fixtures_models import single_thread  # noqa: F401
 from svformer_deploy.deploy.cli import main
 from svformer_deploy.deploy.energy.records import read_record
 from svformer_deploy.export.bundle import load_bundle, sha256_file
+from svformer_deploy.export.qat import checkpoint_graph
 from svformer_deploy.simulators.executor import Simulator
 from svformer_deploy.simulators.run import bundle_input_spec, prepare_input
 from svformer_deploy.simulators.stream import StreamSession
 from svformer_deploy.svformer.checkpoint import load_checkpoint
+from test_energy_html import WIDTH, _browser, _chromium
 
 # 1 held-out + 2 training clips per class, one batch per epoch; the default targets (NIR and the one-step ONNX graph)
 TINY = ("--epochs", "6", "--train-per-class", "2", "--test-per-class", "1")
@@ -156,6 +159,46 @@ def test_demo_chain_interrupted_resumed_reused_refused_and_forced(tmp_path: Path
         assert fragment in stdout, (fragment, stdout)
     assert "[1/6]" in err and "[1/6]" not in stdout
 
+    # --qat (make demo QAT=1) adds step 7 to the finished chain: QAT of the checkpoint, the PTQ and QAT int8
+    # bundles, all three models evaluated at int8 prices and shown together on the report page
+    code, stdout, err = run(capsys, "-o", out, *TINY, "--qat", "--json")
+    assert code == 0, err
+    q = json.loads(stdout)
+    assert {s["step"]: s["status"] for s in q["steps"]} == {
+        "data": "reused", "train": "reused", "export": "reused", "simulate": "reused", "report": "written",
+        "evaluate": "reused", "qat": "ran"}
+    assert "[7/7] QAT:" in err and "qat epoch 1:" in err
+    qat_ckpt = load_checkpoint(q["qat"]["checkpoint"])
+    assert qat_ckpt.qat["summary"]["init_sha256"] == sha256_file(out / "train" / "last.pt")
+    qat_graph = checkpoint_graph(qat_ckpt)
+    qb = load_bundle(q["qat"]["qat"]["bundle"]).graph("ir_quantized")
+    for n in qat_graph.nodes:  # the QAT bundle's integer graph is the fine-tuned one, code for code
+        for field, arr in qat_graph.nodes[n]["quant"].items():
+            assert np.array_equal(np.asarray(qb.nodes[n]["quant"][field]), np.asarray(arr)), (n, field)
+    ptq_bundle = load_bundle(q["qat"]["ptq"]["bundle"])
+    assert ptq_bundle.manifest["quantization"]["weight_bits"] == 8 and "qat" not in ptq_bundle.graph(
+        "ir_quantized").graph["quant"]
+    qj = json.loads((out / "report" / "qat.json").read_text())
+    for key in ("float", "ptq", "qat"):
+        clean = qj["evaluations"][key]["conditions"][0]
+        assert q["qat"][key]["top1"] == clean["top1"] and q["qat"][key]["exact_mj"] == clean["energy_mj"]["exact"] > 0
+        assert qj["evaluations"][key]["clips"] == 4
+    for key in ("ptq", "qat"):
+        assert q["qat"][key]["agreement_with_float"] == qj["evaluations"][key]["agreement_with_float"]
+        assert q["qat"][key]["flip_rate"] == qj["qat"][key]["flip_rate"] >= 0
+    html = (out / "report" / "index.html").read_text()
+    for fragment in ("Quantization-aware fine-tuning", "PTQ int8 (post-training)", "QAT int8 (fine-tuned)",
+                     "integer executor on the held-out split", "Early exit (clean)"):
+        assert fragment in html, fragment
+    no_temporaries(out, out / "qat")
+    qat_page = tmp_path / "qat-page.html"  # self-contained: a copy renders the same (checked in Chromium at the end)
+    qat_page.write_text(html)
+    code, stdout, err = run(capsys, "-o", out, *TINY, "--qat", "--json", "--quiet")  # all reused the next time
+    assert code == 0, err
+    assert json.loads(stdout)["steps"][-1] == {"step": "qat", "status": "reused",
+                                               "seconds": json.loads(stdout)["steps"][-1]["seconds"]}
+    assert load_checkpoint(q["qat"]["checkpoint"]).qat["summary"] == qat_ckpt.qat["summary"]
+
     # another configuration without --force: refused before anything is removed
     code, _, err = run(capsys, "-o", out, *TINY[2:], "--epochs", "7")
     one_error(code, err, "another configuration", "epochs", "--force")
@@ -186,8 +229,20 @@ def test_demo_chain_interrupted_resumed_reused_refused_and_forced(tmp_path: Path
     assert {s["step"]: s["status"] for s in forced["steps"]}["data"] == "generated"
     assert clip.read_bytes()[:4] != b"not "
 
+    # the --qat page in headless Chromium: every plot drawn, the QAT table shown
+    browser = _browser()
+    dom = _chromium(browser, tmp_path / "profile", f"--window-size={WIDTH},8000", "--dump-dom", qat_page.as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    attrs = dict(re.findall(r'([\w-]+)="([^"]*)"', re.search(r'<p id="plot-status"([^>]*)>', dom.stdout).group(1)))
+    assert attrs["data-ok"] == attrs["data-total"] and int(attrs["data-total"]) >= 9, attrs
+    table = re.search(r'<table class="qat">(.*?)</table>', dom.stdout, re.S).group(1)
+    assert table.count("<tr>") == 4 and "QAT int8 (fine-tuned)" in table
+
 
 def test_bad_output_folders_are_one_error_line_and_exit_2(tmp_path: Path, capsys) -> None:
+    code, _, err = run(capsys, "-o", tmp_path / "never", "--qat-epochs", "1")
+    one_error(code, err, "--qat-epochs", "--qat")
+    assert not (tmp_path / "never").exists()
     a_file = tmp_path / "file.txt"
     a_file.write_text("mine")
     code, _, err = run(capsys, "-o", a_file)

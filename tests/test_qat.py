@@ -18,7 +18,14 @@ import torch
 from fixtures_models import CASES, make_input, make_model, single_thread  # noqa: F401
 from svformer_deploy.export import ir
 from svformer_deploy.export.fidelity import compare_chain
-from svformer_deploy.export.passes.quantize import QuantConfig, quantize, search_weight_clips
+from svformer_deploy.export.passes.quantize import (
+    QuantConfig,
+    bias_nodes,
+    calibrate,
+    correct_biases,
+    quantize,
+    search_calibration,
+)
 from svformer_deploy.export.pipeline import run_pipeline
 from svformer_deploy.export.qat import QATModel, finetune, ste_round
 from svformer_deploy.export.reference import ReferenceModel
@@ -290,23 +297,45 @@ def test_demo_model_after_a_short_finetune_runs_spike_for_spike_in_the_integer_e
 # ---------------------------------------------------------------------------------------------
 # improved post-training calibration: the per-layer weight-range search
 # ---------------------------------------------------------------------------------------------
-def test_weight_range_search_never_diverges_more_than_plain_calibration_and_is_an_ordinary_quantized_graph() -> None:
-    model = make_model("3stg")
+@pytest.mark.parametrize("norm", ["tdbn", "bn"])
+def test_calibration_search_never_diverges_more_than_plain_calibration_and_runs_exactly_in_the_integer_executor(
+        norm: str) -> None:
+    model = make_model("3stg", norm=norm)
     g = run_pipeline(model).graph
     cal = _frames(model, 4, 21)
-    cfg = QuantConfig(weight_bits=4)
-    r = search_weight_clips(g, cal, cfg, factors=(1.0, 0.7, 0.5))
+    cfg = QuantConfig(weight_bits=4, per_channel=norm == "tdbn", lava_thresholds=norm == "bn")
+    r = search_calibration(g, cal, cfg, factors=(1.0, 0.7, 0.5))
     plain = quantize(g, cal, cfg)
-    assert r.evaluations == 1 + 2 * len(list(ir.iter_ops(g, ir.WEIGHTED)))
-    assert r.after["flip_rate"] <= r.before["flip_rate"] and r.before["spikes_ref"] == r.after["spikes_ref"] > 0
+    n_weighted, corrigible = len(list(ir.iter_ops(g, ir.WEIGHTED))), bias_nodes(g)
+    assert corrigible and 1 + 2 * n_weighted < r.evaluations <= 1 + 2 * n_weighted + len(corrigible)
+    # every step is kept only when it lowers the objective: never worse than the plain calibration
+    assert r.after["flip_rate"] <= r.steps[0]["flip_rate"] <= r.before["flip_rate"]
+    assert r.before["spikes_ref"] == r.after["spikes_ref"] > 0
+    assert r.bias_shift, "bias correction lowered the divergence on no layer of this model"
+    assert r.after["flip_rate"] < r.steps[0]["flip_rate"]
     # "before" is the plain calibration, measured the same way
     (fid,), _ = compare_chain([(g, "float"), (plain, "fixed")], cal, torch.float64, ["plain"], 8)
     assert r.before["flips"] == fid.flips and r.before["top1_agreement"] == fid.top1_agreement
+    # "after" is the returned graph, measured the same way
+    (fid,), _ = compare_chain([(g, "float"), (r.graph, "fixed")], cal, torch.float64, ["searched"], 8)
+    assert r.after["flips"] == fid.flips and r.after["top1_agreement"] == fid.top1_agreement
+    # an ordinary quantized graph: the quantize pass of the corrected float graph with the chosen ranges (scales
+    # from the calibration of the float graph)
     assert r.graph.graph["quant"].get("weight_clip", {}) == r.weight_clip
-    again = quantize(g, cal, cfg, weight_clip=r.weight_clip)
+    assert r.graph.graph["quant"]["bias_corrected"] == list(r.bias_shift)
+    again = quantize(correct_biases(g, r.bias_shift), calibrate(g, cal), cfg, weight_clip=r.weight_clip)
     for n in g.nodes:
         for field, arr in again.nodes[n]["quant"].items():
             assert np.array_equal(np.asarray(r.graph.nodes[n]["quant"][field]), np.asarray(arr)), (n, field)
+    # ... that the integer executor (int64 arithmetic of its own) runs spike for spike and logit for logit
+    x = _frames(model, 3, 23)
+    with torch.no_grad():
+        logits, rec = ReferenceModel(r.graph, mode="fixed").run(x, record=set(ir.neuron_names(r.graph)))
+    for b, res in enumerate(Simulator(r.graph, "integer").run_batch(x.transpose(0, 1), record_spikes=True)):
+        assert np.array_equal(res.logits, logits[b].numpy())
+        for n in ir.neuron_names(r.graph):
+            assert torch.equal(torch.as_tensor(res.spikes[n]).to(torch.float64).reshape(rec[n][:, b].shape),
+                               rec[n][:, b]), n
     some = next(n for n, _ in ir.iter_ops(g, ir.WEIGHTED))
     clipped = quantize(g, cal, cfg, weight_clip={some: 0.5})
     ws, ws0 = clipped.nodes[some]["quant"]["weight_scale"], plain.nodes[some]["quant"]["weight_scale"]
@@ -315,3 +344,7 @@ def test_weight_range_search_never_diverges_more_than_plain_calibration_and_is_a
         quantize(g, cal, cfg, weight_clip={some: 1.5})
     with pytest.raises(SVFormerError, match="weighted node"):
         quantize(g, cal, cfg, weight_clip={ir.input_node(g): 0.5})
+    with pytest.raises(SVFormerError, match="correctable bias"):
+        correct_biases(g, {ir.input_node(g): np.zeros(1)})
+    with pytest.raises(SVFormerError, match="has shape"):
+        correct_biases(g, {corrigible[0]: np.zeros(1)})

@@ -108,3 +108,50 @@ def test_export_with_calibration_search_reports_before_and_after(float_ckpt, tmp
     assert cs["after"]["flip_rate"] <= cs["before"]["flip_rate"] and cs["evaluations"] > 1
     assert cs["before"]["clips"] == 4
     assert load_bundle(tmp_path / "b").graph("ir_quantized").graph["quant"].get("weight_clip", {}) == cs["weight_clip"]
+
+
+def test_export_qat_epochs_fine_tunes_on_the_recorded_data_exactly_as_train_qat(float_ckpt, tmp_path, capsys):
+    # the same code path as train --qat: same options, same seed -> the same integer graph, code for code
+    code, out, err = run_cli(capsys, "train", "--qat", "--init", float_ckpt, "--epochs", "1", "-b", "8", "-o",
+                             tmp_path / "q", "--json", "--threads", "1")
+    assert code == 0, err
+    trained = checkpoint_graph(load_checkpoint(json.loads(out)["checkpoint"]))
+    code, out, err = run_cli(capsys, "export", float_ckpt, "--qat-epochs", "1", "--targets", "onnx,netx", "-o",
+                             tmp_path / "b", "--json")
+    assert code == 0, err
+    man = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    s = man["quantization"]["qat_summary"]
+    assert s["by"] == "export --qat-epochs" and s["epochs"] == 1 and len(s["history"]) == 1
+    assert s["quant"]["qat"] and man["quantization"]["weight_bits"] == 8
+    bg = load_bundle(tmp_path / "b").graph("ir_quantized")
+    assert bg.graph["quant"]["qat"] is True and set(bg.nodes) == set(trained.nodes)
+    for n in trained.nodes:
+        for field, arr in trained.nodes[n]["quant"].items():
+            assert np.array_equal(np.asarray(bg.nodes[n]["quant"][field]), np.asarray(arr)), (n, field)
+    assert any(role.startswith("netx") for role in man["files"]), man["files"]  # per-tensor: netx parts written
+    assert man["fidelity"]["passed"], [c for c in man["fidelity"]["checks"] if c["passed"] is False]
+
+
+def test_export_qat_epochs_refusals_are_one_error_line_and_write_nothing(float_ckpt, tmp_path, capsys):
+    raw = torch.load(float_ckpt, weights_only=False)
+    raw["training"]["config"]["data"] = str(tmp_path / "gone")  # the recorded training data is not there
+    torch.save(raw, tmp_path / "nodata.pt")
+    code, _, err = run_cli(capsys, "export", tmp_path / "nodata.pt", "--qat-epochs", "1", "-o", tmp_path / "a")
+    one_error_line(code, err, "nodata.pt", "training data")
+    del raw["training"]
+    torch.save(raw, tmp_path / "norecord.pt")
+    code, _, err = run_cli(capsys, "export", tmp_path / "norecord.pt", "--qat-epochs", "1", "-o", tmp_path / "a")
+    one_error_line(code, err, "norecord.pt", "training data")
+    code, _, err = run_cli(capsys, "export", float_ckpt, "--qat-epochs", "1", "--calibration-search", "-o",
+                           tmp_path / "a")
+    one_error_line(code, err, "--qat-epochs", "--calibration-search")
+    code, _, err = run_cli(capsys, "export", float_ckpt, "--qat-epochs", "0", "-o", tmp_path / "a")
+    one_error_line(code, err, "--qat-epochs")
+    code, _, err = run_cli(capsys, "export", float_ckpt, "--qat-lr", "1e-3", "-o", tmp_path / "a")
+    one_error_line(code, err, "--qat-lr", "--qat-epochs")
+    code, _, err = run_cli(capsys, "export", float_ckpt, "--qat-epochs", "1", "--bits", "1", "-o", tmp_path / "a")
+    one_error_line(code, err, "weight bits")
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "taken").mkdir()  # refused before the fine-tuning, not after it
+    code, _, err = run_cli(capsys, "export", float_ckpt, "--qat-epochs", "1", "-o", tmp_path / "taken")
+    one_error_line(code, err, "already exists")

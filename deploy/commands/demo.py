@@ -56,12 +56,17 @@ def _timed(times: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
               "[default: 150].")
 @click.option("--test-per-class", type=click.IntRange(min=1), help="Synthetic held-out clips per class "
               "[default: 25].")
+@click.option("--qat", is_flag=True, help="Add step 7: quantization-aware fine-tuning of the demo checkpoint, "
+              "the post-training and the QAT int8 bundles, both evaluated with the integer executor and shown next "
+              "to the float model in the report (DIR/qat, docs/qat.md).")
+@click.option("--qat-epochs", type=click.IntRange(min=1), help="--qat: fine-tuning epochs [default: 1].")
 @click.option("--targets", hidden=True, help="Export writers (nir, onnx) [default: export's default]; "
               "for quick tests.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON document on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No step headings, per-epoch lines or progress bars.")
 def demo(output: Path, force: bool, threads: int, epochs: int | None, train_per_class: int | None,
-         test_per_class: int | None, targets: str | None, as_json: bool, quiet: bool) -> None:
+         test_per_class: int | None, qat: bool, qat_epochs: int | None, targets: str | None, as_json: bool,
+         quiet: bool) -> None:
     """Run the whole chain on the built-in synthetic action set: no data and no flags needed.
 
     \b
@@ -72,6 +77,8 @@ def demo(output: Path, force: bool, threads: int, epochs: int | None, train_per_
     5. energy report: exact counts vs the paper's method vs an ANN       -> DIR/report/index.html
     6. evaluate the held-out split: accuracy, energy, Gaussian noise,
        early-exit accuracy vs energy (added to the same page)            -> DIR/report/evaluation.json
+    7. with --qat: QAT of the checkpoint, int8 bundles of PTQ and QAT,
+       evaluated with the integer executor (added to the same page)      -> DIR/qat, DIR/report/qat.json
 
     Running it again in the same folder reuses every finished step (an interrupted training resumes);
     --force starts over.
@@ -90,6 +97,11 @@ def demo(output: Path, force: bool, threads: int, epochs: int | None, train_per_
     # thread mostly waits for a busy core, and the model's ops are too small to gain from splitting.
     torch.set_num_threads(threads)
     set_quiet(quiet)
+    if qat_epochs is not None and not qat:
+        from svformer_deploy.svformer.errors import SVFormerError
+
+        raise SVFormerError("--qat-epochs needs --qat")
+    steps = STEPS + (1 if qat else 0)
     out = _Out(as_json, quiet)
     export_targets = parse_targets(targets)
     resolve_targets(export_targets, False)  # a target needing quantization is refused before any work
@@ -104,7 +116,7 @@ def demo(output: Path, force: bool, threads: int, epochs: int | None, train_per_
 
     def heading(i: int, name: str, text: str) -> None:
         current[0] = name
-        out.log(f"\n[{i}/{STEPS}] {text}")
+        out.log(f"\n[{i}/{steps}] {text}")
 
     try:
         # 1. data ------------------------------------------------------------------------------
@@ -176,6 +188,16 @@ def demo(output: Path, force: bool, threads: int, epochs: int | None, train_per_
         out.show(render_table(et[0]) + "\n\n" + render_table(et[1]))
         out.show(f"added the evaluation to {evaluated.html} (plots: accuracy and energy under noise, accuracy vs "
                  f"energy of early exit, confusion matrix) and wrote {evaluated.json}")
+
+        # 7. QAT (--qat) ----------------------------------------------------------------------
+        qat_step = None
+        if qat:
+            q = {**demo_config.QAT, **({"epochs": qat_epochs} if qat_epochs else {})}
+            heading(7, "qat", f"QAT: {q['epochs']} epoch(s) of quantization-aware fine-tuning at int{q['weight_bits']} "
+                    f"(lr {q['lr']:g}), then the post-training and the QAT int{q['weight_bits']} bundles, both "
+                    f"evaluated with the integer executor -> {layout.qat}")
+            qat_step = _timed(times, "qat", lambda: _qat(lib, layout, rep, export_targets, qat_epochs, out))
+            out.show(_render_qat(lib, qat_step))
     except KeyboardInterrupt:
         from svformer_deploy.svformer.errors import SVFormerError
 
@@ -184,7 +206,7 @@ def demo(output: Path, force: bool, threads: int, epochs: int | None, train_per_
                             ) from None
 
     total = time.perf_counter() - t_start
-    doc = _summary(layout, data, trained, exported, sim, rep, times, total, threads, evaluated)
+    doc = _summary(layout, data, trained, exported, sim, rep, times, total, threads, evaluated, qat_step)
     from svformer_deploy.svformer.fileio import write_json_atomic
 
     write_json_atomic(layout.summary, doc)
@@ -217,6 +239,35 @@ def _simulate(lib: Any, layout: Any, clip: Path, true_class: str, time_steps: in
         return lib.simulate(layout, clip, true_class, on_step=lambda t: pbar.update(1))
     finally:
         pbar.close()
+
+
+def _qat(lib: Any, layout: Any, rep: Any, targets: tuple[str, ...] | None, epochs: int | None, out: _Out) -> Any:
+    from svformer_deploy.svformer.progress import bar
+
+    pbar = bar(None, "qat export", unit="step")
+
+    def on_step(name: str) -> None:
+        pbar.set_description(f"qat export: {name}")
+        pbar.update(1)
+
+    def on_epoch(row: dict[str, float]) -> None:
+        out.log(f"qat epoch {row['epoch']}: loss {row['loss']:.4f}, train acc {row['train_acc']:.3f}")
+
+    try:
+        return lib.qat(layout, rep, targets, epochs, on_epoch=on_epoch, on_step=on_step)
+    finally:
+        pbar.close()
+
+
+def _render_qat(lib: Any, step: Any) -> str:
+    from svformer_deploy.deploy.render import table
+
+    s = step.summary
+    lines = [f"{'reused ' + ', '.join(step.reused) + '; ' if step.reused else ''}QAT checkpoint {step.checkpoint} "
+             f"({s['epochs']} epoch(s), {s['seconds']:.0f} s); bundles {step.bundles['ptq']} and {step.bundles['qat']}",
+             table(lib.QAT_HEADERS, lib.qat_rows(s, step.reports), "lrrrrr"),
+             f"added to the report page and wrote {step.json}"]
+    return "\n".join(lines)
 
 
 def _evaluate(lib: Any, layout: Any, rep: Any) -> Any:
@@ -252,7 +303,7 @@ def _render_simulation(sim: Any) -> str:
 
 
 def _summary(layout: Any, data: Any, trained: Any, exported: Any, sim: Any, rep: Any, times: dict[str, float],
-             total: float, threads: int, evaluated: Any) -> dict[str, Any]:
+             total: float, threads: int, evaluated: Any, qat_step: Any = None) -> dict[str, Any]:
     """The ``--json`` document, also written to ``DIR/demo.json`` (absolute paths)."""
     from svformer_deploy.deploy import demo as lib
     from svformer_deploy.svformer import demo_config
@@ -261,7 +312,8 @@ def _summary(layout: Any, data: Any, trained: Any, exported: Any, sim: Any, rep:
     status = {"data": "reused" if data.reused else "generated", "train": trained.status,
               "export": "reused" if exported.reused else "exported",
               "simulate": "reused" if sim.reused else "simulated", "report": "written",
-              "evaluate": "reused" if not evaluated.simulated else "evaluated"}
+              "evaluate": "reused" if not evaluated.simulated else "evaluated",
+              **({"qat": "reused" if len(qat_step.reused) == 3 else "ran"} if qat_step is not None else {})}
     fid = {row.label: {k: v for k, v in row.to_dict().items() if k != "label"} for row in e.fidelity}
     return {
         "format": "svformer-deploy/demo", "version": 1,
@@ -284,8 +336,25 @@ def _summary(layout: Any, data: Any, trained: Any, exported: Any, sim: Any, rep:
                      "correct": sim.correct, "record": str(sim.record.resolve()), "totals": sim.totals},
         "energy": {**lib.headline(rep.report), "html": str(rep.html.resolve()), "json": str(rep.json.resolve())},
         "evaluate": _evaluation_headline(evaluated),
+        **({"qat": _qat_headline(qat_step)} if qat_step is not None else {}),
         "summary": str(layout.summary.resolve()),
     }
+
+
+def _qat_headline(step: Any) -> dict[str, Any]:
+    s = step.summary
+    out = {"checkpoint": str(step.checkpoint.resolve()), "json": str(step.json.resolve()), "epochs": s["epochs"],
+           "lr": s["lr"], "seconds": s["seconds"], "float_accuracy": s["float_accuracy"]}
+    for key, r in step.reports.items():
+        c = r["conditions"][0]
+        if key == "float":
+            out["float"] = {"top1": c["top1"], "firing_rate": c["firing_rate"], "exact_mj": c["energy_mj"]["exact"],
+                            "cost_model": "int8"}
+            continue
+        out[key] = {"bundle": str(step.bundles[key].resolve()), "top1": c["top1"],
+                    "agreement_with_float": r.get("agreement_with_float"), "flip_rate": s[key]["flip_rate"],
+                    "firing_rate": c["firing_rate"], "exact_mj": c["energy_mj"]["exact"], "cost_model": "int8"}
+    return out
 
 
 def _evaluation_headline(evaluated: Any) -> dict[str, Any]:

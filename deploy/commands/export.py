@@ -122,9 +122,14 @@ def render_export(result: Any) -> str:
               help="ONNX graphs to write: the one-step graph model_step.onnx (frame, step index and state in; state "
                    "out: streaming), the graph unrolled over all T steps (model.onnx, and model_fp32.onnx when not "
                    "quantized; slow to export for large models), or both.")
-@click.option("--calibration-search", is_flag=True, help="Quantized: search each layer's weight range for the "
-              "fewest spikes flipped against the float model on the calibration clips (docs/qat.md); before/after "
-              "in the manifest.")
+@click.option("--calibration-search", is_flag=True, help="Quantized: search each layer's weight range, then "
+              "correct each layer's bias, for the fewest spikes flipped against the float model on the calibration "
+              "clips (docs/qat.md); before/after in the manifest.")
+@click.option("--qat-epochs", type=click.IntRange(min=1), help="Quantization-aware fine-tuning first: N epochs of "
+              "train --qat on the float checkpoint's recorded training data, then the fine-tuned integer graph is "
+              "exported (int8 unless --bits; docs/qat.md).")
+@click.option("--qat-lr", type=click.FloatRange(min=0, min_open=True), help="--qat-epochs: peak learning rate "
+              "[default 1e-4].")
 @click.option("--fuse-linear", is_flag=True, help="Fuse linear cascades (PW-DW-PW) into single convolutions.")
 @click.option("--arch", help="Variant name for bare state_dicts (base, ss, st, dp, wd, 3stg).")
 @click.option("--strict", is_flag=True, help="Exit 1 when a fidelity check misses its target.")
@@ -132,7 +137,7 @@ def render_export(result: Any) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def export(checkpoint, output, quant, bits, calibration, check_data, check_clips, calibration_clips, targets,
-           onnx, calibration_search, fuse_linear, arch, strict, force, as_json, quiet) -> None:
+           onnx, calibration_search, qat_epochs, qat_lr, fuse_linear, arch, strict, force, as_json, quiet) -> None:
     """Export a trained checkpoint to a bundle: IR, NIR, ONNX and (quantized) Lava-DL netx, with fidelity checks."""
     import logging
 
@@ -143,6 +148,7 @@ def export(checkpoint, output, quant, bits, calibration, check_data, check_clips
         parse_targets,
         raise_on_miss,
     )
+    from svformer_deploy.svformer.errors import SVFormerError
     from svformer_deploy.svformer.progress import bar, set_quiet
 
     logging.getLogger("torch._library.triton").setLevel(logging.ERROR)  # "Triton not available" on CPU builds
@@ -150,8 +156,11 @@ def export(checkpoint, output, quant, bits, calibration, check_data, check_clips
     opts = ExportOptions(output=output, weight_bits=parse_quantize(quant, bits), calibration=calibration,
                          check_data=check_data, targets=parse_targets(targets), fuse=fuse_linear, force=force,
                          arch=arch, check_clips=check_clips, calibration_clips=calibration_clips, onnx=onnx,
-                         calibration_search=calibration_search)
-    steps = 12 + (2 if fuse_linear else 0) + (4 if opts.weight_bits is not None else 0)
+                         calibration_search=calibration_search, qat_epochs=qat_epochs, qat_lr=qat_lr)
+    if qat_lr is not None and qat_epochs is None:
+        raise SVFormerError("--qat-lr needs --qat-epochs")
+    steps = 12 + (2 if fuse_linear else 0) + (4 if opts.weight_bits is not None or qat_epochs else 0) + (
+        1 if qat_epochs else 0)
     pbar = bar(steps, "export")
 
     def on_step(name: str) -> None:

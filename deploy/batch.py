@@ -224,7 +224,7 @@ def simulate_folder(videos: str | Path, model: str | Path, out_dir: str | Path |
     the queued clips, stops the running ones (their records are not written) and propagates.
     """
     from svformer_deploy.export.bundle import load_bundle
-    from svformer_deploy.simulators.run import EXECUTORS, auto_batch, bundle_input_spec, model_info
+    from svformer_deploy.simulators.run import auto_batch, bundle_input_spec, executor_graph, model_info
 
     batch = "auto" if batch is None else batch
     if batch != "auto" and int(batch) < 1:
@@ -248,12 +248,7 @@ def simulate_folder(videos: str | Path, model: str | Path, out_dir: str | Path |
         else:
             todo.append(ClipJob(clip, str(clip.resolve()), label, slot))
     if todo:
-        if executor not in EXECUTORS:
-            raise SVFormerError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
-        if executor == "integer" and not bundle.has("ir_quantized"):
-            raise SVFormerError(f"{bundle.path}: exported without quantization (no ir_quantized graph), so the "
-                                "integer executor has nothing to run; re-export with quantization or drop --integer")
-        graph = bundle.graph("ir_quantized" if executor == "integer" else "ir")  # read and verified once, here
+        graph = executor_graph(bundle, executor)  # read and verified once, here
         settings = ClipSettings(kind=kind, views=tuple(views), executor=executor, model_info=model_info(bundle),
                                 batch=auto_batch(graph) if batch == "auto" else int(batch))
         run = runner if runner is not None else pool_runner(workers)

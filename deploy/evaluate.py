@@ -111,16 +111,16 @@ def _context(bundle: Bundle, settings: Settings) -> dict[str, Any]:
         import torch
         from svformer_deploy.deploy.energy.cost_models import get_cost_model
         from svformer_deploy.simulators.executor import Simulator
-        from svformer_deploy.simulators.run import bundle_input_spec
+        from svformer_deploy.simulators.run import bundle_input_spec, executor_graph
 
         dtype = torch.float64 if settings.precision == "float64" else torch.float32
         sims = {}
         if settings.executor == "integer":
-            sims["integer"] = Simulator(bundle.graph("ir_quantized"), mode="integer")
+            sims["integer"] = Simulator(executor_graph(bundle, "integer"), mode="integer")
         if settings.executor == "float" or settings.compare_float:
-            sims["float"] = Simulator(bundle.graph("ir"), mode="float", dtype=dtype)
+            sims["float"] = Simulator(executor_graph(bundle, "float"), mode="float", dtype=dtype)
         _CONTEXT.clear()
-        _CONTEXT.update(key=key, bundle=bundle, spec=bundle_input_spec(bundle), sims=sims,
+        _CONTEXT.update(key=key, spec=bundle_input_spec(bundle), sims=sims,
                         cost=get_cost_model(settings.cost_model), class_names=list(bundle.class_names))
     return _CONTEXT
 
@@ -230,14 +230,14 @@ def evaluate_dataset(layout: str, path: str | Path, settings: Settings, noises: 
     """
     from svformer_deploy.deploy.batch import check_writable, clip_slot, map_clips
     from svformer_deploy.export.bundle import load_bundle
-    from svformer_deploy.simulators.run import bundle_input_spec
+    from svformer_deploy.simulators.run import bundle_input_spec, executor_graph
     from svformer_deploy.svformer.fileio import write_json_atomic
 
     bundle = load_bundle(settings.model)
     spec = bundle_input_spec(bundle)
-    if settings.executor == "integer" and not bundle.has("ir_quantized"):
-        raise SVFormerError(f"{bundle.path}: exported without quantization (no ir_quantized graph), so the integer "
-                            "executor has nothing to run; re-export with quantization or use --float")
+    executor_graph(bundle, settings.executor)  # read and verified once, here: the workers get the loaded graphs
+    if settings.compare_float:
+        executor_graph(bundle, "float")
     if noises and spec.file_kind == "events":
         raise SVFormerError(EVENTS_REFUSAL)
     if spec.file_kind == "events" and tuple(settings.views) != (1, 1):
@@ -249,10 +249,6 @@ def evaluate_dataset(layout: str, path: str | Path, settings: Settings, noises: 
     check_writable(out)
     ev = Evaluation(settings=settings, class_names=names, conditions=[condition_label(n) for n in conditions],
                     runs_dir=out, source=str(path), time_steps=spec.time_steps)
-    if settings.executor == "integer":
-        bundle.graph("ir_quantized")  # read and verified once, here: the workers get the loaded graphs
-    if settings.executor == "float" or settings.compare_float:
-        bundle.graph("ir")
     todo, slots = [], {}
     for clip, y in dataset.samples:
         full = Path(clip).resolve()

@@ -161,6 +161,18 @@ class SimSetup:
     class_names: list[str]
 
 
+def executor_graph(bundle: Bundle, executor: str) -> nx.DiGraph:
+    """The graph of ``bundle`` that ``executor`` runs, read and verified (cached by the bundle): ``ir`` for
+    ``"float"``, ``ir_quantized`` for ``"integer"``; one error for an unknown executor or an integer run of a
+    bundle exported without quantization."""
+    if executor not in EXECUTORS:
+        raise SVFormerError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
+    if executor == "integer" and not bundle.has("ir_quantized"):
+        raise SVFormerError(f"{bundle.path}: exported without quantization (no ir_quantized graph), so the integer "
+                            "executor has nothing to run; re-export with quantization or run without --integer")
+    return bundle.graph("ir_quantized" if executor == "integer" else "ir")
+
+
 def open_simulation(model: str | Path | Bundle | None = None, executor: str = "float", kernel: str = "auto",
                     cwd: str | Path = ".") -> SimSetup:
     """Open the bundle (``model``: a folder or a loaded :class:`Bundle`; or the newest in ``cwd``) and build
@@ -172,11 +184,7 @@ def open_simulation(model: str | Path | Bundle | None = None, executor: str = "f
     if executor not in EXECUTORS:
         raise SVFormerError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
     bundle = open_bundle(model, cwd)
-    if executor == "integer" and not bundle.has("ir_quantized"):
-        raise SVFormerError(f"{bundle.path}: exported without quantization (no ir_quantized graph), so the integer "
-                            "executor has nothing to run; re-export with quantization or use --float")
-    graph = bundle.graph("ir_quantized" if executor == "integer" else "ir")
-    sim = Simulator(graph, mode=executor, kernel=kernel)
+    sim = Simulator(executor_graph(bundle, executor), mode=executor, kernel=kernel)
     spec = bundle_input_spec(bundle)
     spec.check_shape(sim.input_shape[1:], sim.time_steps, where=str(bundle.path))
     class_names = bundle.class_names

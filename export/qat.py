@@ -434,15 +434,13 @@ def qat_checkpoint(init: str, out: str, opts: QATOptions,
     from pathlib import Path
 
     from svformer_deploy.svformer.checkpoint import load_checkpoint
-    from svformer_deploy.svformer.fileio import write_buffered_atomic
+    from svformer_deploy.svformer.fileio import sha256_file, write_buffered_atomic
 
     from .passes.quantize import QuantConfig
 
     QuantConfig(weight_bits=opts.weight_bits)  # refuses a bad bit width before loading anything
     ckpt = load_checkpoint(init)
     g, summary = run_qat(ckpt, opts, on_epoch, where=str(init))
-    from svformer_deploy.svformer.fileio import sha256_file
-
     summary = {"init": str(init), "init_sha256": sha256_file(init), **summary}
     ckpt.qat = {"graph": pack_graph(g), "summary": summary}
     Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -697,26 +697,25 @@ def search_calibration(graph: nx.DiGraph, calibration: torch.Tensor, config: Qua
     shift: dict[str, np.ndarray] = {}
     best, best_graph, before, best_means = score(clip, shift)
     stats, evaluations = before, 1
+
+    def attempt(trial_clip: dict[str, float], trial_shift: dict[str, np.ndarray]) -> None:
+        """Score one trial; keep it when it lowers the divergence."""
+        nonlocal best, best_graph, stats, clip, shift, best_means, evaluations
+        key, qg, st, means = score(trial_clip, trial_shift)
+        evaluations += 1
+        if key < best:
+            best, best_graph, stats, clip, shift, best_means = key, qg, st, trial_clip, trial_shift, means
+
     for n in [n for n in ir.topo_order(graph) if ir.op_of(graph, n).op in ir.WEIGHTED]:
         for f in factors:
-            if f == clip.get(n, 1.0):
-                continue
-            trial = {**clip, n: f}
-            key, qg, st, means = score(trial, shift)
-            evaluations += 1
-            if key < best:
-                best, best_graph, stats, clip, best_means = key, qg, st, trial, means
+            if f != clip.get(n, 1.0):
+                attempt({**clip, n: f}, shift)
     clip = {k: v for k, v in clip.items() if v != 1.0}
     steps = [{"step": "weight ranges", **stats}]
     for n in corrigible:
         d = float_means.mean(n) - best_means.mean(n)
-        if not np.any(d):
-            continue
-        trial = {**shift, n: d}
-        key, qg, st, means = score(clip, trial)
-        evaluations += 1
-        if key < best:
-            best, best_graph, stats, shift, best_means = key, qg, st, trial, means
+        if np.any(d):
+            attempt(clip, {**shift, n: d})
     if corrigible:
         steps.append({"step": "bias correction", **stats})
     if shift:

@@ -592,9 +592,12 @@ def qat(layout: Layout, energy: ReportStep, targets: tuple[str, ...] | None = No
     return QATStep(checkpoint=ckpt_path, summary=summary, bundles=bundles, reports=reports, json=js, reused=reused)
 
 
-def qat_rows(summary: dict[str, Any], reports: dict[str, dict[str, Any]]) -> list[list[str]]:
-    """One row per model (float, PTQ int8, QAT int8): held-out top-1, same prediction as the float graph, spikes
-    flipped per float spike, firing rate, exact energy per clip (µJ, int8 prices for all three)."""
+def qat_table(summary: dict[str, Any], reports: dict[str, dict[str, Any]]) -> Any:
+    """The comparison table (:class:`deploy.energy.report.Table`), one row per model (float, PTQ int8, QAT int8):
+    held-out top-1, same prediction as the float graph, spikes flipped per float spike, firing rate, exact energy
+    per clip (µJ, int8 prices for all three)."""
+    from svformer_deploy.deploy.energy.report import Table
+
     def clean(r: dict[str, Any]) -> dict[str, Any]:
         return r["conditions"][0]
 
@@ -606,21 +609,18 @@ def qat_rows(summary: dict[str, Any], reports: dict[str, dict[str, Any]]) -> lis
         rows.append([title, f"{100 * c['top1']:.1f}%", f"{100 * reports[key].get('agreement_with_float', 0):.1f}%",
                      f"{100 * summary[key]['flip_rate']:.1f}%", f"{100 * c['firing_rate']:.2f}%",
                      f"{1e3 * c['energy_mj']['exact']:.4g}"])
-    return rows
-
-
-QAT_HEADERS = ["model", "top-1", "same top-1 as float", "flips per float spike", "firing rate",
-               "energy per clip, exact (µJ)"]
+    return Table("Quantization-aware fine-tuning", ["model", "top-1", "same top-1 as float", "flips per float spike",
+                                                    "firing rate", "energy per clip, exact (µJ)"], rows, "lrrrrr")
 
 
 def qat_section(summary: dict[str, Any], reports: dict[str, dict[str, Any]]) -> str:
-    """The report page's section comparing the float model, PTQ int8 and QAT int8 (:func:`qat_rows`)."""
+    """The report page's section comparing the float model, PTQ int8 and QAT int8 (:func:`qat_table`)."""
     import html
 
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in QAT_HEADERS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>"
-                   for row in qat_rows(summary, reports))
-    return (f"<h1>Quantization-aware fine-tuning</h1>\n<p>{summary['epochs']} epoch(s) of QAT at lr "
+    from svformer_deploy.deploy.energy.html import _html_table
+
+    t = qat_table(summary, reports)
+    return (f"<h1>{html.escape(t.title)}</h1>\n<p>{summary['epochs']} epoch(s) of QAT at lr "
             f"{summary['lr']:g} on {html.escape(str(summary['data']))}; all three bundles priced at int8 "
             f"(45 nm), flips counted on {summary['held_out_clips']} held-out clips against the float graph.</p>\n"
-            f"<table class=\"qat\"><tr>{head}</tr>{body}</table>")
+            f"{_html_table(t, 'qat')}")

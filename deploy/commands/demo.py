@@ -263,9 +263,10 @@ def _render_qat(lib: Any, step: Any) -> str:
     from svformer_deploy.deploy.render import table
 
     s = step.summary
+    qat = lib.qat_table(s, step.reports)
     lines = [f"{'reused ' + ', '.join(step.reused) + '; ' if step.reused else ''}QAT checkpoint {step.checkpoint} "
              f"({s['epochs']} epoch(s), {s['seconds']:.0f} s); bundles {step.bundles['ptq']} and {step.bundles['qat']}",
-             table(lib.QAT_HEADERS, lib.qat_rows(s, step.reports), "lrrrrr"),
+             table(qat.headers, qat.rows, qat.align),
              f"added to the report page and wrote {step.json}"]
     return "\n".join(lines)
 

@@ -238,11 +238,12 @@ window.addEventListener('load', function () {
 """
 
 
-def _html_table(t: Table) -> str:
+def _html_table(t: Table, css_class: str | None = None) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in t.headers)
     body = "".join("<tr>" + "".join(f"<td class=\"{'r' if a == 'r' else 'l'}\">{html.escape(c)}</td>"
                                     for c, a in zip(row, t.align, strict=True)) + "</tr>" for row in t.rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    attr = f' class="{css_class}"' if css_class else ""
+    return f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def render_html(report: Mapping[str, Any]) -> str:

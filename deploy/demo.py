@@ -564,17 +564,17 @@ def qat(layout: Layout, energy: ReportStep, targets: tuple[str, ...] | None = No
             seed=cfg["seed"]), on_epoch=on_epoch)
     else:
         reused.append("qat.pt")
-    bundles, reports = {"float": layout.bundle}, {}
-    for key, _, name in (("float", "", ""), *QAT_VARIANTS):
-        out = bundles.get(key) or layout.qat / name
-        if key != "float":
-            src = layout.checkpoint if key == "ptq" else ckpt_path
-            if reusable_bundle(layout, targets, out, src, cfg["weight_bits"]) is not None:
-                reused.append(name)
-            else:
-                export_checkpoint(src, ExportOptions(output=out, weight_bits=cfg["weight_bits"], targets=targets,
-                                                     force=True), on_step=on_step)
-            bundles[key] = out
+    bundles = {"float": layout.bundle}
+    for key, _, name in QAT_VARIANTS:
+        out = bundles[key] = layout.qat / name
+        src = layout.checkpoint if key == "ptq" else ckpt_path
+        if reusable_bundle(layout, targets, out, src, cfg["weight_bits"]) is not None:
+            reused.append(name)
+        else:
+            export_checkpoint(src, ExportOptions(output=out, weight_bits=cfg["weight_bits"], targets=targets,
+                                                 force=True), on_step=on_step)
+    reports = {}
+    for key, out in bundles.items():
         bundle = load_bundle(out)
         settings = Settings(model=str(out), model_hash=bundle.model_hash, cost_model="int8",
                             seed=demo_config.EVALUATE["seed"],

@@ -111,7 +111,7 @@ def _context(bundle: Bundle, settings: Settings) -> dict[str, Any]:
         import torch
         from svformer_deploy.deploy.energy.cost_models import get_cost_model
         from svformer_deploy.simulators.executor import Simulator
-        from svformer_deploy.simulators.run import bundle_input_spec, executor_graph
+        from svformer_deploy.simulators.run import bundle_input_spec, executor_graph, model_info
 
         dtype = torch.float64 if settings.precision == "float64" else torch.float32
         sims = {}
@@ -120,7 +120,7 @@ def _context(bundle: Bundle, settings: Settings) -> dict[str, Any]:
         if settings.executor == "float" or settings.compare_float:
             sims["float"] = Simulator(executor_graph(bundle, "float"), mode="float", dtype=dtype)
         _CONTEXT.clear()
-        _CONTEXT.update(key=key, spec=bundle_input_spec(bundle), sims=sims,
+        _CONTEXT.update(key=key, model=model_info(bundle), spec=bundle_input_spec(bundle), sims=sims,
                         cost=get_cost_model(settings.cost_model), class_names=list(bundle.class_names))
     return _CONTEXT
 
@@ -162,10 +162,8 @@ def evaluate_clip(bundle: Bundle, clip: str, path: Path, label: str, settings: S
         energy = dict.fromkeys(METHODS, 0.0)
         exits = {m: [0.0] * main_sim.time_steps for m in METHODS}
         spikes = neuron_steps = 0
-        model_info = {"hash": bundle.model_hash, "bundle": str(bundle.path), "arch": bundle.manifest.get("arch"),
-                      "config": bundle.manifest.get("config")}
         for v, res in enumerate(results):
-            rec = build_record(main_sim, res, model=model_info, class_names=names,
+            rec = build_record(main_sim, res, model=ctx["model"], class_names=names,
                                input={"kind": spec.file_kind, "path": clip, "sha256": digest, "view": v,
                                       "views": list(settings.views), "frame_indices": indices[v], "label": label})
             priced = evaluate_record(RunRecord(path=Path(clip), data=validate_record(rec, clip)), ctx["cost"])

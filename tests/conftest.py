@@ -37,6 +37,16 @@ def run_cli(*args: str, cwd: str | Path | None = None, timeout: float = 600) -> 
     )
 
 
+def cli_in_process(capsys, *args) -> tuple[int, str, str]:  # noqa: ANN001 - pytest's capsys fixture
+    """The command in this process (``deploy.cli.main``: the console script's code path minus the interpreter
+    start): exit code, stdout, stderr."""
+    from svformer_deploy.deploy.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def one_error_line(code: int, err: str, *fragments: str, exit_code: int = 2) -> str:
     """The contract for bad input: exit ``exit_code``, stderr starts with the one ``error:`` line (naming
     every fragment, case-insensitive), no traceback, never an internal error. Returns that line."""

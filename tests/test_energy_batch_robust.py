@@ -15,9 +15,9 @@ import av
 import numpy as np
 import pytest
 from conftest import CLI, assert_one_line_error, run_cli
+from conftest import cli_in_process as cli
 from fixtures_models import single_thread  # noqa: F401
 from svformer_deploy.deploy.batch import clip_slot, find_clips
-from svformer_deploy.deploy.cli import main
 from svformer_deploy.simulators.record import read_record, write_records
 from svformer_deploy.svformer.data.datasets import VIDEO_EXTENSIONS
 from svformer_deploy.svformer.data.media import VIDEO_EXTENSIONS as MEDIA_VIDEO
@@ -32,12 +32,6 @@ def bundle(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
     return write_clip(tmp_path_factory.mktemp("c") / "clip.mp4", frames=20, size=48)
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def error_lines(err: str) -> list[str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import cli_in_process as cli
 from conftest import data_path, one_error_line
 from fixtures_models import single_thread  # noqa: F401
 from svformer_deploy.deploy.cli import main
@@ -29,12 +30,6 @@ from svformer_deploy.svformer.data.noise import Noise, frame_rng, gaussian_noise
 from svformer_deploy.svformer.errors import SVFormerError
 from test_energy_html import WIDTH, _browser, _chromium
 from test_sim_cli import make_bundle, write_clip
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # ------------------------------------------------------------------------------------------

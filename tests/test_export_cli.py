@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import CLI, assert_one_line_error
+from conftest import cli_in_process as run
 from fixtures_models import make_model, single_thread  # noqa: F401
-from svformer_deploy.deploy.cli import main
 from svformer_deploy.deploy.commands.export import render_export
 from svformer_deploy.export.bundle import load_bundle, sha256_file
 from svformer_deploy.export.writers.netx_writer import read_netx
@@ -24,12 +24,6 @@ from svformer_deploy.svformer.checkpoint import load_checkpoint, save_checkpoint
 from svformer_deploy.svformer.data.events import EVENT_DTYPE
 from svformer_deploy.svformer.errors import CheckFailed
 from svformer_deploy.svformer.train import TrainConfig, train_model
-
-
-def run(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_error(code: int, err: str, *fragments: str, exit_code: int = 2) -> None:

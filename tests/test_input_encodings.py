@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import cli_in_process as cli
 from conftest import data_path
 from fixtures_models import single_thread  # noqa: F401
-from svformer_deploy.deploy.cli import main
 from svformer_deploy.export.bundle import load_bundle
 from svformer_deploy.svformer.checkpoint import load_checkpoint
 from svformer_deploy.svformer.data.datasets import InputSpec
@@ -22,12 +22,6 @@ TINY = ["--arch", "3stg", "--size", "16", "-T", "4", "--dims", "8,16,32", "--dep
         "--first-patch", "2", "--epochs", "1", "-b", "2", "--warmup-epochs", "1"]
 SYNTHETIC = ["--synthetic", "--synthetic-classes", "2", "--synthetic-train", "2", "--synthetic-test", "1",
              "--synthetic-size", "32", "--synthetic-frames", "16", "--frame-stride", "2"]
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def drifting_events(label: int, seed: int, n: int = 300, sensor: int = 16) -> np.ndarray:

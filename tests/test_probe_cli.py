@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import cli_in_process as run
 from PIL import Image
-from svformer_deploy.deploy.cli import main
 from svformer_deploy.svformer.data.synthetic import write_clip
 from svformer_deploy.svformer.data.video import sample_indices
 
@@ -18,12 +18,6 @@ from test_video import BAD_REASONS, VIDEO_DIR, _bad_inputs, coded_frames  # noqa
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / ".venv" / "bin" / "svformer-deploy"
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import cli_in_process as run_cli
 from conftest import one_error_line
 from fixtures_models import single_thread  # noqa: F401
 from svformer_deploy.deploy.cli import main
@@ -19,12 +20,6 @@ from svformer_deploy.svformer.checkpoint import load_checkpoint
 
 TINY = ["--arch", "3stg", "--size", "16", "-T", "3", "--dims", "8,16,32", "--depths", "1,1,1", "--head-dim", "8",
         "--first-patch", "2"]
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from conftest import cli_in_process as cli
 from conftest import data_path, one_error_line, run_cli
 from fixtures_models import make_input, make_model, single_thread  # noqa: F401
 from svformer_deploy.deploy.cli import main
@@ -52,13 +53,6 @@ def rgb_bundle(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def events_bundle(tmp_path_factory) -> Path:
     return make_bundle(tmp_path_factory.mktemp("b") / "dvs.svfd", "3stg", img_size=32, time_steps=4, in_channels=2)
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """The command in-process (same code path as the console script, minus the interpreter start)."""
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def write_clip(path: Path, frames: int, size: int = 48) -> Path:

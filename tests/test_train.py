@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from svformer_deploy.deploy.cli import main
+from conftest import cli_in_process as run_cli
 from svformer_deploy.svformer.checkpoint import load_checkpoint
 from svformer_deploy.svformer.data.events import EVENT_DTYPE
 from svformer_deploy.svformer.train import TrainConfig, lr_at, param_groups, train_model
@@ -43,12 +43,6 @@ def event_set(tmp_path: Path) -> Path:
                 seed = 100 * label + i + (50 if split == "test" else 0)
                 write_events(root / split / name / f"{i}.npy", label, seed)
     return root
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_param_groups_decay_weights_and_plif_scalars_but_not_bn_or_biases() -> None:

@@ -11,18 +11,12 @@ import av
 import numpy as np
 import pytest
 import torch
+from conftest import cli_in_process as cli
 from conftest import one_error_line
 from fixtures_models import make_model
-from svformer_deploy.deploy.cli import main
 from svformer_deploy.deploy.render import json_document
 from svformer_deploy.svformer.checkpoint import make_checkpoint, save_checkpoint
 from svformer_deploy.svformer.errors import SVFormerError
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_error(result: tuple[int, str, str], *fragments: str) -> str:

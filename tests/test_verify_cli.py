@@ -15,20 +15,14 @@ from pathlib import Path
 import nir
 import pytest
 import torch
+from conftest import cli_in_process as run
 from conftest import one_error_line
 from fixtures_models import make_model, single_thread  # noqa: F401
-from svformer_deploy.deploy.cli import main
 from svformer_deploy.export.bundle import load_bundle, sha256_file
 from svformer_deploy.export.exporter import ExportOptions, export_checkpoint
 from svformer_deploy.svformer.checkpoint import save_checkpoint
 
 NO_LAVA = "/nonexistent/lava-venv"
-
-
-def run(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_error(code: int, err: str, *fragments: str, exit_code: int = 2) -> str:

@@ -27,14 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from svformer_deploy.deploy.energy.cost_models import get_cost_model
-from svformer_deploy.deploy.energy.methods import evaluate_record
+from svformer_deploy.deploy.evaluate import neuron_steps, price_view
 from svformer_deploy.export.exporter import input_spec, training_data
 from svformer_deploy.export.passes.quantize import QuantConfig, quantize, search_calibration
 from svformer_deploy.export.pipeline import run_pipeline
 from svformer_deploy.export.qat import QATModel, finetune, labelled_clips, measure, run_float, train_batches
 from svformer_deploy.export.writers.partition import partition
 from svformer_deploy.simulators.executor import Simulator
-from svformer_deploy.simulators.record import RunRecord, build_record, validate_record
 from svformer_deploy.svformer.checkpoint import load_checkpoint
 
 METHODS = ("ptq", "search", "qat")
@@ -47,18 +46,15 @@ def energy_per_clip(graph, mode: str, clips: torch.Tensor, cost_model: str, batc
     sim = Simulator(graph, mode=mode, dtype=torch.float32)
     cost = get_cost_model(cost_model)
     views = clips.transpose(0, 1).contiguous()
-    totals, spikes, neuron_steps = [], 0, 0
+    totals, spikes = [], 0
     for i in range(0, views.shape[0], batch):
         for j, res in enumerate(sim.run_batch(views[i:i + batch])):
-            rec = build_record(sim, res, model={"hash": "qat-figures"},
-                               input={"kind": "tensor", "path": f"clip-{i + j}", "sha256": "-", "view": 0,
-                                      "views": [1, 1], "frame_indices": []})
-            priced = evaluate_record(RunRecord(path=Path(f"clip-{i + j}"), data=validate_record(rec, "qat-figures")),
-                                     cost)
-            totals.append(priced.totals_pj["exact"])
+            rec, pj = price_view(sim, res, cost, {"hash": "qat-figures"},
+                                 {"kind": "tensor", "path": f"clip-{i + j}", "sha256": "-", "view": 0,
+                                  "views": [1, 1], "frame_indices": []})
+            totals.append(pj["exact"])
             spikes += rec["totals"]["spikes"]
-            neuron_steps += sum(int(info.neurons) for info in sim.layers if info.neurons) * sim.time_steps
-    return {"energy_pj": float(np.mean(totals)), "firing_rate": spikes / max(neuron_steps, 1),
+    return {"energy_pj": float(np.mean(totals)), "firing_rate": spikes / max(neuron_steps(sim) * len(totals), 1),
             "cost_model": cost_model}
 
 

@@ -125,6 +125,25 @@ def _context(bundle: Bundle, settings: Settings) -> dict[str, Any]:
     return _CONTEXT
 
 
+def price_view(sim: Any, res: Any, cost: Any, model: dict[str, Any], input: dict[str, Any],
+               class_names: Sequence[str] = ()) -> tuple[dict[str, Any], dict[str, float]]:
+    """The run record of one view simulated by ``sim`` (a :class:`simulators.executor.Simulator`; ``res`` its
+    result), checked as a record read from disk is, and its energy by method (pJ) under ``cost``, priced as
+    ``energy-report`` prices records. ``input``: the record's input entry (its ``path`` names the run)."""
+    from svformer_deploy.deploy.energy.methods import evaluate_record
+    from svformer_deploy.simulators.record import RunRecord, build_record, validate_record
+
+    rec = build_record(sim, res, model=model, class_names=class_names, input=input)
+    where = str(input["path"])
+    return rec, evaluate_record(RunRecord(path=Path(where), data=validate_record(rec, where)), cost).totals_pj
+
+
+def neuron_steps(sim: Any) -> int:
+    """Neuron updates of one view: the neurons of ``sim``'s spiking layers times its time steps (the firing
+    rate's denominator)."""
+    return sum(int(info.neurons) for info in sim.layers if info.neurons) * sim.time_steps
+
+
 def evaluate_clip(bundle: Bundle, clip: str, path: Path, label: str, settings: Settings,
                   noises: Sequence[Noise | None], previous: dict[str, Any] | None) -> dict[str, Any]:
     """Simulate ``clip`` (read from ``path``: the clip or a worker's copy of it) with ``bundle`` under every
@@ -135,9 +154,8 @@ def evaluate_clip(bundle: Bundle, clip: str, path: Path, label: str, settings: S
     clean one also ``step_logits`` [T][classes] and ``exit_energy_pj`` (by method, stopping after 1..T
     steps), what the early-exit sweep reads.
     """
-    from svformer_deploy.deploy.energy.methods import METHODS, evaluate_record
+    from svformer_deploy.deploy.energy.methods import METHODS
     from svformer_deploy.simulators.anytime import exit_energies_pj
-    from svformer_deploy.simulators.record import RunRecord, build_record, validate_record
     from svformer_deploy.svformer.data.noise import frame_transform
     from svformer_deploy.svformer.fileio import sha256_file
 
@@ -161,22 +179,22 @@ def evaluate_clip(bundle: Bundle, clip: str, path: Path, label: str, settings: S
             raise SVFormerError(f"{clip}: the simulation overflowed (non-finite logits)")
         energy = dict.fromkeys(METHODS, 0.0)
         exits = {m: [0.0] * main_sim.time_steps for m in METHODS}
-        spikes = neuron_steps = 0
+        spikes = 0
         for v, res in enumerate(results):
-            rec = build_record(main_sim, res, model=ctx["model"], class_names=names,
-                               input={"kind": spec.file_kind, "path": clip, "sha256": digest, "view": v,
-                                      "views": list(settings.views), "frame_indices": indices[v], "label": label})
-            priced = evaluate_record(RunRecord(path=Path(clip), data=validate_record(rec, clip)), ctx["cost"])
+            rec, totals = price_view(main_sim, res, ctx["cost"], ctx["model"], class_names=names,
+                                     input={"kind": spec.file_kind, "path": clip, "sha256": digest, "view": v,
+                                            "views": list(settings.views), "frame_indices": indices[v],
+                                            "label": label})
             for m in METHODS:
-                energy[m] += priced.totals_pj[m]
+                energy[m] += totals[m]
             if anytime:
                 for m, vals in exit_energies_pj(main_sim, res, rec, ctx["cost"], names).items():
                     exits[m] = [a + b for a, b in zip(exits[m], vals, strict=True)]
             spikes += rec["totals"]["spikes"]
-            neuron_steps += sum(int(info.neurons) for info in main_sim.layers if info.neurons) * main_sim.time_steps
+        updates = neuron_steps(main_sim) * len(results)
         logits = np.sum([r.logits for r in results], axis=0)
         result = {"logits": [float(x) for x in logits], "energy_pj": energy, "spikes": int(spikes),
-                  "firing_rate": spikes / neuron_steps if neuron_steps else 0.0}
+                  "firing_rate": spikes / updates if updates else 0.0}
         if anytime:
             steps = np.sum([r.step_logits for r in results], axis=0)
             result.update(step_logits=[[float(x) for x in row] for row in steps], exit_energy_pj=exits)

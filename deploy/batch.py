@@ -378,10 +378,8 @@ def map_clips(fn: ClipFn, tasks: Sequence[tuple[str, tuple]], on_done: Callable[
 
 
 def _pool_clip(clip: str, fn: ClipFn, args: tuple) -> Any:
-    """Pool worker: ``fn`` on one clip with the bundle the parent handed over (:data:`_BUNDLE`), one torch thread."""
-    import torch
-
-    torch.set_num_threads(1)
+    """Pool worker: ``fn`` on one clip with the bundle the parent handed over (:data:`_BUNDLE`); the worker runs torch
+    on one thread since :func:`_worker_init`."""
     return fn(_BUNDLE, clip, Path(clip), *args)
 
 

@@ -134,9 +134,9 @@ def decay_code(a: Tensor) -> Tensor:
     return ste_round(DECAY_ONE * k).clamp(1, DECAY_ONE)
 
 
-def theta_code(decay: Tensor, v_threshold: float, decay_input: bool, in_scale: Tensor, lava: bool) -> Tensor:
-    """theta = ceil(T) - 1 (or 64·round(T/64) for Lava), T = 64·V_th/(ĝ·Δ_in), ĝ = decay/4096 with decay_input."""
-    gain = decay / DECAY_ONE if decay_input else torch.ones((), dtype=torch.float64)
+def theta_code(a: Tensor, v_threshold: float, decay_input: bool, in_scale: Tensor, lava: bool) -> Tensor:
+    """theta = ceil(T) - 1 (or 64·round(T/64) for Lava), T = 64·V_th/(ĝ·Δ_in), ĝ = sigmoid(a) with decay_input."""
+    gain = 1.0 / (1.0 + torch.exp(-a)) if decay_input else torch.ones((), dtype=torch.float64)
     t_exact = 64.0 * v_threshold / (gain * in_scale)
     return 64 * ste_round(t_exact / 64.0) if lava else ste_ceil(t_exact) - 1
 
@@ -197,10 +197,9 @@ class QATModel(ReferenceModel):
                 if "bias" in fields:
                     out[n, "bias"] = ste_round(self.params[k + "_bias"] / float(self.quant(n)["out_scale"]))
             elif op.op == "neuron":
-                decay = decay_code(self.params[k + "_a"])
-                out[n, "decay"] = decay
-                out[n, "theta"] = theta_code(decay, op.v_threshold, op.decay_input, self.p_fixed(n, "in_scale"),
-                                             self.lava)
+                a = self.params[k + "_a"]
+                out[n, "decay"] = decay_code(a)
+                out[n, "theta"] = theta_code(a, op.v_threshold, op.decay_input, self.p_fixed(n, "in_scale"), self.lava)
         return out
 
     def p_fixed(self, n: str, field: str) -> Tensor:
@@ -263,8 +262,11 @@ def finetune(model: QATModel, batches: Callable[[int], Iterable[tuple[Tensor, Te
              lr: float = 1e-4, weight_decay: float = 0.0, label_smoothing: float = 0.1,
              on_epoch: Callable[[dict[str, float]], None] | None = None) -> QATResult:
     """Fine-tune ``model`` with AdamW on cross-entropy; ``batches(epoch)`` yields (frames ``[T, B, C, H, W]``,
-    labels ``[B]``). The learning rate follows a cosine from ``lr`` to 0 over the epochs (per epoch)."""
+    labels ``[B]``). The learning rate follows a cosine from ``lr`` to 0 over the epochs (per epoch). A progress
+    bar per epoch counts its batches."""
     import time
+
+    from svformer_deploy.svformer.progress import progress
 
     t0 = time.perf_counter()
     opt = torch.optim.AdamW(model.params.parameters(), lr=lr, weight_decay=weight_decay)
@@ -273,7 +275,7 @@ def finetune(model: QATModel, batches: Callable[[int], Iterable[tuple[Tensor, Te
         for group in opt.param_groups:
             group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
         total, correct, loss_sum = 0, 0, 0.0
-        for x, y in batches(epoch):
+        for x, y in progress(batches(epoch), f"QAT epoch {epoch + 1}/{epochs}", unit="batch"):
             logits = model(x)
             loss = nn.functional.cross_entropy(logits, y, label_smoothing=label_smoothing)
             opt.zero_grad()

@@ -198,12 +198,12 @@ def test_float32_weight_evaluation_stays_exact_while_accumulators_fit_24_bits():
     assert torch.equal(a, b)
 
 
-def _threshold_graph(a_weight: float) -> nx.DiGraph:
-    """input (1 channel) -> 1x1 conv (weight w) -> PLIF (k = 0.5, V_th = 1) -> head; T = 1."""
+def _threshold_graph(a_weight: float, a: float = 0.0, v_threshold: float = 1.0) -> nx.DiGraph:
+    """input (1 channel) -> 1x1 conv (weight w) -> PLIF (k = sigmoid(a), default 0.5, V_th) -> head; T = 1."""
     g = ir.new_graph(1)
     ir.add_op(g, "input", ir.Input(shape=(1, 1, 1), encoding="events"))
     ir.add_op(g, "conv", ir.Conv2d(weight=np.full((1, 1, 1, 1), a_weight), bias=None), ["input"])
-    ir.add_op(g, "lif", ir.Neuron(a=0.0, v_threshold=1.0), ["conv"])
+    ir.add_op(g, "lif", ir.Neuron(a=a, v_threshold=v_threshold), ["conv"])
     ir.add_op(g, "head3d", ir.Conv3dHead(weight=np.ones((1, 1, 1, 1, 1)), bias=None, groups=1), ["lif"])
     ir.add_op(g, "flatten", ir.Flatten(), ["head3d"])
     ir.add_op(g, "fc", ir.Linear(weight=np.ones((1, 1)), bias=None), ["flatten"])
@@ -226,6 +226,21 @@ def test_threshold_reproduces_spikingjellys_fire_at_equality_and_lava_mode_does_
     assert rl["lif"].item() == 0.0  # Lava's strict v > vThMant << 6 at the exact threshold
     _, below = run_graph(q, torch.full((1, 1, 1, 1, 1), 1.0).double(), mode="fixed", record=True)
     assert below["lif"].item() == 0.0
+
+
+def test_threshold_uses_the_float_leak_so_rounding_k_to_12_bits_moves_no_threshold():
+    # k = (2048 + 0.4)/4096 is rounded down to 2048/4096 for the leak; V_th puts the float threshold on the input
+    # 0.005 below 100 events: the float neuron fires on 100 events, not on 99. A threshold computed with the
+    # rounded k would sit 0.019 % higher, at 100.014 events, and miss the spike on 100.
+    k = (2048 + 0.4) / 4096
+    g = _threshold_graph(1.0, a=float(np.log(k / (1 - k))), v_threshold=k * (100 - 0.005))
+    x = torch.tensor([99.0, 100.0]).reshape(1, 2, 1, 1, 1)
+    _, rec = run_graph(g, x, record=True)
+    assert rec["lif"].flatten().tolist() == [0.0, 1.0]
+    q = quantize(g, x)
+    assert int(q.nodes["lif"]["quant"]["decay"]) == 2048
+    _, rq = run_graph(q, x.double(), mode="fixed", record=True)
+    assert rq["lif"].flatten().tolist() == [0.0, 1.0]
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8, 16])

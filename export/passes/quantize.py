@@ -48,8 +48,11 @@ Per op (``quant`` keys in brackets; every node also has ``out_scale`` = Δ of it
       v  = 0 where s                                          (hard reset to V_reset = 0)
   decay = round(4096·k) (12 bits, clamped to 1..4096), the ParametricLIF leak k = sigmoid(a) (LIF:
   1/tau). The input factor k of decay_input is folded into the threshold instead of the input:
-  with ĝ = decay/4096 (1 when decay_input is False) the float neuron H = (1-ĝ)V + ĝX, S = H >= V_th
-  becomes, with v = 64·V/(ĝ·Δ_in), v' = (1-ĝ)v + 64·x and S = v' >= T, T = 64·V_th/(ĝ·Δ_in).
+  with ĝ = k (1 when decay_input is False) the float neuron H = (1-k)V + ĝX, S = H >= V_th
+  becomes, with v = 64·V/(ĝ·Δ_in), v' = (1-k)v + 64·x and S = v' >= T, T = 64·V_th/(ĝ·Δ_in).
+  ĝ is the float k, not decay/4096: the threshold then carries no rounding of k (at step 0 the fixed
+  neuron fires exactly where the float one does, to membrane resolution), and the 12-bit rounding of
+  k enters only the leak (1 - decay/4096 for 1 - k).
   SpikingJelly fires on >= (Θ(0) = 1), Lava on >: for an integer v, v >= T <=> v > ceil(T) - 1, so
   theta = ceil(T) - 1 reproduces >= exactly at membrane resolution (default). Lava's threshold must be
   a multiple of 64 (vThMant << 6); ``lava_thresholds=True`` uses theta = 64·round(T/64) instead (at
@@ -451,7 +454,7 @@ def _neuron_params(g: nx.DiGraph, n: str, op: ir.Neuron, x_scale: np.ndarray, co
     if op.v_reset != 0.0:
         raise SVFormerError(f"quantize: neuron {n} resets to {op.v_reset}; the fixed-point spec needs V_reset = 0")
     decay = int(min(max(round(DECAY_ONE * op.k), 1), DECAY_ONE))
-    gain = decay / DECAY_ONE if op.decay_input else 1.0
+    gain = op.k if op.decay_input else 1.0  # the float k: the 12-bit rounding stays in the leak (module docstring)
     xs = np.asarray(x_scale, dtype=np.float64)
     if xs.ndim == 1:  # per channel: from a conv (channel axis 0) or a linear (last axis)
         (src,) = ir.inputs_of(g, n)
@@ -501,12 +504,12 @@ def weight_errors(quant_graph: nx.DiGraph) -> list[dict]:
 
 
 def neuron_errors(quant_graph: nx.DiGraph) -> list[dict]:
-    """Per neuron layer: k and its 12-bit value, V_th and the effective threshold (v >= theta + 1)."""
+    """Per neuron layer: k and its 12-bit value (the leak), V_th and the effective threshold (v >= theta + 1)."""
     rows = []
     for n, op in ir.iter_ops(quant_graph, "neuron"):
         q = quant_graph.nodes[n]["quant"]
         kq = int(q["decay"]) / DECAY_ONE
-        gain = kq if op.decay_input else 1.0
+        gain = op.k if op.decay_input else 1.0
         eff = (q["theta"].astype(np.float64) + 1.0) * gain * q["in_scale"] / 64.0
         rel = np.abs(eff - op.v_threshold) / abs(op.v_threshold)
         rows.append({"name": n, "k": op.k, "k_q": kq, "decay": int(q["decay"]), "v_threshold": op.v_threshold,

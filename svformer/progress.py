@@ -25,15 +25,26 @@ def enabled() -> bool:
     return sys.stderr.isatty()
 
 
+def _size() -> dict:
+    """tqdm's size options: follow the terminal, or 80 x 24 on one that reports 0 x 0 (a fresh pseudo-terminal
+    that nobody sized), where tqdm would draw nothing."""
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError):
+        size = os.terminal_size((0, 0))
+    return {"dynamic_ncols": True} if size.columns > 0 and size.lines > 0 else {"ncols": 80, "nrows": 24}
+
+
 def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
     """Wrap ``iterable`` in a tqdm bar on stderr when progress display is enabled."""
     if not enabled():
         yield from iterable
         return
-    yield from tqdm(iterable, desc=desc, total=total, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)
+    yield from tqdm(iterable, desc=desc, total=total, unit=unit, file=sys.stderr, leave=False, **_size())
 
 
 def bar(total: int, desc: str, unit: str = "it") -> tqdm:
     """A manual bar (``.update(n)``, ``.close()``); disabled when progress display is off."""
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, disable=not enabled(),
-                dynamic_ncols=True)
+    on = enabled()
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, disable=not on,
+                **(_size() if on else {}))

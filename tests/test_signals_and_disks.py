@@ -339,3 +339,51 @@ def test_an_error_a_library_raised_because_of_our_interrupt_is_reported_as_the_i
     assert code == 2 and lines == ["error: interrupted by SIGTERM; unfinished outputs were removed"]
     code, lines, _ = outcome(RuntimeError("a real bug"))
     assert code == 1 and lines[0].startswith("error: internal error (RuntimeError: a real bug)")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_during_export_qat_fine_tuning_is_one_line_and_writes_nothing(tmp_path, sig):
+    """``export --qat-epochs``: the signal arrives while the epochs run (seen on their progress bar, stderr on a
+    terminal): exit 2, the interrupt's one line, no bundle and no temporaries."""
+    import pty
+    import re
+    import select
+
+    from test_qat_cli import TINY
+
+    assert main(["train", "--synthetic", "--synthetic-classes", "2", "--synthetic-train", "6", "--synthetic-test",
+                 "3", "--synthetic-size", "32", "--synthetic-frames", "12", *TINY, "--epochs", "1", "-b", "4",
+                 "-o", str(tmp_path / "float"), "--quiet", "--norm", "bn"]) == 0
+    master, slave = pty.openpty()  # a terminal that reports 0 columns: the bars must still be drawn
+    proc = subprocess.Popen([str(CLI), "export", str(tmp_path / "float" / "last.pt"), "--qat-epochs", "1000",
+                             "-o", "q.svfd"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    seen, deadline = b"", time.monotonic() + 180
+
+    def read(timeout: float) -> bool:
+        nonlocal seen
+        if select.select([master], [], [], timeout)[0]:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the process closed the terminal
+                return False
+            seen += chunk
+            return bool(chunk)
+        return True
+
+    while b"QAT epoch 1/1000" not in seen and proc.poll() is None and time.monotonic() < deadline:
+        read(0.5)
+    assert b"QAT epoch 1/1000" in seen, seen.decode(errors="replace")
+    time.sleep(0.5)
+    assert proc.poll() is None
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
+    while read(1.0):
+        pass
+    os.close(master)
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", seen.decode(errors="replace")).replace("\r", "\n")
+    assert proc.returncode == 2 and "Traceback" not in text, text
+    assert [line.strip() for line in text.splitlines() if "error:" in line] == [
+        f"error: interrupted by {signal.Signals(sig).name}; unfinished outputs were removed"], text
+    assert not (tmp_path / "q.svfd").exists()
+    no_temporaries(tmp_path)

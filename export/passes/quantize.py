@@ -450,10 +450,15 @@ def quantize(graph: nx.DiGraph, calibration: torch.Tensor | Iterable[torch.Tenso
     return ir.validate(g)
 
 
+def leak_decay(k: float) -> int:
+    """The 12-bit decay of leak ``k``: round(4096·k) clamped to 1..4096 (the leak applied is decay/4096)."""
+    return int(min(max(round(DECAY_ONE * k), 1), DECAY_ONE))
+
+
 def _neuron_params(g: nx.DiGraph, n: str, op: ir.Neuron, x_scale: np.ndarray, config: QuantConfig) -> dict:
     if op.v_reset != 0.0:
         raise SVFormerError(f"quantize: neuron {n} resets to {op.v_reset}; the fixed-point spec needs V_reset = 0")
-    decay = int(min(max(round(DECAY_ONE * op.k), 1), DECAY_ONE))
+    decay = leak_decay(op.k)
     gain = op.k if op.decay_input else 1.0  # the float k: the 12-bit rounding stays in the leak (module docstring)
     xs = np.asarray(x_scale, dtype=np.float64)
     if xs.ndim == 1:  # per channel: from a conv (channel axis 0) or a linear (last axis)

@@ -22,14 +22,19 @@ TINY = ["--arch", "3stg", "--size", "16", "-T", "3", "--dims", "8,16,32", "--dep
         "--first-patch", "2"]
 
 
-@pytest.fixture(scope="module")
-def float_ckpt(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("qatcli") / "float"
+def train_float(out: Path) -> Path:
+    """A tiny plain-BN float checkpoint trained by ``train`` on a synthetic set (its training data recorded, as
+    QAT needs): ``out/last.pt``."""
     code = main(["train", "--synthetic", "--synthetic-classes", "2", "--synthetic-train", "6", "--synthetic-test",
                  "3", "--synthetic-size", "32", "--synthetic-frames", "12", *TINY, "--epochs", "1", "-b", "4",
                  "-o", str(out), "--quiet", "--norm", "bn"])
     assert code == 0
     return out / "last.pt"
+
+
+@pytest.fixture(scope="module")
+def float_ckpt(tmp_path_factory) -> Path:
+    return train_float(tmp_path_factory.mktemp("qatcli") / "float")
 
 
 def test_train_qat_writes_a_checkpoint_whose_integer_graph_export_writes_as_it_is(float_ckpt, tmp_path, capsys):

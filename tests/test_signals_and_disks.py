@@ -349,14 +349,12 @@ def test_an_interrupt_during_export_qat_fine_tuning_is_one_line_and_writes_nothi
     import re
     import select
 
-    from test_qat_cli import TINY
+    from test_qat_cli import train_float
 
-    assert main(["train", "--synthetic", "--synthetic-classes", "2", "--synthetic-train", "6", "--synthetic-test",
-                 "3", "--synthetic-size", "32", "--synthetic-frames", "12", *TINY, "--epochs", "1", "-b", "4",
-                 "-o", str(tmp_path / "float"), "--quiet", "--norm", "bn"]) == 0
+    checkpoint = train_float(tmp_path / "float")
     master, slave = pty.openpty()  # a terminal that reports 0 columns: the bars must still be drawn
-    proc = subprocess.Popen([str(CLI), "export", str(tmp_path / "float" / "last.pt"), "--qat-epochs", "1000",
-                             "-o", "q.svfd"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=slave)
+    proc = subprocess.Popen([str(CLI), "export", str(checkpoint), "--qat-epochs", "1000", "-o", "q.svfd"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=slave)
     os.close(slave)
     seen, deadline = b"", time.monotonic() + 180
 

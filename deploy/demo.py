@@ -339,8 +339,8 @@ def reusable_bundle(layout: Layout, targets: tuple[str, ...] | None, bundle: Pat
     if (m.get("source") or {}).get("sha256") != sha256_file(checkpoint):
         return None
     quant = m.get("quantization") or {}
-    if list(m.get("targets") or []) != list(resolve_targets(targets, weight_bits is not None)) or (
-            quant.get("weight_bits") if quant else None) != weight_bits:
+    if list(m.get("targets") or []) != list(resolve_targets(targets, weight_bits is not None)) or \
+            quant.get("weight_bits") != weight_bits:
         return None
     files: dict[str, Any] = {}
     for role, entry in m["files"].items():
@@ -526,6 +526,11 @@ class QATStep:
     reused: list[str]
 
 
+def qat_config(epochs: int | None = None) -> dict[str, Any]:
+    """Step 7's settings: :data:`demo_config.QAT`, with ``epochs`` when given (``--qat-epochs``)."""
+    return {**demo_config.QAT, **({"epochs": epochs} if epochs is not None else {})}
+
+
 def qat(layout: Layout, energy: ReportStep, targets: tuple[str, ...] | None = None,
         epochs: int | None = None, workers: int = 2, on_epoch: Callable[[dict[str, float]], None] | None = None,
         on_step: Callable[[str], None] | None = None) -> QATStep:
@@ -542,9 +547,7 @@ def qat(layout: Layout, energy: ReportStep, targets: tuple[str, ...] | None = No
     from svformer_deploy.svformer.checkpoint import load_checkpoint
     from svformer_deploy.svformer.fileio import write_json_atomic, write_text_atomic
 
-    cfg = dict(demo_config.QAT)
-    if epochs is not None:
-        cfg["epochs"] = epochs
+    cfg = qat_config(epochs)
     layout.qat.mkdir(exist_ok=True)
     ckpt_path = layout.qat / "qat.pt"
     digest = sha256_file(layout.checkpoint)

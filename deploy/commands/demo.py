@@ -192,7 +192,7 @@ def demo(output: Path, force: bool, threads: int, epochs: int | None, train_per_
         # 7. QAT (--qat) ----------------------------------------------------------------------
         qat_step = None
         if qat:
-            q = {**demo_config.QAT, **({"epochs": qat_epochs} if qat_epochs else {})}
+            q = lib.qat_config(qat_epochs)
             heading(7, "qat", f"QAT: {q['epochs']} epoch(s) of quantization-aware fine-tuning at int{q['weight_bits']} "
                     f"(lr {q['lr']:g}), then the post-training and the QAT int{q['weight_bits']} bundles, both "
                     f"evaluated with the integer executor -> {layout.qat}")

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,14 +104,22 @@ def videos(tmp_path_factory) -> Path:
     return root
 
 
+def pool_run(tmp_path_factory, command: str, bundle: Path, videos: Path, args: tuple[str, ...], finished: str,
+             read: Callable[[Path], dict[str, dict]]) -> tuple[dict, dict[str, dict]]:
+    """``command`` on the folder with the process pool (2 workers): its JSON report and ``read(runs)``, what Ray
+    must reproduce; ``finished`` is the summary line it must print."""
+    runs = tmp_path_factory.mktemp(f"{command}-pool") / "runs"
+    proc = ray_cli(command, "--videos", videos, "--model", bundle, "--runs", runs, "--workers", "2", *args)
+    assert proc.returncode == 0, proc.stderr
+    assert finished in proc.stderr
+    return json.loads(proc.stdout), read(runs)
+
+
 @pytest.fixture(scope="module")
 def pool(bundle, videos, tmp_path_factory) -> tuple[dict, dict[str, dict]]:
     """The process pool's report and records of the folder: what Ray must reproduce."""
-    runs = tmp_path_factory.mktemp("pool") / "runs"
-    proc = ray_cli("energy-report", "--videos", videos, "--model", bundle, "--runs", runs, "--workers", "2", "--json")
-    assert proc.returncode == 0, proc.stderr
-    assert "simulated 3 clip(s), 0 from earlier runs, 1 failed" in proc.stderr
-    return json.loads(proc.stdout), records_by_slot(runs)
+    return pool_run(tmp_path_factory, "energy-report", bundle, videos, ("--json",),
+                    "simulated 3 clip(s), 0 from earlier runs, 1 failed", records_by_slot)
 
 
 def assert_same_as_pool(report: dict, runs: Path, pool: tuple[dict, dict[str, dict]]) -> None:
@@ -454,11 +463,8 @@ def evaluation_docs(runs: Path) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def evaluate_pool(bundle, videos, tmp_path_factory) -> tuple[dict, dict[str, dict]]:
     """The process pool's evaluation report and per-clip results: what Ray must reproduce."""
-    runs = tmp_path_factory.mktemp("evaluate-pool") / "runs"
-    proc = ray_cli("evaluate", "--videos", videos, "--model", bundle, "--runs", runs, "--workers", "2", *EVALUATE)
-    assert proc.returncode == 0, proc.stderr
-    assert "evaluated 3 clip(s), 0 from earlier runs, 1 failed" in proc.stderr
-    return json.loads(proc.stdout), evaluation_docs(runs)
+    return pool_run(tmp_path_factory, "evaluate", bundle, videos, EVALUATE,
+                    "evaluated 3 clip(s), 0 from earlier runs, 1 failed", evaluation_docs)
 
 
 def assert_same_evaluation(report: dict, runs: Path, pool: tuple[dict, dict[str, dict]]) -> None:
